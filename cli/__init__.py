@@ -1,0 +1,1 @@
+"""Command-line front ends: twparse, twrun, twctl. Parsing, formatting, exit codes only."""

@@ -1,0 +1,1 @@
+"""Task engine: state machine, sqlite store, supervisor and process control."""

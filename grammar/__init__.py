@@ -1,0 +1,1 @@
+"""The feedback file language: grammar, parser, validator, reader and writer."""
