@@ -1,0 +1,40 @@
+"""Shared fixtures: every test gets its own state folder, so nothing touches the user's database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the default database location into tmp_path for the test and its subprocesses."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.delenv("TASKWATCHER_DB", raising=False)
+    return state
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A database path in tmp_path; the file itself is created by whoever opens it first."""
+    return tmp_path / "tasks.db"
+
+
+def run_cli(
+    command: str, *args: str | os.PathLike, timeout: float = 30, **kwargs
+) -> subprocess.CompletedProcess[str]:
+    """Run an installed console script (twparse, twrun, twctl) the way a user would."""
+    return subprocess.run(
+        [str(BIN / command), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
