@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(autouse=True)
@@ -25,16 +20,3 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def db_path(tmp_path: Path) -> Path:
     """A database path in tmp_path; the file itself is created by whoever opens it first."""
     return tmp_path / "tasks.db"
-
-
-def run_cli(
-    command: str, *args: str | os.PathLike, timeout: float = 30, **kwargs
-) -> subprocess.CompletedProcess[str]:
-    """Run an installed console script (twparse, twrun, twctl) the way a user would."""
-    return subprocess.run(
-        [str(BIN / command), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kwargs,
-    )
