@@ -1,0 +1,42 @@
+"""Errors the task engine raises on purpose; the CLI turns each into one line and an exit code."""
+
+from __future__ import annotations
+
+from taskwatcher.grammar.errors import TaskwatcherError
+
+
+class StoreError(TaskwatcherError):
+    """The database is unusable: not sqlite, a newer schema, or a folder that cannot be written."""
+
+
+class UnknownTask(TaskwatcherError, LookupError):
+    """No live task has this id (never reserved, or already finished)."""
+
+
+class NotReserved(TaskwatcherError):
+    """The task exists but is no longer RESERVED, so it cannot be started or cancelled."""
+
+
+class TransitionNotAllowed(TaskwatcherError):
+    """The task's state machine does not allow this change from its current state."""
+
+
+class UniqueConflict(TaskwatcherError):
+    """A live task already holds the name, and one of the two claims it exclusively."""
+
+    def __init__(self, name: str, holder: int) -> None:
+        super().__init__(f"name {name!r} is held by live task {holder}")
+        self.name = name
+        self.holder = holder
+
+
+class LaunchError(TaskwatcherError):
+    """The command could not be started; exit_code follows timeout(1): 126 or 127."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class InvalidRequest(TaskwatcherError, ValueError):
+    """The request cannot mean anything, e.g. a unique reservation without a name."""

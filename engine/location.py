@@ -1,0 +1,72 @@
+"""Where the database lives, and making sure a path can hold it before sqlite touches it.
+
+sqlite happily turns any path into a database and rewrites headers when asked for WAL; these
+checks run first so a wrong path fails with one clear line and leaves the file untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from taskwatcher.engine.errors import StoreError
+
+ENV_VAR = "TASKWATCHER_DB"
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def default_db_path() -> Path:
+    """The XDG state location used when neither --db nor $TASKWATCHER_DB is given."""
+    state_home = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state_home) / "taskwatcher" / "tasks.db"
+
+
+def resolve_db_path(cli_value: str | os.PathLike[str] | None) -> Path:
+    """--db wins, then $TASKWATCHER_DB, then the XDG state path (DESIGN.md order)."""
+    chosen = cli_value or os.environ.get(ENV_VAR)
+    return Path(chosen).expanduser() if chosen else default_db_path()
+
+
+def default_feedpath(db_path: Path) -> Path:
+    """Feedback files go beside the database, so one --db keeps a whole setup together."""
+    return db_path.parent / f"{db_path.stem}-feedback"
+
+
+def prepare_db_file(path: Path) -> None:
+    """Create the folder (0700) and an empty file (0600) if missing; refuse what sqlite can't use.
+
+    Raises StoreError without writing anything to an existing file.
+    """
+    _ensure_folder(path.parent)
+    if path.is_dir():
+        raise StoreError(f"{path}: is a folder, not a database file")
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise StoreError(f"{path}: cannot open the database ({error.strerror})") from None
+    try:
+        header = os.read(descriptor, len(SQLITE_HEADER))
+    finally:
+        os.close(descriptor)
+    if header and header != SQLITE_HEADER:
+        raise StoreError(f"{path}: not a taskwatcher database (file is not a database)")
+    if not os.access(path, os.W_OK):
+        raise StoreError(f"{path}: database is not writable")
+
+
+def _ensure_folder(folder: Path) -> None:
+    """Create missing folders one level at a time so each new level is private (0700)."""
+    missing = [level for level in (folder, *folder.parents) if not level.exists()]
+    for level in reversed(missing):
+        try:
+            level.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise StoreError(
+                f"{level}: cannot create the database folder ({error.strerror})"
+            ) from None
+    if not folder.is_dir():
+        raise StoreError(f"{folder}: not a folder, cannot hold the database")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"{folder}: database folder is not writable")

@@ -1,0 +1,139 @@
+"""The database schema, versioned with PRAGMA user_version and upgraded by forward-only steps.
+
+Times are unix seconds stored as REAL (sub-second precision for heartbeats and durations).
+The spec's columns keep their names; the columns after them serve the supervisor and twctl.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from taskwatcher.engine.errors import StoreError
+
+_CREATE_V1 = (
+    """
+    CREATE TABLE tasks (
+        id                INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused once archived
+        name              TEXT,
+        info1             TEXT,
+        info2             TEXT,
+        info3             TEXT,
+        pid               INTEGER,
+        status            TEXT NOT NULL DEFAULT 'RESERVED'
+                          CHECK (status IN ('RESERVED', 'RUNNING', 'SILENT', 'STALLED')),
+        feedback          INTEGER NOT NULL DEFAULT 0,          -- 1: the task writes feedback
+        reservetime       REAL NOT NULL,
+        starttime         REAL,
+        duration          REAL,                                -- spec column; computed on read
+        lastupdate        REAL NOT NULL,
+        timeout           REAL,
+        is_unique         INTEGER NOT NULL DEFAULT 0,          -- 1: the task claims its name
+        host              TEXT,
+        supervisor_pid    INTEGER,
+        supervisor_ctime  REAL,
+        child_ctime       REAL,
+        pgid              INTEGER,
+        heartbeat         REAL,                                -- last feedback-file change
+        feedpath          TEXT,
+        command           TEXT,                                -- JSON argv
+        kill_request      TEXT,                                -- who asked for the kill
+        kill_requested_at REAL
+    )
+    """,
+    "CREATE INDEX tasks_name ON tasks (name)",
+    "CREATE UNIQUE INDEX tasks_unique_name ON tasks (name) WHERE is_unique",
+    "CREATE INDEX tasks_reserved ON tasks (reservetime) WHERE status = 'RESERVED'",
+    """
+    CREATE TABLE feedbacks (
+        id           INTEGER PRIMARY KEY,                      -- the live task's id
+        feedback     BLOB NOT NULL,                            -- JSON object
+        lastupdate   REAL NOT NULL,
+        reader_state BLOB                                      -- where the reader stopped
+    )
+    """,
+    """
+    CREATE TABLE history (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        taskid      INTEGER NOT NULL,
+        taskname    TEXT,
+        info1       TEXT,
+        info2       TEXT,
+        info3       TEXT,
+        termsignal  TEXT,
+        termerror   TEXT,
+        starttime   REAL,                                      -- null: never started
+        endtime     REAL NOT NULL,
+        duration    REAL NOT NULL,
+        feedback    BLOB NOT NULL,                             -- final JSON object
+        exitcode    INTEGER,
+        outcome     TEXT NOT NULL CHECK (outcome IN
+                    ('COMPLETED', 'FAILED', 'TIMEOUT', 'KILLED', 'LOST', 'EXPIRED')),
+        reservetime REAL,
+        host        TEXT,
+        pid         INTEGER,
+        timeout     REAL,
+        killed_by   TEXT,
+        command     TEXT                                       -- JSON argv
+    )
+    """,
+    "CREATE UNIQUE INDEX history_taskid ON history (taskid)",
+    "CREATE INDEX history_name_end ON history (taskname, endtime)",
+    "CREATE INDEX history_end ON history (endtime)",
+    "CREATE INDEX history_outcome_end ON history (outcome, endtime)",
+)
+
+#: MIGRATIONS[n] upgrades a database from version n to n + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_CREATE_V1,)
+LATEST_VERSION = len(MIGRATIONS)
+TABLES = ("tasks", "feedbacks", "history")
+
+
+def check_usable(connection: sqlite3.Connection, path: Path) -> None:
+    """Refuse, before any write, a database this code cannot read or does not own."""
+    version = _user_version(connection)
+    if version > LATEST_VERSION:
+        raise StoreError(
+            f"{path}: written by a newer taskwatcher (schema version {version}, "
+            f"this one knows up to {LATEST_VERSION})"
+        )
+    if version == 0 and _tables(connection):
+        raise StoreError(f"{path}: not a taskwatcher database (unversioned, has other tables)")
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    """Bring the schema to LATEST_VERSION; concurrent openers queue and only one upgrades."""
+    if _user_version(connection) == LATEST_VERSION:
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        _upgrade(connection, _user_version(connection))
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def recreate(connection: sqlite3.Connection) -> None:
+    """Drop every table and build the latest schema, inside the caller's transaction."""
+    for table in TABLES:
+        connection.execute(f"DROP TABLE IF EXISTS {table}")
+    _upgrade(connection, 0)
+
+
+def _upgrade(connection: sqlite3.Connection, version: int) -> None:
+    for step in MIGRATIONS[version:]:
+        for statement in step:
+            connection.execute(statement)
+    connection.execute(f"PRAGMA user_version = {LATEST_VERSION}")
+
+
+def _user_version(connection: sqlite3.Connection) -> int:
+    return connection.execute("PRAGMA user_version").fetchone()[0]
+
+
+def _tables(connection: sqlite3.Connection) -> list[str]:
+    rows = connection.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    )
+    return [name for (name,) in rows]

@@ -1,0 +1,481 @@
+"""The sqlite store: live tasks, their latest feedback, and the history of finished tasks.
+
+Many launchers and twctl calls share one file, so every write is a short `BEGIN IMMEDIATE`
+transaction (writers queue on the busy timeout instead of failing on a lock upgrade) and
+starts by expiring stale reservations. Reads never write. Times come from an injectable clock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+from taskwatcher.engine import schema
+from taskwatcher.engine.errors import (
+    InvalidRequest,
+    NotReserved,
+    StoreError,
+    TransitionNotAllowed,
+    UniqueConflict,
+    UnknownTask,
+)
+from taskwatcher.engine.location import prepare_db_file
+from taskwatcher.engine.machine import FINAL_STATUSES, STARTED_STATUSES, Status
+from taskwatcher.engine.records import encode_command, history_record, task_record
+from taskwatcher.grammar.errors import TaskwatcherError
+
+#: A reservation not started within this many seconds ends as EXPIRED.
+DEFAULT_RESERVATION_TTL = 3600.0
+#: How long a writer waits for another one before giving up (100 concurrent writers must queue).
+BUSY_TIMEOUT = 10.0
+
+Clock = Callable[[], float]
+Record = dict[str, Any]
+
+
+class Store:
+    """One open database: a single connection, opened once per command and closed at its end."""
+
+    def __init__(
+        self, connection: sqlite3.Connection, path: Path, clock: Clock, reservation_ttl: float
+    ) -> None:
+        self._db = connection
+        self.path = path
+        self._clock = clock
+        self.reservation_ttl = reservation_ttl
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        clock: Clock = time.time,
+        reservation_ttl: float = DEFAULT_RESERVATION_TTL,
+    ) -> Store:
+        """Open (creating on first use) and upgrade the database; StoreError if it is unusable."""
+        path = Path(path)
+        prepare_db_file(path)
+        try:
+            connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        except sqlite3.Error as error:
+            raise StoreError(f"{path}: cannot open the database ({error})") from None
+        try:
+            schema.check_usable(connection, path)
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            schema.migrate(connection)
+        except sqlite3.OperationalError as error:
+            connection.close()
+            raise StoreError(f"{path}: cannot use the database ({error})") from None
+        except sqlite3.DatabaseError as error:
+            connection.close()
+            raise StoreError(f"{path}: not a taskwatcher database ({error})") from None
+        except BaseException:
+            connection.close()
+            raise
+        connection.row_factory = sqlite3.Row
+        return cls(connection, path, clock, reservation_ttl)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- writes --------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        name: str | None = None,
+        *,
+        unique: bool = False,
+        info1: str | None = None,
+        info2: str | None = None,
+        info3: str | None = None,
+    ) -> int:
+        """Reserve a new task id; with `unique`, no other live task may hold the name.
+
+        A live unique task also refuses non-unique reservations of its name.
+        """
+        if unique and not name:
+            raise InvalidRequest("a unique reservation needs a name")
+        with self._write() as now:
+            self._check_name_free(name, unique=unique)
+            cursor = self._db.execute(
+                "INSERT INTO tasks (name, info1, info2, info3, status, reservetime, lastupdate,"
+                " is_unique) VALUES (?, ?, ?, ?, 'RESERVED', ?, ?, ?)",
+                (name, info1, info2, info3, now, now, unique),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def housekeep(self) -> list[Record]:
+        """Expire reservations older than the time-to-live; returns their history records."""
+        with self._transaction() as now:
+            return self._expire_reservations(now)
+
+    def start(
+        self,
+        taskid: int,
+        *,
+        pid: int,
+        name: str | None = None,
+        info1: str | None = None,
+        info2: str | None = None,
+        info3: str | None = None,
+        child_ctime: float | None = None,
+        pgid: int | None = None,
+        supervisor_pid: int | None = None,
+        supervisor_ctime: float | None = None,
+        host: str | None = None,
+        timeout: float | None = None,
+        has_feedback: bool = False,
+        feedpath: str | Path | None = None,
+        command: Sequence[str] | None = None,
+    ) -> None:
+        """Claim a reservation for a launched process: RESERVED -> RUNNING, exactly once.
+
+        A given name or info replaces the reserved one; the name rule is checked again.
+        """
+        with self._write() as now:
+            claimed = self._db.execute(
+                "UPDATE tasks SET status = 'RUNNING', name = coalesce(?, name),"
+                " info1 = coalesce(?, info1), info2 = coalesce(?, info2),"
+                " info3 = coalesce(?, info3), pid = ?, child_ctime = ?, pgid = ?,"
+                " supervisor_pid = ?, supervisor_ctime = ?, host = ?, timeout = ?, feedback = ?,"
+                " feedpath = ?, command = ?, starttime = ?, lastupdate = ?"
+                " WHERE id = ? AND status = 'RESERVED' RETURNING name, is_unique",
+                (
+                    name,
+                    info1,
+                    info2,
+                    info3,
+                    pid,
+                    child_ctime,
+                    pgid,
+                    supervisor_pid,
+                    supervisor_ctime,
+                    host,
+                    timeout,
+                    has_feedback,
+                    None if feedpath is None else str(feedpath),
+                    encode_command(command),
+                    now,
+                    now,
+                    taskid,
+                ),
+            ).fetchone()
+            if claimed is None:
+                row = self._live_row(taskid)
+                raise NotReserved(f"task {taskid} is {row['status']}, not RESERVED")
+            self._check_name_free(claimed["name"], unique=claimed["is_unique"], other_than=taskid)
+
+    def set_status(self, taskid: int, status: Status | str) -> None:
+        """Record the grade the supervisor's machine gave a started task."""
+        status = Status(status)
+        if status not in STARTED_STATUSES:
+            raise TransitionNotAllowed(
+                f"task {taskid}: {status} is recorded by start(), archive() or"
+                " cancel_reservation(), not set_status()"
+            )
+        self._update_started(taskid, "status = ?", status)
+
+    def record_heartbeat(self, taskid: int, when: float) -> None:
+        """Remember the latest feedback-file change; the timer counts from it (never backwards)."""
+        self._update_started(taskid, "heartbeat = max(coalesce(heartbeat, ?), ?)", when, when)
+
+    def request_kill(self, taskid: int, requester: str) -> Record:
+        """Ask the task's supervisor to kill it; the first requester is the one remembered."""
+        with self._write() as now:
+            cursor = self._db.execute(
+                "UPDATE tasks SET kill_request = coalesce(kill_request, ?),"
+                " kill_requested_at = coalesce(kill_requested_at, ?), lastupdate = ?"
+                " WHERE id = ? AND status != 'RESERVED'",
+                (requester, now, now, taskid),
+            )
+            if cursor.rowcount == 0:
+                raise self._not_started(taskid, "cancel the reservation instead")
+            return task_record(self._live_row(taskid), now)
+
+    def cancel_reservation(self, taskid: int, requester: str) -> Record:
+        """End a reservation nobody will launch: it goes to history as EXPIRED."""
+        with self._write() as now:
+            row = self._live_row(taskid)
+            if row["status"] != Status.RESERVED:
+                raise NotReserved(f"task {taskid} is {row['status']}, not RESERVED")
+            return self._archive_row(
+                row,
+                outcome=Status.EXPIRED,
+                endtime=now,
+                termerror=f"reservation cancelled by {requester}",
+                killed_by=requester,
+            )
+
+    def archive(
+        self,
+        taskid: int,
+        *,
+        outcome: Status | str,
+        termsignal: str | None = None,
+        termerror: str | None = None,
+        exitcode: int | None = None,
+        endtime: float | None = None,
+        feedback: dict[str, Any] | None = None,
+    ) -> Record:
+        """Move a finished task to history in one transaction; returns its history record.
+
+        Without `feedback`, the last saved feedback becomes the final one.
+        """
+        outcome = Status(outcome)
+        if outcome not in FINAL_STATUSES:
+            raise TransitionNotAllowed(f"task {taskid}: {outcome} is not a final outcome")
+        with self._write() as now:
+            row = self._live_row(taskid)
+            return self._archive_row(
+                row,
+                outcome=outcome,
+                endtime=now if endtime is None else endtime,
+                termsignal=termsignal,
+                termerror=termerror,
+                exitcode=exitcode,
+                feedback=feedback,
+                killed_by=row["kill_request"],
+            )
+
+    def save_feedback(
+        self, taskid: int, feedback: dict[str, Any], reader_state: bytes | None
+    ) -> None:
+        """Keep the parsed feedback and where the reader stopped, so the next read resumes."""
+        with self._write() as now:
+            self._live_row(taskid)
+            self._db.execute(
+                "INSERT INTO feedbacks (id, feedback, lastupdate, reader_state) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET feedback = excluded.feedback,"
+                " lastupdate = excluded.lastupdate, reader_state = excluded.reader_state",
+                (taskid, orjson.dumps(feedback), now, reader_state),
+            )
+
+    def clear_history(self, before: float | None = None) -> int:
+        """Delete history rows that ended before `before` (all without it); returns how many."""
+        with self._write():
+            if before is None:
+                return self._db.execute("DELETE FROM history").rowcount
+            return self._db.execute("DELETE FROM history WHERE endtime < ?", (before,)).rowcount
+
+    def reinitialize(self) -> None:
+        """Drop every table and start afresh; the caller decides whether live tasks may be lost."""
+        with self._transaction():
+            schema.recreate(self._db)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_task(self, taskid: int) -> Record | None:
+        """The raw live row, every column, or None once the task has finished."""
+        row = self._db.execute("SELECT * FROM tasks WHERE id = ?", (taskid,)).fetchone()
+        return None if row is None else dict(row)
+
+    def list_tasks(
+        self, *, name: str | None = None, status: Status | str | None = None
+    ) -> list[Record]:
+        """Live tasks, oldest first, with duration and timer as of now."""
+        where, params = _filters(("name = ?", name), ("status = ?", status))
+        rows = self._db.execute(f"SELECT * FROM tasks{where} ORDER BY id", params).fetchall()
+        now = self._clock()
+        return [task_record(row, now) for row in rows]
+
+    def history(
+        self,
+        *,
+        name: str | None = None,
+        outcome: Status | str | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Finished tasks, newest first; `since` is inclusive, `before` exclusive (on endtime)."""
+        where, params = _filters(
+            ("taskname = ?", name),
+            ("outcome = ?", outcome),
+            ("endtime >= ?", since),
+            ("endtime < ?", before),
+        )
+        rows = self._db.execute(
+            f"SELECT * FROM history{where} ORDER BY endtime DESC, id DESC LIMIT ?",
+            (*params, -1 if limit is None else limit),
+        )
+        return [history_record(row) for row in rows]
+
+    def history_of(self, taskid: int) -> Record | None:
+        """The history record of one finished task, or None if it has not finished."""
+        row = self._db.execute("SELECT * FROM history WHERE taskid = ?", (taskid,)).fetchone()
+        return None if row is None else history_record(row)
+
+    def load_feedback(self, taskid: int) -> tuple[dict[str, Any], bytes | None]:
+        """The live task's last saved feedback and reader state ({} and None before any)."""
+        row = self._db.execute(
+            "SELECT f.feedback, f.reader_state FROM tasks AS t"
+            " LEFT JOIN feedbacks AS f ON f.id = t.id WHERE t.id = ?",
+            (taskid,),
+        ).fetchone()
+        if row is None:
+            raise self._unknown(taskid)
+        if row["feedback"] is None:
+            return {}, None
+        return orjson.loads(row["feedback"]), row["reader_state"]
+
+    def live_count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM tasks").fetchone()[0]
+
+    # -- internals -----------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[float]:
+        """A short write transaction; BEGIN IMMEDIATE takes the write lock up front."""
+        now = self._clock()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield now
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @contextmanager
+    def _write(self) -> Iterator[float]:
+        """Every write first expires stale reservations: one indexed query when there are none."""
+        with self._transaction() as now:
+            self._expire_reservations(now)
+            yield now
+
+    def _expire_reservations(self, now: float) -> list[Record]:
+        stale = self._db.execute(
+            "SELECT * FROM tasks WHERE status = 'RESERVED' AND reservetime <= ?",
+            (now - self.reservation_ttl,),
+        ).fetchall()
+        return [
+            self._archive_row(
+                row,
+                outcome=Status.EXPIRED,
+                endtime=row["reservetime"] + self.reservation_ttl,
+                termerror=f"not launched within {self.reservation_ttl:g} s of its reservation",
+            )
+            for row in stale
+        ]
+
+    def _archive_row(
+        self,
+        row: sqlite3.Row,
+        *,
+        outcome: Status,
+        endtime: float,
+        termsignal: str | None = None,
+        termerror: str | None = None,
+        exitcode: int | None = None,
+        feedback: dict[str, Any] | None = None,
+        killed_by: str | None = None,
+    ) -> Record:
+        taskid = row["id"]
+        if feedback is None:
+            feedback, _ = self.load_feedback(taskid)
+        starttime = row["starttime"]
+        archived = self._db.execute(
+            "INSERT INTO history (taskid, taskname, info1, info2, info3, termsignal, termerror,"
+            " starttime, endtime, duration, feedback, exitcode, outcome, reservetime, host, pid,"
+            " timeout, killed_by, command)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                taskid,
+                row["name"],
+                row["info1"],
+                row["info2"],
+                row["info3"],
+                termsignal,
+                termerror,
+                starttime,
+                endtime,
+                0.0 if starttime is None else max(0.0, endtime - starttime),
+                orjson.dumps(feedback),
+                exitcode,
+                outcome,
+                row["reservetime"],
+                row["host"],
+                row["pid"],
+                row["timeout"],
+                killed_by,
+                row["command"],
+            ),
+        )
+        self._db.execute("DELETE FROM tasks WHERE id = ?", (taskid,))
+        self._db.execute("DELETE FROM feedbacks WHERE id = ?", (taskid,))
+        # Read back rather than RETURNING, which skips REAL affinity (10.0 would come back as 10).
+        return history_record(
+            self._db.execute("SELECT * FROM history WHERE id = ?", (archived.lastrowid,)).fetchone()
+        )
+
+    def _update_started(self, taskid: int, assignment: str, *values: Any) -> None:
+        """Update one started task; a reservation or an unknown id is refused."""
+        with self._write() as now:
+            cursor = self._db.execute(
+                f"UPDATE tasks SET {assignment}, lastupdate = ?"
+                " WHERE id = ? AND status != 'RESERVED'",
+                (*values, now, taskid),
+            )
+            if cursor.rowcount == 0:
+                raise self._not_started(taskid, "start it first")
+
+    def _check_name_free(
+        self, name: str | None, *, unique: bool, other_than: int | None = None
+    ) -> None:
+        """The name rule: a unique claim needs the name unused, and a unique holder refuses all."""
+        if name is None:
+            return
+        holder = self._db.execute(
+            "SELECT id FROM tasks WHERE name = ? AND id IS NOT ? AND (is_unique OR ?)"
+            " ORDER BY id LIMIT 1",
+            (name, other_than, unique),
+        ).fetchone()
+        if holder is not None:
+            raise UniqueConflict(name, holder["id"])
+
+    def _live_row(self, taskid: int) -> sqlite3.Row:
+        row = self._db.execute("SELECT * FROM tasks WHERE id = ?", (taskid,)).fetchone()
+        if row is None:
+            raise self._unknown(taskid)
+        return row
+
+    def _not_started(self, taskid: int, advice: str) -> TaskwatcherError:
+        """The error for an operation meant for a started task that found none."""
+        if self.get_task(taskid) is None:
+            return self._unknown(taskid)
+        return TransitionNotAllowed(f"task {taskid} is RESERVED, not started: {advice}")
+
+    def _unknown(self, taskid: int) -> UnknownTask:
+        """UnknownTask, saying how the task ended when it has."""
+        ended = self._db.execute(
+            "SELECT outcome FROM history WHERE taskid = ?", (taskid,)
+        ).fetchone()
+        if ended is None:
+            return UnknownTask(f"no task {taskid}")
+        return UnknownTask(f"task {taskid} has already ended ({ended['outcome']})")
+
+
+def _filters(*conditions: tuple[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause from (condition, value) pairs, skipping values that are None."""
+    chosen = [(clause, value) for clause, value in conditions if value is not None]
+    if not chosen:
+        return "", ()
+    return " WHERE " + " AND ".join(clause for clause, _ in chosen), tuple(v for _, v in chosen)
