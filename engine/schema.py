@@ -10,6 +10,10 @@ import sqlite3
 from pathlib import Path
 
 from taskwatcher.engine.errors import StoreError
+from taskwatcher.engine.location import prepare_db_file
+
+#: How long a writer waits for the others before giving up (100 concurrent writers must queue).
+BUSY_TIMEOUT = 10.0
 
 _CREATE_V1 = (
     """
@@ -87,6 +91,34 @@ _CREATE_V1 = (
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_CREATE_V1,)
 LATEST_VERSION = len(MIGRATIONS)
 TABLES = ("tasks", "feedbacks", "history")
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """One connection to a checked, upgraded database in WAL mode; StoreError if unusable.
+
+    Nothing is written before the file is known to be an sqlite database of a known version.
+    """
+    prepare_db_file(path)
+    try:
+        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    except sqlite3.Error as error:
+        raise StoreError(f"{path}: cannot open the database ({error})") from None
+    try:
+        check_usable(connection, path)
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")  # WAL keeps it consistent on a crash
+        migrate(connection)
+    except sqlite3.OperationalError as error:
+        connection.close()
+        raise StoreError(f"{path}: cannot use the database ({error})") from None
+    except sqlite3.DatabaseError as error:
+        connection.close()
+        raise StoreError(f"{path}: not a taskwatcher database ({error})") from None
+    except BaseException:
+        connection.close()
+        raise
+    connection.row_factory = sqlite3.Row
+    return connection
 
 
 def check_usable(connection: sqlite3.Connection, path: Path) -> None:

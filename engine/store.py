@@ -25,15 +25,12 @@ from taskwatcher.engine.errors import (
     UniqueConflict,
     UnknownTask,
 )
-from taskwatcher.engine.location import prepare_db_file
 from taskwatcher.engine.machine import FINAL_STATUSES, STARTED_STATUSES, Status
 from taskwatcher.engine.records import encode_command, history_record, task_record
 from taskwatcher.grammar.errors import TaskwatcherError
 
 #: A reservation not started within this many seconds ends as EXPIRED.
 DEFAULT_RESERVATION_TTL = 3600.0
-#: How long a writer waits for another one before giving up (100 concurrent writers must queue).
-BUSY_TIMEOUT = 10.0
 
 Clock = Callable[[], float]
 Record = dict[str, Any]
@@ -60,27 +57,7 @@ class Store:
     ) -> Store:
         """Open (creating on first use) and upgrade the database; StoreError if it is unusable."""
         path = Path(path)
-        prepare_db_file(path)
-        try:
-            connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
-        except sqlite3.Error as error:
-            raise StoreError(f"{path}: cannot open the database ({error})") from None
-        try:
-            schema.check_usable(connection, path)
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = NORMAL")
-            schema.migrate(connection)
-        except sqlite3.OperationalError as error:
-            connection.close()
-            raise StoreError(f"{path}: cannot use the database ({error})") from None
-        except sqlite3.DatabaseError as error:
-            connection.close()
-            raise StoreError(f"{path}: not a taskwatcher database ({error})") from None
-        except BaseException:
-            connection.close()
-            raise
-        connection.row_factory = sqlite3.Row
-        return cls(connection, path, clock, reservation_ttl)
+        return cls(schema.open_database(path), path, clock, reservation_ttl)
 
     def close(self) -> None:
         self._db.close()
@@ -115,7 +92,7 @@ class Store:
             raise InvalidRequest("a unique reservation needs a name")
         with self._write() as now:
             self._check_name_free(name, unique=unique)
-            cursor = self._db.execute(
+            cursor = self._execute(
                 "INSERT INTO tasks (name, info1, info2, info3, status, reservetime, lastupdate,"
                 " is_unique) VALUES (?, ?, ?, ?, 'RESERVED', ?, ?, ?)",
                 (name, info1, info2, info3, now, now, unique),
@@ -152,33 +129,27 @@ class Store:
         A given name or info replaces the reserved one; the name rule is checked again.
         """
         with self._write() as now:
-            claimed = self._db.execute(
+            launch = {
+                "pid": pid,
+                "child_ctime": child_ctime,
+                "pgid": pgid,
+                "supervisor_pid": supervisor_pid,
+                "supervisor_ctime": supervisor_ctime,
+                "host": host,
+                "timeout": timeout,
+                "feedback": has_feedback,
+                "feedpath": None if feedpath is None else str(feedpath),
+                "command": encode_command(command),
+                "starttime": now,
+                "lastupdate": now,
+            }
+            claimed = self._row(
                 "UPDATE tasks SET status = 'RUNNING', name = coalesce(?, name),"
                 " info1 = coalesce(?, info1), info2 = coalesce(?, info2),"
-                " info3 = coalesce(?, info3), pid = ?, child_ctime = ?, pgid = ?,"
-                " supervisor_pid = ?, supervisor_ctime = ?, host = ?, timeout = ?, feedback = ?,"
-                " feedpath = ?, command = ?, starttime = ?, lastupdate = ?"
+                f" info3 = coalesce(?, info3), {', '.join(f'{key} = ?' for key in launch)}"
                 " WHERE id = ? AND status = 'RESERVED' RETURNING name, is_unique",
-                (
-                    name,
-                    info1,
-                    info2,
-                    info3,
-                    pid,
-                    child_ctime,
-                    pgid,
-                    supervisor_pid,
-                    supervisor_ctime,
-                    host,
-                    timeout,
-                    has_feedback,
-                    None if feedpath is None else str(feedpath),
-                    encode_command(command),
-                    now,
-                    now,
-                    taskid,
-                ),
-            ).fetchone()
+                (name, info1, info2, info3, *launch.values(), taskid),
+            )
             if claimed is None:
                 row = self._live_row(taskid)
                 raise NotReserved(f"task {taskid} is {row['status']}, not RESERVED")
@@ -201,7 +172,7 @@ class Store:
     def request_kill(self, taskid: int, requester: str) -> Record:
         """Ask the task's supervisor to kill it; the first requester is the one remembered."""
         with self._write() as now:
-            cursor = self._db.execute(
+            cursor = self._execute(
                 "UPDATE tasks SET kill_request = coalesce(kill_request, ?),"
                 " kill_requested_at = coalesce(kill_requested_at, ?), lastupdate = ?"
                 " WHERE id = ? AND status != 'RESERVED'",
@@ -262,7 +233,7 @@ class Store:
         """Keep the parsed feedback and where the reader stopped, so the next read resumes."""
         with self._write() as now:
             self._live_row(taskid)
-            self._db.execute(
+            self._execute(
                 "INSERT INTO feedbacks (id, feedback, lastupdate, reader_state) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET feedback = excluded.feedback,"
                 " lastupdate = excluded.lastupdate, reader_state = excluded.reader_state",
@@ -273,19 +244,19 @@ class Store:
         """Delete history rows that ended before `before` (all without it); returns how many."""
         with self._write():
             if before is None:
-                return self._db.execute("DELETE FROM history").rowcount
-            return self._db.execute("DELETE FROM history WHERE endtime < ?", (before,)).rowcount
+                return self._execute("DELETE FROM history").rowcount
+            return self._execute("DELETE FROM history WHERE endtime < ?", (before,)).rowcount
 
     def reinitialize(self) -> None:
         """Drop every table and start afresh; the caller decides whether live tasks may be lost."""
-        with self._transaction():
+        with self._transaction(), self._sqlite_errors():
             schema.recreate(self._db)
 
     # -- reads ---------------------------------------------------------------------------
 
     def get_task(self, taskid: int) -> Record | None:
         """The raw live row, every column, or None once the task has finished."""
-        row = self._db.execute("SELECT * FROM tasks WHERE id = ?", (taskid,)).fetchone()
+        row = self._row("SELECT * FROM tasks WHERE id = ?", (taskid,))
         return None if row is None else dict(row)
 
     def list_tasks(
@@ -293,7 +264,7 @@ class Store:
     ) -> list[Record]:
         """Live tasks, oldest first, with duration and timer as of now."""
         where, params = _filters(("name = ?", name), ("status = ?", status))
-        rows = self._db.execute(f"SELECT * FROM tasks{where} ORDER BY id", params).fetchall()
+        rows = self._rows(f"SELECT * FROM tasks{where} ORDER BY id", params)
         now = self._clock()
         return [task_record(row, now) for row in rows]
 
@@ -313,7 +284,7 @@ class Store:
             ("endtime >= ?", since),
             ("endtime < ?", before),
         )
-        rows = self._db.execute(
+        rows = self._rows(
             f"SELECT * FROM history{where} ORDER BY endtime DESC, id DESC LIMIT ?",
             (*params, -1 if limit is None else limit),
         )
@@ -321,16 +292,16 @@ class Store:
 
     def history_of(self, taskid: int) -> Record | None:
         """The history record of one finished task, or None if it has not finished."""
-        row = self._db.execute("SELECT * FROM history WHERE taskid = ?", (taskid,)).fetchone()
+        row = self._row("SELECT * FROM history WHERE taskid = ?", (taskid,))
         return None if row is None else history_record(row)
 
     def load_feedback(self, taskid: int) -> tuple[dict[str, Any], bytes | None]:
         """The live task's last saved feedback and reader state ({} and None before any)."""
-        row = self._db.execute(
+        row = self._row(
             "SELECT f.feedback, f.reader_state FROM tasks AS t"
             " LEFT JOIN feedbacks AS f ON f.id = t.id WHERE t.id = ?",
             (taskid,),
-        ).fetchone()
+        )
         if row is None:
             raise self._unknown(taskid)
         if row["feedback"] is None:
@@ -338,7 +309,7 @@ class Store:
         return orjson.loads(row["feedback"]), row["reader_state"]
 
     def live_count(self) -> int:
-        return self._db.execute("SELECT count(*) FROM tasks").fetchone()[0]
+        return self._rows("SELECT count(*) FROM tasks")[0][0]
 
     # -- internals -----------------------------------------------------------------------
 
@@ -346,13 +317,14 @@ class Store:
     def _transaction(self) -> Iterator[float]:
         """A short write transaction; BEGIN IMMEDIATE takes the write lock up front."""
         now = self._clock()
-        self._db.execute("BEGIN IMMEDIATE")
+        self._execute("BEGIN IMMEDIATE")
         try:
             yield now
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # sqlite already rolled back after some I/O errors
+                self._execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        self._execute("COMMIT")
 
     @contextmanager
     def _write(self) -> Iterator[float]:
@@ -361,11 +333,31 @@ class Store:
             self._expire_reservations(now)
             yield now
 
+    @contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        """Database trouble mid-command (disk full, lock wait exhausted) becomes one StoreError."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise StoreError(f"{self.path}: {error}") from error
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self._sqlite_errors():
+            return self._db.execute(sql, params)
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._sqlite_errors():
+            return self._db.execute(sql, params).fetchall()
+
+    def _row(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with self._sqlite_errors():
+            return self._db.execute(sql, params).fetchone()
+
     def _expire_reservations(self, now: float) -> list[Record]:
-        stale = self._db.execute(
+        stale = self._rows(
             "SELECT * FROM tasks WHERE status = 'RESERVED' AND reservetime <= ?",
             (now - self.reservation_ttl,),
-        ).fetchall()
+        )
         return [
             self._archive_row(
                 row,
@@ -392,7 +384,7 @@ class Store:
         if feedback is None:
             feedback, _ = self.load_feedback(taskid)
         starttime = row["starttime"]
-        archived = self._db.execute(
+        archived = self._execute(
             "INSERT INTO history (taskid, taskname, info1, info2, info3, termsignal, termerror,"
             " starttime, endtime, duration, feedback, exitcode, outcome, reservetime, host, pid,"
             " timeout, killed_by, command)"
@@ -419,17 +411,16 @@ class Store:
                 row["command"],
             ),
         )
-        self._db.execute("DELETE FROM tasks WHERE id = ?", (taskid,))
-        self._db.execute("DELETE FROM feedbacks WHERE id = ?", (taskid,))
+        self._execute("DELETE FROM tasks WHERE id = ?", (taskid,))
+        self._execute("DELETE FROM feedbacks WHERE id = ?", (taskid,))
         # Read back rather than RETURNING, which skips REAL affinity (10.0 would come back as 10).
-        return history_record(
-            self._db.execute("SELECT * FROM history WHERE id = ?", (archived.lastrowid,)).fetchone()
-        )
+        (inserted,) = self._rows("SELECT * FROM history WHERE id = ?", (archived.lastrowid,))
+        return history_record(inserted)
 
     def _update_started(self, taskid: int, assignment: str, *values: Any) -> None:
         """Update one started task; a reservation or an unknown id is refused."""
         with self._write() as now:
-            cursor = self._db.execute(
+            cursor = self._execute(
                 f"UPDATE tasks SET {assignment}, lastupdate = ?"
                 " WHERE id = ? AND status != 'RESERVED'",
                 (*values, now, taskid),
@@ -443,16 +434,16 @@ class Store:
         """The name rule: a unique claim needs the name unused, and a unique holder refuses all."""
         if name is None:
             return
-        holder = self._db.execute(
+        holder = self._row(
             "SELECT id FROM tasks WHERE name = ? AND id IS NOT ? AND (is_unique OR ?)"
             " ORDER BY id LIMIT 1",
             (name, other_than, unique),
-        ).fetchone()
+        )
         if holder is not None:
             raise UniqueConflict(name, holder["id"])
 
     def _live_row(self, taskid: int) -> sqlite3.Row:
-        row = self._db.execute("SELECT * FROM tasks WHERE id = ?", (taskid,)).fetchone()
+        row = self._row("SELECT * FROM tasks WHERE id = ?", (taskid,))
         if row is None:
             raise self._unknown(taskid)
         return row
@@ -465,9 +456,7 @@ class Store:
 
     def _unknown(self, taskid: int) -> UnknownTask:
         """UnknownTask, saying how the task ended when it has."""
-        ended = self._db.execute(
-            "SELECT outcome FROM history WHERE taskid = ?", (taskid,)
-        ).fetchone()
+        ended = self._row("SELECT outcome FROM history WHERE taskid = ?", (taskid,))
         if ended is None:
             return UnknownTask(f"no task {taskid}")
         return UnknownTask(f"task {taskid} has already ended ({ended['outcome']})")
