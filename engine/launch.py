@@ -1,0 +1,125 @@
+"""Starting a task's command: its own process group, tied to the supervisor's life, 126/127 errors.
+
+Linux-specific parts (`prctl`) go through ctypes because the standard library has no binding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+
+from taskwatcher.engine.errors import LaunchError
+
+#: prctl(2) options, from <linux/prctl.h>.
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+#: What the child receives when its supervisor dies before stopping it.
+#:
+#: SIGKILL, not SIGTERM: the death signal only fires when the supervisor ended without running
+#: its own shutdown (it was SIGKILLed, crashed, or was OOM-killed), because a supervisor that
+#: exits normally has already stopped the task with SIGTERM, a grace period and SIGKILL. Once
+#: the supervisor is gone nobody enforces a heartbeat timeout or a grace period any more, so a
+#: task that catches or ignores SIGTERM would run on unsupervised, which is exactly what
+#: `die_with_parent` exists to prevent.
+PARENT_DEATH_SIGNAL = signal.SIGKILL
+
+#: Shell conventions (and DESIGN's twrun exit codes) for a command that could not start.
+NOT_EXECUTABLE = 126
+NOT_FOUND = 127
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def spawn(
+    argv: Sequence[str], env: Mapping[str, str] | None, *, die_with_parent: bool = True
+) -> subprocess.Popen:
+    """Start argv exactly as given (no shell) as leader of a new process group.
+
+    The own group lets the whole task be signalled with one killpg() and keeps terminal
+    signals meant for the supervisor away from it; stdin/stdout/stderr are inherited so the
+    user sees the task's output. env None inherits the caller's environment.
+
+    die_with_parent arms PR_SET_PDEATHSIG (PARENT_DEATH_SIGNAL) between fork and exec. The
+    kernel ties it to the *thread* that forked, so spawn from the supervisor's main thread; it
+    reaches only the direct child (the rest of the group is found later with `remnants()`) and
+    the kernel drops it when the command is set-uid or has file capabilities.
+
+    Raises LaunchError (exit_code 127 not found, 126 not executable) when the exec fails.
+    """
+    if not argv:
+        raise ValueError("argv must name a command")
+    arm_death_signal = _death_signal_arming(os.getpid()) if die_with_parent else None
+    try:
+        return subprocess.Popen(
+            list(argv), env=env, process_group=0, close_fds=True, preexec_fn=arm_death_signal
+        )
+    except OSError as error:
+        if error.filename is None:  # failed before exec (fork, pipes): not the command's fault
+            raise
+        raise _launch_error(error, argv[0], env) from error
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants instead of init (PR_SET_CHILD_SUBREAPER).
+
+    Processes that double-fork or setsid() away from the task then stay descendants of the
+    caller, where cleanup can still find them (`terminate_task(..., adopter=os.getpid())`).
+    The caller inherits their exit statuses too: collect them with `reap_adopted()`.
+    """
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _prctl(option: int, value: int) -> None:
+    """Call prctl(2); OSError like the os module's own wrappers."""
+    prctl = getattr(_LIBC, "prctl", None)
+    if prctl is None:
+        raise OSError(errno.ENOSYS, "prctl is Linux-only")
+    if prctl(
+        option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)
+    ):
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def _death_signal_arming(parent_pid: int) -> Callable[[], None]:
+    """The preexec hook run in the child: arm the death signal, then close the race with exit.
+
+    If the parent died between fork and prctl, the signal will never come: the child then
+    has another parent already, and delivers the death signal to itself.
+    """
+
+    def arm() -> None:
+        _prctl(PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL)
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), PARENT_DEATH_SIGNAL)
+
+    return arm
+
+
+def _launch_error(error: OSError, command: str, env: Mapping[str, str] | None) -> LaunchError:
+    """Word an exec failure the way a shell would, with its 126/127 exit code."""
+    found = _locate(command, env)
+    if error.errno in (errno.ENOENT, errno.ENOTDIR):
+        if found is None:
+            return LaunchError(f"command not found: {command}", NOT_FOUND)
+        # The file exists, so what is missing is its #! interpreter or ELF loader.
+        return LaunchError(f"not executable: {command} (bad interpreter)", NOT_EXECUTABLE)
+    if found is not None and os.path.isdir(found):
+        return LaunchError(f"not executable: {command} (is a directory)", NOT_EXECUTABLE)
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return LaunchError(f"permission denied: {command}", NOT_EXECUTABLE)
+    reason = "exec format error" if error.errno == errno.ENOEXEC else error.strerror
+    return LaunchError(f"not executable: {command} ({reason})", NOT_EXECUTABLE)
+
+
+def _locate(command: str, env: Mapping[str, str] | None) -> str | None:
+    """The path exec tried for command: as given when it has a slash, else first on PATH."""
+    if os.sep in command:
+        return command if os.path.exists(command) else None
+    candidates = (os.path.join(folder, command) for folder in os.get_exec_path(env))
+    return next((path for path in candidates if os.path.exists(path)), None)
