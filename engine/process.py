@@ -1,0 +1,320 @@
+"""Process control for tasks: identities that survive PID reuse, finding and stopping a task.
+
+The promise behind every function here: a signal goes only to a process whose create time
+matches the record, so a recycled pid never receives a kill meant for a finished task.
+
+Zombies and reaping: a zombie counts as gone, since it can no longer run, so waiting never
+hangs on one. The task's leader is never reaped here: its exit status belongs to whoever
+launched it (its Popen, watched with `ChildWatch`). Other exited children of the caller, such
+as orphans a subreaper adopted, are reaped by `terminate_task` and `reap_adopted`.
+
+This module is the package's process API; launching, child watching and exit-status mapping
+live in small sibling modules and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Collection, Iterable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import psutil
+from taskwatcher.engine.childwatch import ChildWatch, open_pidfd
+from taskwatcher.engine.errors import LaunchError
+from taskwatcher.engine.exitstatus import ChildExit, exit_status_to_code, signal_name
+from taskwatcher.engine.launch import PARENT_DEATH_SIGNAL, become_subreaper, spawn
+
+__all__ = [
+    "PARENT_DEATH_SIGNAL",
+    "ChildExit",
+    "ChildWatch",
+    "LaunchError",
+    "ProcessIdentity",
+    "become_subreaper",
+    "exit_status_to_code",
+    "identity_of",
+    "is_same_process",
+    "reap_adopted",
+    "remnants",
+    "signal_identity",
+    "signal_name",
+    "spawn",
+    "terminate_task",
+]
+
+#: psutil derives create times from clock ticks (1/100 s): equal within this means same start.
+CREATE_TIME_TOLERANCE = 0.01
+#: Longest pause between two checks while waiting for processes to go.
+MAX_POLL_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """A pid plus its create time: what a record must match before anything is signalled."""
+
+    pid: int
+    create_time: float
+
+    def __post_init__(self) -> None:
+        if self.pid <= 0:  # kill(0) or kill(-1) would reach whole groups, the caller's included
+            raise ValueError(f"not a process id: {self.pid}")
+
+    @classmethod
+    def of(cls, process: psutil.Process) -> ProcessIdentity:
+        """The identity psutil captured for an already-looked-up process."""
+        return cls(process.pid, process.create_time())
+
+
+def identity_of(pid: int) -> ProcessIdentity | None:
+    """The identity of whatever holds pid now (a zombie included: its pid is still taken)."""
+    try:
+        return ProcessIdentity.of(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return None
+
+
+def is_same_process(identity: ProcessIdentity) -> bool:
+    """True while the recorded process still runs: same create time and not yet a zombie."""
+    try:
+        process = psutil.Process(identity.pid)
+        with process.oneshot():
+            return (
+                _same_start(process.create_time(), identity.create_time)
+                and process.status() != psutil.STATUS_ZOMBIE
+            )
+    except psutil.NoSuchProcess:
+        return False
+
+
+def signal_identity(identity: ProcessIdentity, sig: int) -> bool:
+    """Send sig only if identity still runs; False when it is gone, a zombie, or a reused pid.
+
+    The pidfd is opened before the create time is checked, so the signal reaches the process
+    that was checked even if the pid is recycled in between. PermissionError propagates.
+    """
+    try:
+        pidfd = open_pidfd(identity.pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if not is_same_process(identity):
+            return False
+        if pidfd is None:
+            os.kill(identity.pid, sig)
+        else:
+            signal.pidfd_send_signal(pidfd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def remnants(
+    leader: ProcessIdentity, pgid: int, *, adopter: int | None = None
+) -> list[psutil.Process]:
+    """The live processes that still belong to the task, zombies and the caller excluded.
+
+    That is the members of process group pgid, unless the group id was reused (a process
+    holds pid pgid with another create time than the leader's: then no member counts); the
+    leader itself and its descendants while it is the same process; and, when adopter is
+    given (a subreaper supervisor's own pid), the adopter's descendants, which include the
+    task's orphans that double-forked or setsid()'d away.
+    """
+    return _snapshot(leader, pgid, adopter).processes
+
+
+def terminate_task(
+    leader: ProcessIdentity,
+    pgid: int,
+    grace: float,
+    first: int = signal.SIGTERM,
+    *,
+    adopter: int | None = None,
+) -> str:
+    """Stop every remnant of the task: `first`, up to grace seconds, then SIGKILL for the rest.
+
+    Returns the name of the last signal needed ('SIGTERM' or 'SIGKILL' with the default
+    first); a task with nothing left counts as stopped by `first`. The remnants are listed
+    before any signal, so descendants are known before they get re-parented; the group is
+    signalled with one killpg(), which also reaches members forked since the listing.
+    Waiting ends after grace even for processes that cannot die (uninterruptible sleep).
+    The leader is never reaped here (see the module docstring); other exited children of
+    the caller among the remnants (orphans adopted by a subreaper) are.
+    """
+    snapshot = _snapshot(leader, pgid, adopter)
+    _send(snapshot, first)
+    survivors = _wait_gone(snapshot.processes, grace, leader.pid)
+    rest = _snapshot(leader, pgid, adopter).including(survivors)
+    if not rest.processes:
+        return signal_name(first)
+    _send(rest, signal.SIGKILL)
+    _wait_gone(rest.processes, grace, leader.pid)
+    return signal_name(signal.SIGKILL)
+
+
+def reap_adopted(keep: Collection[int] = ()) -> list[int]:
+    """Collect the exit statuses of the caller's exited children, except the pids in keep.
+
+    A subreaper inherits orphans, which become its zombies when they exit; keep lists the
+    children whose status someone still needs (the task's leader, owned by its Popen).
+    Returns the reaped pids.
+    """
+    me = os.getpid()
+    zombies = [row.pid for row in _process_table() if row.ppid == me and row.zombie]
+    return [pid for pid in zombies if pid not in keep and _reap(pid)]
+
+
+class _ProcRow(NamedTuple):
+    pid: int
+    ppid: int
+    pgid: int
+    zombie: bool
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The task's processes at one moment; `group` is the pgid to killpg, if that is safe."""
+
+    group: int | None
+    members: list[psutil.Process]
+    outsiders: list[psutil.Process]
+
+    @property
+    def processes(self) -> list[psutil.Process]:
+        return self.members + self.outsiders
+
+    def including(self, extra: Iterable[psutil.Process]) -> _Snapshot:
+        """This snapshot plus processes seen earlier that have left the task's tree since."""
+        known = {process.pid for process in self.processes}
+        missing = [process for process in extra if process.pid not in known]
+        return _Snapshot(self.group, self.members, self.outsiders + missing)
+
+
+def _snapshot(leader: ProcessIdentity, pgid: int, adopter: int | None) -> _Snapshot:
+    """List the task's live processes in one pass over /proc."""
+    me = os.getpid()
+    live = [row for row in _process_table() if not row.zombie and row.pid != me]
+    members = (
+        {row.pid for row in live if row.pgid == pgid} if _group_is_tasks(leader, pgid) else set()
+    )
+    leader_runs = is_same_process(leader)
+    roots = [leader.pid] if leader_runs else []
+    if adopter is not None:
+        roots.append(adopter)
+    tree = _descendants(live, roots)
+    if leader_runs:
+        tree.add(leader.pid)
+    # killpg() would also hit the caller if it is in the group; then signal members one by one.
+    group = pgid if members and pgid != os.getpgrp() else None
+    return _Snapshot(group, _lookup(members), _lookup(tree - members))
+
+
+def _group_is_tasks(leader: ProcessIdentity, pgid: int) -> bool:
+    """Whether group pgid can still be the task's.
+
+    The kernel keeps a group id out of reuse while any member lives, so the group is the
+    task's unless another process now holds pid pgid.
+    """
+    holder = identity_of(pgid)
+    return holder is None or _same_start(holder.create_time, leader.create_time)
+
+
+def _process_table() -> list[_ProcRow]:
+    """pid, ppid, pgid and zombie state of every process (psutil does not expose pgid)."""
+    rows = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat_file:
+                stat = stat_file.read()
+        except OSError:  # exited since the listing, or hidden from us
+            continue
+        # The command name in parentheses may contain anything: split after its last ')'.
+        state, ppid, pgid = stat[stat.rindex(b")") + 2 :].split(maxsplit=3)[:3]
+        rows.append(_ProcRow(int(name), int(ppid), int(pgid), state == b"Z"))
+    return rows
+
+
+def _descendants(rows: Iterable[_ProcRow], roots: Iterable[int]) -> set[int]:
+    """Pids below the roots in the parent/child tree of rows (the roots themselves excluded)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for row in rows:
+        children[row.ppid].append(row.pid)
+    found: set[int] = set()
+    pending = list(roots)
+    while pending:
+        for child in children[pending.pop()]:
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found
+
+
+def _lookup(pids: Iterable[int]) -> list[psutil.Process]:
+    """psutil handles (which pin each create time) for the pids that still exist."""
+    processes = []
+    for pid in sorted(pids):
+        with suppress(psutil.NoSuchProcess):
+            processes.append(psutil.Process(pid))
+    return processes
+
+
+def _send(snapshot: _Snapshot, sig: int) -> None:
+    """killpg the group when that is safe; every other process individually, identity-checked."""
+    individually = snapshot.processes
+    if snapshot.group is not None:
+        with suppress(ProcessLookupError):
+            os.killpg(snapshot.group, sig)
+        individually = snapshot.outsiders
+    for process in individually:
+        with suppress(psutil.NoSuchProcess):
+            signal_identity(ProcessIdentity.of(process), sig)
+
+
+def _wait_gone(
+    processes: list[psutil.Process], timeout: float, leader_pid: int
+) -> list[psutil.Process]:
+    """Wait up to timeout for the processes to exit; return those still running."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        processes = [process for process in processes if not _gone(process, leader_pid)]
+        remaining = deadline - time.monotonic()
+        if not processes or remaining <= 0:
+            return processes
+        time.sleep(min(pause, remaining))
+        pause = min(pause * 2, MAX_POLL_INTERVAL)
+
+
+def _gone(process: psutil.Process, leader_pid: int) -> bool:
+    """Exited, a zombie counting as exited; reaps it if it is the caller's, but not the leader."""
+    try:
+        if not process.is_running():  # exited, or its pid already belongs to someone else
+            return True
+        if process.status() != psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.NoSuchProcess:
+        return True
+    if process.pid != leader_pid:
+        _reap(process.pid)
+    return True
+
+
+def _reap(pid: int) -> bool:
+    """waitpid without blocking; False when pid is not an exited child of the caller."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return False
+
+
+def _same_start(create_time: float, recorded: float) -> bool:
+    return abs(create_time - recorded) <= CREATE_TIME_TOLERANCE
