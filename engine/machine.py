@@ -14,8 +14,9 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
-from taskwatcher.engine.errors import TransitionNotAllowed
 from transitions import Event, Machine, MachineError
+
+from taskwatcher.engine.errors import TransitionNotAllowed
 
 
 class Status(StrEnum):
@@ -202,6 +203,8 @@ class TaskState:
         when = self.last_heartbeat + threshold * self.timeout
         while self.age_fraction(when) < threshold:
             when = math.nextafter(when, math.inf)
+        while self.age_fraction(earlier := math.nextafter(when, -math.inf)) >= threshold:
+            when = earlier
         return when
 
 

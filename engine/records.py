@@ -9,6 +9,7 @@ import sqlite3
 from typing import Any
 
 import orjson
+
 from taskwatcher.engine.machine import Status
 
 

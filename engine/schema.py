@@ -7,6 +7,7 @@ The spec's columns keep their names; the columns after them serve the supervisor
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from taskwatcher.engine.errors import StoreError
@@ -105,7 +106,7 @@ def open_database(path: Path) -> sqlite3.Connection:
         raise StoreError(f"{path}: cannot open the database ({error})") from None
     try:
         check_usable(connection, path)
-        connection.execute("PRAGMA journal_mode = WAL")
+        _use_wal(connection)
         connection.execute("PRAGMA synchronous = NORMAL")  # WAL keeps it consistent on a crash
         migrate(connection)
     except sqlite3.OperationalError as error:
@@ -123,13 +124,17 @@ def open_database(path: Path) -> sqlite3.Connection:
 
 def check_usable(connection: sqlite3.Connection, path: Path) -> None:
     """Refuse, before any write, a database this code cannot read or does not own."""
-    version = _user_version(connection)
+    # One statement, one snapshot: another opener may be creating the schema meanwhile.
+    version, tables = connection.execute(
+        "SELECT (SELECT user_version FROM pragma_user_version),"
+        " (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%')"
+    ).fetchone()
     if version > LATEST_VERSION:
         raise StoreError(
             f"{path}: written by a newer taskwatcher (schema version {version}, "
             f"this one knows up to {LATEST_VERSION})"
         )
-    if version == 0 and _tables(connection):
+    if version == 0 and tables:
         raise StoreError(f"{path}: not a taskwatcher database (unversioned, has other tables)")
 
 
@@ -153,6 +158,24 @@ def recreate(connection: sqlite3.Connection) -> None:
     _upgrade(connection, 0)
 
 
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Switch to WAL once; the switch needs the file to itself, so racing first openers retry.
+
+    sqlite does not wait on the busy timeout for this one, hence the explicit loop.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            if connection.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError("could not switch to WAL: database is locked")
+        time.sleep(0.005)
+
+
 def _upgrade(connection: sqlite3.Connection, version: int) -> None:
     for step in MIGRATIONS[version:]:
         for statement in step:
@@ -162,10 +185,3 @@ def _upgrade(connection: sqlite3.Connection, version: int) -> None:
 
 def _user_version(connection: sqlite3.Connection) -> int:
     return connection.execute("PRAGMA user_version").fetchone()[0]
-
-
-def _tables(connection: sqlite3.Connection) -> list[str]:
-    rows = connection.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-    )
-    return [name for (name,) in rows]

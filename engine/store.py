@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 import orjson
+
 from taskwatcher.engine import schema
 from taskwatcher.engine.errors import (
     InvalidRequest,

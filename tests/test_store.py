@@ -1,0 +1,522 @@
+"""The store on real sqlite files: reservations, start, status, archive, reads."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import orjson
+import pytest
+
+from taskwatcher.engine.errors import (
+    InvalidRequest,
+    NotReserved,
+    StoreError,
+    TransitionNotAllowed,
+    UniqueConflict,
+    UnknownTask,
+)
+from taskwatcher.engine.machine import Status
+from taskwatcher.engine.store import DEFAULT_RESERVATION_TTL, Store
+
+LIST_KEYS = [
+    "taskid",
+    "name",
+    "info1",
+    "info2",
+    "info3",
+    "pid",
+    "status",
+    "feedback",
+    "reservetime",
+    "starttime",
+    "duration",
+    "lastupdate",
+    "timer",
+    "timeout",
+]
+HISTORY_KEYS = [
+    "id",
+    "taskid",
+    "taskname",
+    "info1",
+    "info2",
+    "info3",
+    "termsignal",
+    "termerror",
+    "exitcode",
+    "outcome",
+    "starttime",
+    "endtime",
+    "duration",
+    "feedback",
+]
+T0 = 1_700_000_000.0
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def store(db_path, clock):
+    with Store.open(db_path, clock=clock) as opened:
+        yield opened
+
+
+def launch(store: Store, taskid: int, **overrides) -> None:
+    """Start a reservation the way the supervisor does."""
+    fields = {
+        "pid": 4242,
+        "child_ctime": T0 - 1,
+        "pgid": 4242,
+        "supervisor_pid": 4241,
+        "supervisor_ctime": T0 - 2,
+        "host": "box",
+        "timeout": 30.0,
+        "has_feedback": True,
+        "feedpath": "/tmp/feedback_1.log",
+        "command": ["sleep", "a b"],
+    }
+    store.start(taskid, **{**fields, **overrides})
+
+
+def started(store: Store, name: str = "job", **overrides) -> int:
+    taskid = store.reserve(name)
+    launch(store, taskid, **overrides)
+    return taskid
+
+
+# -- reservation -------------------------------------------------------------------------
+
+
+def test_reserve_returns_new_ids(store):
+    assert [store.reserve(), store.reserve("b"), store.reserve("b")] == [1, 2, 3]
+
+
+def test_reserved_task_is_listed_without_timer(store, clock):
+    taskid = store.reserve("nightly", info1="a", info2="b", info3="c")
+    clock.now += 5
+    (record,) = store.list_tasks()
+    assert list(record)[: len(LIST_KEYS)] == LIST_KEYS
+    assert record["taskid"] == taskid
+    assert (record["name"], record["info1"], record["info2"], record["info3"]) == (
+        "nightly",
+        "a",
+        "b",
+        "c",
+    )
+    assert record["status"] == Status.RESERVED
+    assert record["reservetime"] == T0
+    assert record["timer"] is None and record["duration"] is None
+    assert record["feedback"] is False and record["unique"] is False
+
+
+def test_unique_reservation_refuses_a_second_holder(store):
+    holder = store.reserve("nightly", unique=True)
+    with pytest.raises(UniqueConflict) as conflict:
+        store.reserve("nightly", unique=True)
+    assert str(conflict.value) == f"name 'nightly' is held by live task {holder}"
+    assert (conflict.value.name, conflict.value.holder) == ("nightly", holder)
+
+
+def test_unique_holder_refuses_plain_reservations_of_its_name(store):
+    holder = store.reserve("nightly", unique=True)
+    with pytest.raises(UniqueConflict, match=f"live task {holder}"):
+        store.reserve("nightly")
+    assert store.live_count() == 1
+
+
+def test_unique_reservation_refused_while_a_plain_task_has_the_name(store):
+    plain = store.reserve("nightly")
+    with pytest.raises(UniqueConflict, match=f"live task {plain}"):
+        store.reserve("nightly", unique=True)
+
+
+def test_plain_reservations_share_names(store):
+    store.reserve("report")
+    store.reserve("report")
+    assert len(store.list_tasks(name="report")) == 2
+
+
+def test_finished_unique_task_frees_its_name(store):
+    holder = started(store, "nightly")
+    store.archive(holder, outcome=Status.COMPLETED, exitcode=0)
+    assert store.reserve("nightly", unique=True) > holder
+
+
+def test_unique_reservation_needs_a_name(store):
+    with pytest.raises(InvalidRequest):
+        store.reserve(unique=True)
+
+
+# -- expiry ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def short_ttl_store(db_path, clock):
+    with Store.open(db_path, clock=clock, reservation_ttl=100) as opened:
+        yield opened
+
+
+def test_default_ttl_is_an_hour():
+    assert DEFAULT_RESERVATION_TTL == 3600
+
+
+def test_reservation_expires_at_its_ttl_on_the_next_write(short_ttl_store, clock):
+    taskid = short_ttl_store.reserve("late", info1="i")
+    clock.now = T0 + 99.999
+    short_ttl_store.reserve("other")
+    assert short_ttl_store.get_task(taskid) is not None
+    clock.now = T0 + 100
+    short_ttl_store.reserve("other")
+    assert short_ttl_store.get_task(taskid) is None
+    record = short_ttl_store.history_of(taskid)
+    assert record["outcome"] == Status.EXPIRED
+    assert (record["starttime"], record["duration"], record["endtime"]) == (None, 0, T0 + 100)
+    assert record["info1"] == "i" and record["feedback"] == {}
+    assert "not launched within 100 s" in record["termerror"]
+
+
+def test_reads_do_not_expire(short_ttl_store, clock):
+    short_ttl_store.reserve("late")
+    clock.now = T0 + 500
+    assert short_ttl_store.live_count() == 1
+    assert short_ttl_store.history() == []
+
+
+def test_housekeep_returns_what_it_expired(short_ttl_store, clock):
+    first = short_ttl_store.reserve("a")
+    clock.now = T0 + 50
+    second = short_ttl_store.reserve("b")
+    clock.now = T0 + 120
+    assert [record["taskid"] for record in short_ttl_store.housekeep()] == [first]
+    assert short_ttl_store.housekeep() == []
+    assert short_ttl_store.get_task(second) is not None
+
+
+def test_started_tasks_never_expire(short_ttl_store, clock):
+    taskid = started(short_ttl_store)
+    clock.now = T0 + 10_000
+    assert short_ttl_store.housekeep() == []
+    assert short_ttl_store.get_task(taskid)["status"] == Status.RUNNING
+
+
+def test_expiry_frees_a_unique_name_for_the_same_write(short_ttl_store, clock):
+    stale = short_ttl_store.reserve("nightly", unique=True)
+    clock.now = T0 + 100
+    fresh = short_ttl_store.reserve("nightly", unique=True)
+    assert fresh > stale
+    assert short_ttl_store.history_of(stale)["outcome"] == Status.EXPIRED
+
+
+def test_start_of_an_expired_reservation_says_so(short_ttl_store, clock):
+    taskid = short_ttl_store.reserve("late")
+    clock.now = T0 + 100
+    with pytest.raises(UnknownTask, match=f"task {taskid} has already ended \\(EXPIRED\\)"):
+        launch(short_ttl_store, taskid)
+
+
+def test_cancelled_reservation_goes_to_history(store, clock):
+    taskid = store.reserve("oops")
+    clock.now += 3
+    record = store.cancel_reservation(taskid, "alice")
+    assert record["outcome"] == Status.EXPIRED
+    assert record["killed_by"] == "alice"
+    assert record["endtime"] == T0 + 3 and record["duration"] == 0
+    assert store.live_count() == 0
+
+
+def test_only_reservations_can_be_cancelled(store):
+    taskid = started(store)
+    with pytest.raises(NotReserved):
+        store.cancel_reservation(taskid, "alice")
+    with pytest.raises(UnknownTask):
+        store.cancel_reservation(999, "alice")
+
+
+# -- start -------------------------------------------------------------------------------
+
+
+def test_start_records_the_launch(store, clock):
+    taskid = store.reserve("job", info1="reserved")
+    clock.now += 2
+    launch(store, taskid, info2="given")
+    row = store.get_task(taskid)
+    assert row["status"] == Status.RUNNING
+    assert (row["starttime"], row["lastupdate"], row["reservetime"]) == (T0 + 2, T0 + 2, T0)
+    assert (row["name"], row["info1"], row["info2"]) == ("job", "reserved", "given")
+    assert (row["pid"], row["pgid"], row["supervisor_pid"], row["host"]) == (
+        4242,
+        4242,
+        4241,
+        "box",
+    )
+    assert (row["child_ctime"], row["supervisor_ctime"]) == (T0 - 1, T0 - 2)
+    assert row["feedback"] == 1 and row["timeout"] == 30
+    assert orjson.loads(row["command"]) == ["sleep", "a b"]
+
+
+def test_start_names_an_anonymous_reservation(store):
+    taskid = store.reserve()
+    launch(store, taskid, name="from-command")
+    assert store.get_task(taskid)["name"] == "from-command"
+
+
+def test_start_happens_once(store):
+    taskid = started(store)
+    with pytest.raises(NotReserved, match=f"task {taskid} is RUNNING, not RESERVED"):
+        launch(store, taskid)
+
+
+def test_start_of_an_unknown_task(store):
+    with pytest.raises(UnknownTask, match="no task 41"):
+        launch(store, 41)
+
+
+def test_start_under_a_name_held_by_a_unique_task_is_refused(store):
+    holder = store.reserve("nightly", unique=True)
+    taskid = store.reserve("other")
+    with pytest.raises(UniqueConflict, match=f"live task {holder}"):
+        launch(store, taskid, name="nightly")
+    assert store.get_task(taskid)["status"] == Status.RESERVED
+
+
+# -- running tasks -----------------------------------------------------------------------
+
+
+def test_timer_counts_from_start_until_a_heartbeat(store, clock):
+    taskid = started(store)
+    clock.now += 12
+    (record,) = store.list_tasks()
+    assert record["duration"] == 12 and record["timer"] == 12
+    store.record_heartbeat(taskid, T0 + 10)
+    clock.now += 1
+    (record,) = store.list_tasks()
+    assert record["duration"] == 13 and record["timer"] == 3
+    assert record["heartbeat"] == T0 + 10
+
+
+def test_heartbeat_never_goes_back(store):
+    taskid = started(store)
+    store.record_heartbeat(taskid, T0 + 10)
+    store.record_heartbeat(taskid, T0 + 5)
+    assert store.get_task(taskid)["heartbeat"] == T0 + 10
+
+
+def test_set_status_records_a_grade(store, clock):
+    taskid = started(store)
+    clock.now += 9
+    store.set_status(taskid, Status.SILENT)
+    row = store.get_task(taskid)
+    assert (row["status"], row["lastupdate"]) == (Status.SILENT, T0 + 9)
+    assert store.list_tasks(status="SILENT")[0]["taskid"] == taskid
+    assert store.list_tasks(status="RUNNING") == []
+
+
+@pytest.mark.parametrize("status", [Status.RESERVED, Status.COMPLETED, Status.EXPIRED])
+def test_set_status_refuses_non_grades(store, status):
+    taskid = started(store)
+    with pytest.raises(TransitionNotAllowed):
+        store.set_status(taskid, status)
+
+
+def test_updates_of_started_tasks_refuse_reservations_and_unknown_ids(store):
+    reserved = store.reserve("r")
+    with pytest.raises(TransitionNotAllowed, match="RESERVED, not started"):
+        store.set_status(reserved, Status.SILENT)
+    with pytest.raises(TransitionNotAllowed):
+        store.record_heartbeat(reserved, T0)
+    with pytest.raises(UnknownTask):
+        store.set_status(999, Status.SILENT)
+
+
+def test_kill_request_remembers_the_first_requester(store, clock):
+    taskid = started(store)
+    record = store.request_kill(taskid, "alice")
+    assert (record["kill_request"], record["kill_requested_at"]) == ("alice", T0)
+    clock.now += 1
+    store.request_kill(taskid, "bob")
+    assert store.get_task(taskid)["kill_request"] == "alice"
+    archived = store.archive(taskid, outcome=Status.KILLED, termsignal="SIGTERM")
+    assert archived["killed_by"] == "alice"
+
+
+def test_kill_request_on_a_reservation_points_to_cancel(store):
+    taskid = store.reserve()
+    with pytest.raises(TransitionNotAllowed, match="cancel the reservation"):
+        store.request_kill(taskid, "alice")
+
+
+# -- feedback ----------------------------------------------------------------------------
+
+
+def test_feedback_round_trip(store):
+    taskid = started(store)
+    assert store.load_feedback(taskid) == ({}, None)
+    store.save_feedback(taskid, {"progress": "10"}, b'{"offset": 12}')
+    store.save_feedback(taskid, {"progress": "20"}, b'{"offset": 24}')
+    assert store.load_feedback(taskid) == ({"progress": "20"}, b'{"offset": 24}')
+
+
+def test_feedback_of_unknown_task(store):
+    with pytest.raises(UnknownTask):
+        store.load_feedback(5)
+    with pytest.raises(UnknownTask):
+        store.save_feedback(5, {}, None)
+
+
+# -- archive and history -----------------------------------------------------------------
+
+
+def test_archive_moves_the_task_to_history(store, clock):
+    taskid = started(store, info3="x")
+    store.save_feedback(taskid, {"progress": "50"}, None)
+    clock.now += 40
+    record = store.archive(
+        taskid, outcome=Status.FAILED, exitcode=3, termerror="exit status 3", feedback={"a": "1"}
+    )
+    assert list(record)[: len(HISTORY_KEYS)] == HISTORY_KEYS
+    assert record["taskid"] == taskid and record["taskname"] == "job"
+    assert (record["outcome"], record["exitcode"], record["termerror"]) == (
+        "FAILED",
+        3,
+        "exit status 3",
+    )
+    assert (record["starttime"], record["endtime"], record["duration"]) == (T0, T0 + 40, 40)
+    assert record["feedback"] == {"a": "1"}
+    assert record["command"] == ["sleep", "a b"] and record["timeout"] == 30.0
+    assert (record["host"], record["pid"], record["reservetime"]) == ("box", 4242, T0)
+    assert store.get_task(taskid) is None
+    assert store.history() == [record]
+    with pytest.raises(UnknownTask, match="already ended \\(FAILED\\)"):
+        store.load_feedback(taskid)
+
+
+def test_archive_keeps_the_last_saved_feedback_by_default(store):
+    taskid = started(store)
+    store.save_feedback(taskid, {"progress": "99"}, b"state")
+    assert store.archive(taskid, outcome=Status.COMPLETED)["feedback"] == {"progress": "99"}
+
+
+def test_archive_takes_an_explicit_end_time(store):
+    taskid = started(store)
+    assert store.archive(taskid, outcome="LOST", endtime=T0 + 7)["endtime"] == T0 + 7
+
+
+def test_archive_refuses_live_statuses_and_unknown_tasks(store):
+    taskid = started(store)
+    with pytest.raises(TransitionNotAllowed):
+        store.archive(taskid, outcome=Status.RUNNING)
+    with pytest.raises(ValueError):
+        store.archive(taskid, outcome="DONE")
+    with pytest.raises(UnknownTask):
+        store.archive(999, outcome=Status.COMPLETED)
+
+
+def test_archive_is_one_transaction(store, db_path):
+    """If the history row cannot be written, the task stays live with its feedback."""
+    taskid = started(store)
+    store.save_feedback(taskid, {"k": "v"}, None)
+    with sqlite3.connect(db_path) as other:
+        other.execute(
+            "INSERT INTO history (taskid, endtime, duration, feedback, outcome)"
+            " VALUES (?, 0, 0, '{}', 'LOST')",
+            (taskid,),
+        )
+    with pytest.raises(StoreError, match="UNIQUE constraint failed"):
+        store.archive(taskid, outcome=Status.COMPLETED)
+    assert store.get_task(taskid)["status"] == Status.RUNNING
+    assert store.load_feedback(taskid) == ({"k": "v"}, None)
+
+
+def test_task_ids_are_never_reused(store, db_path):
+    first = started(store)
+    store.archive(first, outcome=Status.COMPLETED)
+    second = store.reserve()
+    store.cancel_reservation(second, "me")
+    store.close()
+    with Store.open(db_path) as reopened:
+        assert reopened.reserve() == second + 1
+
+
+def test_history_newest_first_with_filters(store, clock):
+    ends = {}
+    for name, outcome, end in [
+        ("a", "COMPLETED", 10),
+        ("b", "FAILED", 20),
+        ("a", "FAILED", 30),
+        ("a", "COMPLETED", 30),
+    ]:
+        taskid = started(store, name)
+        ends[taskid] = end
+        store.archive(taskid, outcome=outcome, endtime=T0 + end)
+
+    def ids(**filters):
+        return [record["taskid"] for record in store.history(**filters)]
+
+    assert ids() == [4, 3, 2, 1]  # equal end times: the later archive first
+    assert ids(name="a") == [4, 3, 1]
+    assert ids(outcome="FAILED") == [3, 2]
+    assert ids(since=T0 + 20) == [4, 3, 2]
+    assert ids(before=T0 + 30) == [2, 1]
+    assert ids(name="a", outcome="COMPLETED", limit=1) == [4]
+    assert ids(name="nobody") == []
+
+
+def test_history_of(store):
+    taskid = started(store)
+    assert store.history_of(taskid) is None
+    store.archive(taskid, outcome=Status.TIMEOUT, exitcode=124)
+    assert store.history_of(taskid)["outcome"] == Status.TIMEOUT
+
+
+def test_clear_history(store):
+    for end in (10, 20, 30):
+        store.archive(started(store), outcome=Status.COMPLETED, endtime=T0 + end)
+    assert store.clear_history(before=T0 + 25) == 2
+    assert [r["endtime"] for r in store.history()] == [T0 + 30]
+    assert store.clear_history() == 1
+    assert store.history() == []
+
+
+def test_records_are_ready_for_json(store):
+    taskid = started(store)
+    store.reserve("waiting")
+    store.archive(taskid, outcome=Status.COMPLETED, feedback={"progress": "100"})
+    started(store)
+    assert orjson.loads(orjson.dumps(store.list_tasks()))[0]["status"] == "RESERVED"
+    assert orjson.loads(orjson.dumps(store.history()))[0]["feedback"] == {"progress": "100"}
+
+
+def test_list_filters_by_name(store):
+    store.reserve("a")
+    started(store, "b")
+    assert [r["name"] for r in store.list_tasks(name="b")] == ["b"]
+    assert store.live_count() == 2
+
+
+def test_reinitialize_empties_everything(store):
+    store.archive(started(store), outcome=Status.COMPLETED)
+    store.reserve("a")
+    store.reinitialize()
+    assert store.live_count() == 0 and store.history() == []
+    assert store.reserve("b") == 1
+
+
+def test_database_trouble_mid_command_is_a_store_error(store, db_path):
+    with sqlite3.connect(db_path) as other:
+        other.execute("DROP TABLE feedbacks")
+    taskid = started(store)
+    with pytest.raises(StoreError, match="no such table: feedbacks"):
+        store.load_feedback(taskid)

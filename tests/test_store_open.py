@@ -1,0 +1,121 @@
+"""Opening databases: creation, migration, and refusing bad files without touching them."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from taskwatcher.engine import schema
+from taskwatcher.engine.errors import StoreError
+from taskwatcher.engine.store import Store
+
+
+def snapshot(path: Path) -> tuple[bytes, int]:
+    return path.read_bytes(), os.stat(path).st_mtime_ns
+
+
+def user_version(path: Path) -> int:
+    with sqlite3.connect(path) as connection:
+        return connection.execute("PRAGMA user_version").fetchone()[0]
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {name for (name,) in rows}
+
+
+def make_sqlite(path: Path, *statements: str) -> None:
+    connection = sqlite3.connect(path)
+    for statement in statements:
+        connection.execute(statement)
+    connection.commit()
+    connection.close()
+
+
+def assert_refused_untouched(path: Path, message: str) -> None:
+    before = snapshot(path)
+    with pytest.raises(StoreError) as refused:
+        Store.open(path)
+    assert str(refused.value) == f"{path}: {message}"
+    assert snapshot(path) == before
+    assert not Path(f"{path}-wal").exists()
+
+
+def test_missing_file_is_created_with_the_latest_schema(db_path):
+    Store.open(db_path).close()
+    assert user_version(db_path) == schema.LATEST_VERSION
+    assert {"tasks", "feedbacks", "history"} <= tables(db_path)
+
+
+def test_empty_file_gets_the_schema(db_path):
+    db_path.touch()
+    with Store.open(db_path) as store:
+        assert store.reserve("x") == 1
+    assert user_version(db_path) == schema.LATEST_VERSION
+
+
+def test_database_is_in_wal_mode(db_path):
+    Store.open(db_path).close()
+    with sqlite3.connect(db_path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_reopening_keeps_the_data(db_path):
+    with Store.open(db_path) as store:
+        taskid = store.reserve("kept")
+    with Store.open(db_path) as store:
+        assert store.get_task(taskid)["name"] == "kept"
+
+
+def test_migrations_run_from_the_stored_version(db_path, monkeypatch):
+    """A future step is applied on top of version 1 without redoing version 1."""
+    Store.open(db_path).close()
+    step = ("ALTER TABLE tasks ADD COLUMN priority INTEGER",)
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, step))
+    monkeypatch.setattr(schema, "LATEST_VERSION", len(schema.MIGRATIONS))
+    with Store.open(db_path) as store:
+        taskid = store.reserve("x")
+        assert "priority" in store.get_task(taskid)
+    assert user_version(db_path) == 2
+
+
+def test_text_file_is_refused_untouched(db_path):
+    db_path.write_text("name,pid\nbackup,12\n" * 20)
+    assert_refused_untouched(db_path, "not a taskwatcher database (file is not a database)")
+
+
+def test_short_binary_file_is_refused_untouched(db_path):
+    db_path.write_bytes(b"\x00\x01")
+    assert_refused_untouched(db_path, "not a taskwatcher database (file is not a database)")
+
+
+def test_sqlite_header_with_garbage_is_refused_untouched(db_path):
+    db_path.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 16)
+    assert_refused_untouched(db_path, "not a taskwatcher database (file is not a database)")
+
+
+def test_newer_schema_is_refused_untouched(db_path):
+    make_sqlite(db_path, "CREATE TABLE tasks (id INTEGER)", "PRAGMA user_version = 99")
+    assert_refused_untouched(
+        db_path,
+        f"written by a newer taskwatcher (schema version 99, this one knows up to"
+        f" {schema.LATEST_VERSION})",
+    )
+
+
+def test_another_applications_database_is_refused_untouched(db_path):
+    make_sqlite(db_path, "CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    assert_refused_untouched(db_path, "not a taskwatcher database (unversioned, has other tables)")
+
+
+def test_refused_database_gets_no_wal_header(db_path):
+    """Asking for WAL rewrites the header: it must never happen to a refused file."""
+    make_sqlite(db_path, "PRAGMA user_version = 99")
+    before = db_path.read_bytes()[18:20]
+    with pytest.raises(StoreError):
+        Store.open(db_path)
+    assert db_path.read_bytes()[18:20] == before == b"\x01\x01"
