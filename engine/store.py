@@ -435,10 +435,11 @@ class Store:
         """The name rule: a unique claim needs the name unused, and a unique holder refuses all."""
         if name is None:
             return
+        # Two shapes so each stops at once on an index: any holder, or the one unique holder.
+        claimants = "" if unique else " AND is_unique"
         holder = self._row(
-            "SELECT id FROM tasks WHERE name = ? AND id IS NOT ? AND (is_unique OR ?)"
-            " ORDER BY id LIMIT 1",
-            (name, other_than, unique),
+            f"SELECT id FROM tasks WHERE name = ?{claimants} AND id IS NOT ? ORDER BY id LIMIT 1",
+            (name, other_than),
         )
         if holder is not None:
             raise UniqueConflict(name, holder["id"])

@@ -1,0 +1,209 @@
+"""Store speed: a task's whole life and twctl's reads, against bare sqlite on the same file.
+
+Targets: archive under 1 ms per task, list_tasks under 20 ms with 200 live tasks and
+100,000 history rows. Ratios compare with a baseline measured in the same run, so a slow
+machine shows up in the baseline rather than as a failed target.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from taskwatcher.engine.store import Store
+
+LIFECYCLES = 10_000
+LIVE_TASKS = 200
+HISTORY_ROWS = 100_000
+NAMES = 100  # history rows spread over this many task names
+READ_REPEATS = 30
+
+
+def per_call(action: Callable[[], object], repeats: int) -> float:
+    """Median seconds per call: robust to a stray slow call."""
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def each(action: Callable[[int], object], items: list[int]) -> float:
+    """Mean seconds per item when acting on every item once, in order."""
+    started = time.perf_counter()
+    for item in items:
+        action(item)
+    return (time.perf_counter() - started) / len(items)
+
+
+def show(
+    label: str,
+    seconds: float,
+    *,
+    target: float | None = None,
+    baseline: tuple[str, float] | None = None,
+) -> None:
+    """One figure line: value, target verdict, and ratio to a named baseline."""
+    figure = f"{seconds * 1e3:9.3f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:9.1f} µs"
+    parts = [f"{label:<52}{figure}"]
+    if target is not None:
+        verdict = "ok" if seconds < target else "MISSED"
+        parts.append(f"target < {target * 1e3:g} ms: {verdict}")
+    if baseline is not None:
+        name, reference = baseline
+        parts.append(f"{seconds / reference:8.1f}x {name}")
+    print("   ".join(parts), flush=True)
+
+
+def fill_history(path: Path, rows: int) -> None:
+    """Bulk-insert finished tasks the way many archives would have left them."""
+    feedback = orjson.dumps({"progress": "100", "testcase_name": "teardown"})
+    command = orjson.dumps(["run.sh", "--fast"]).decode()
+    now = time.time()
+    with sqlite3.connect(path) as connection:
+        connection.executemany(
+            "INSERT INTO history (taskid, taskname, info1, starttime, endtime, duration, feedback,"
+            " exitcode, outcome, reservetime, host, pid, timeout, command)"
+            " VALUES (?, ?, 'bench', ?, ?, 60, ?, 0, 'COMPLETED', ?, 'bench', 1, 30, ?)",
+            (
+                (
+                    1_000_000 + index,
+                    f"job-{index % NAMES}",
+                    now - rows + index - 60,
+                    now - rows + index,
+                    feedback,
+                    now - rows + index - 61,
+                    command,
+                )
+                for index in range(rows)
+            ),
+        )
+
+
+def lifecycle_figures(store: Store, write_baseline: tuple[str, float]) -> None:
+    """Reserve, start and archive LIFECYCLES tasks, one phase at a time, per task."""
+    started = time.perf_counter()
+    ids = [store.reserve(f"job-{index % NAMES}", info1="bench") for index in range(LIFECYCLES)]
+    show(
+        f"reserve ({LIFECYCLES:,} tasks), per task",
+        (time.perf_counter() - started) / LIFECYCLES,
+        baseline=write_baseline,
+    )
+    pid = os.getpid()
+    show(
+        "start, per task",
+        each(lambda taskid: store.start(taskid, pid=pid, timeout=30, command=["x"]), ids),
+        baseline=write_baseline,
+    )
+    show(
+        "set_status, per task",
+        each(lambda taskid: store.set_status(taskid, "SILENT"), ids),
+        baseline=write_baseline,
+    )
+    show(
+        "archive with final feedback, per task",
+        each(
+            lambda taskid: store.archive(taskid, outcome="COMPLETED", feedback={"p": "100"}),
+            ids,
+        ),
+        target=1e-3,
+        baseline=write_baseline,
+    )
+
+
+def read_figures(store: Store, raw: sqlite3.Connection, path: Path) -> None:
+    """twctl's reads on a well-used database: 200 live tasks and 100,000 finished ones.
+
+    Each is compared with bare sqlite fetching the same rows: the ratio is the cost of
+    turning rows into records (JSON decoding, computed timers).
+    """
+    fill_history(path, HISTORY_ROWS)
+    for index in range(LIVE_TASKS):
+        taskid = store.reserve(f"live-{index}")
+        if index % 4:
+            store.start(taskid, pid=os.getpid(), timeout=30, command=["x"])
+
+    def bare(sql: str, *params: object) -> tuple[str, float]:
+        return "bare sqlite", per_call(lambda: raw.execute(sql, params).fetchall(), READ_REPEATS)
+
+    by_name = "SELECT * FROM history WHERE taskname = ? ORDER BY endtime DESC, id DESC"
+    show(
+        f"list_tasks ({LIVE_TASKS} live, {HISTORY_ROWS:,} history rows)",
+        per_call(store.list_tasks, READ_REPEATS),
+        target=20e-3,
+        baseline=bare("SELECT * FROM tasks ORDER BY id"),
+    )
+    show(
+        f"history(name=..., limit=50) of {HISTORY_ROWS:,} rows",
+        per_call(lambda: store.history(name="job-7", limit=50), READ_REPEATS),
+        baseline=bare(by_name + " LIMIT 50", "job-7"),
+    )
+    show(
+        f"history(name=...): all {HISTORY_ROWS // NAMES:,} rows of one name",
+        per_call(lambda: store.history(name="job-7"), READ_REPEATS),
+        baseline=bare(by_name, "job-7"),
+    )
+    show(
+        "history(outcome=..., limit=50)",
+        per_call(lambda: store.history(outcome="COMPLETED", limit=50), READ_REPEATS),
+        baseline=bare(
+            "SELECT * FROM history WHERE outcome = ? ORDER BY endtime DESC, id DESC LIMIT 50",
+            "COMPLETED",
+        ),
+    )
+    show(
+        "history_of(taskid)",
+        per_call(lambda: store.history_of(1_000_123), READ_REPEATS),
+        baseline=bare("SELECT * FROM history WHERE taskid = ?", 1_000_123),
+    )
+    plan = raw.execute(f"EXPLAIN QUERY PLAN {by_name}", ("job-7",)).fetchall()
+    print(f"{'query plan, history by name':<52}{plan[-1][-1]}")
+
+
+def raw_select_one(raw: sqlite3.Connection) -> Callable[[], object]:
+    return lambda: raw.execute("SELECT 1").fetchone()
+
+
+def raw_one_row_write(raw: sqlite3.Connection) -> Callable[[], object]:
+    """The least a write transaction can cost on this file: the unit for store writes."""
+
+    def write() -> None:
+        raw.execute("BEGIN IMMEDIATE")
+        raw.execute("INSERT INTO scratch (value) VALUES ('x')")
+        raw.execute("COMMIT")
+
+    return write
+
+
+def main() -> None:
+    """Print per-task write costs and read latencies, with targets and baseline ratios."""
+    with tempfile.TemporaryDirectory(prefix="twbench-") as folder:
+        path = Path(folder) / "bench.db"
+        with Store.open(path) as store:
+            raw = sqlite3.connect(path, isolation_level=None)
+            raw.execute("PRAGMA synchronous = NORMAL")
+            raw.execute("CREATE TABLE scratch (id INTEGER PRIMARY KEY, value TEXT)")
+            show("baseline: sqlite SELECT 1 round trip", per_call(raw_select_one(raw), 1000))
+            one_row = per_call(raw_one_row_write(raw), 1000)
+            show("baseline: one-row INSERT in BEGIN IMMEDIATE/COMMIT", one_row)
+            write_baseline = ("one-row write", one_row)
+            show(
+                "store write doing nothing (housekeeping query)",
+                per_call(store.housekeep, 1000),
+                baseline=write_baseline,
+            )
+            lifecycle_figures(store, write_baseline)
+            read_figures(store, raw, path)
+            raw.close()
+
+
+if __name__ == "__main__":
+    main()
