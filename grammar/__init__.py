@@ -2,5 +2,14 @@
 
 from .diagnostics import Diagnostic
 from .parser import parse_feedback, validate_feedback
+from .reader import FeedbackReader, ReaderState
+from .stream import MAX_LINE_BYTES
 
-__all__ = ["Diagnostic", "parse_feedback", "validate_feedback"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "Diagnostic",
+    "FeedbackReader",
+    "ReaderState",
+    "parse_feedback",
+    "validate_feedback",
+]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from itertools import chain
+from itertools import chain, pairwise
 from typing import NamedTuple
 
 from .language import terminal_patterns
@@ -67,7 +67,7 @@ def _block_spans(framed: str, block_chars: int) -> list[tuple[int, int]]:
     starts = [0]
     while (cut := framed.find("\n", starts[-1] + block_chars)) >= 0:
         starts.append(cut)
-    return list(zip(starts, [*starts[1:], len(framed)], strict=True))
+    return list(pairwise([*starts, len(framed)]))
 
 
 def apply_framed(values: dict[str, str], framed: str, block_chars: int = BLOCK_CHARS) -> None:

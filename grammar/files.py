@@ -1,0 +1,54 @@
+"""Opening a feedback file without ever blocking on, or reading forever from, a non-file."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .errors import NotARegularFile
+
+READ_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class OpenedFile:
+    """An open regular file: its descriptor, identity (device, inode) and size when opened."""
+
+    descriptor: int
+    identity: tuple[int, int]
+    size: int
+
+    def __enter__(self) -> OpenedFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.close(self.descriptor)
+
+    def read(self, start: int, stop: int, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        """The bytes in [start, stop) chunk by chunk; ends early if the file shrank meanwhile."""
+        offset = start
+        while offset < stop:
+            data = os.pread(self.descriptor, min(chunk_size, stop - offset), offset)
+            if not data:
+                return
+            offset += len(data)
+            yield data
+
+
+def open_regular(path: str | os.PathLike[str]) -> OpenedFile:
+    """Open for reading; a FIFO or device opens without blocking and is refused after fstat.
+
+    Raises OSError (FileNotFoundError, PermissionError, ...) or NotARegularFile; callers show
+    `error.strerror or error` after the path.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise NotARegularFile("not a regular file")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return OpenedFile(descriptor, (status.st_dev, status.st_ino), status.st_size)

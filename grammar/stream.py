@@ -1,0 +1,139 @@
+"""Feedback bytes arriving in pieces, turned into values one complete line at a time.
+
+Memory stays bounded whatever the input: a piece is consumed as soon as it arrives, only the
+unterminated last line is kept, and a line longer than MAX_LINE_BYTES is skipped and
+reported instead of being buffered. Bytes that are not UTF-8 make their line invalid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from .diagnostics import Diagnostic
+from .fastpath import apply_framed, frame
+from .parser import check_framed
+from .positions import LineNumbers
+from .semantics import visible
+
+MAX_LINE_BYTES = 64 * 1024
+# Any line longer than MAX_LINE_BYTES covers at least one whole window of this size.
+_WINDOW = MAX_LINE_BYTES // 2
+TOO_LONG = f"line longer than {MAX_LINE_BYTES} bytes: skipped"
+# What "surrogateescape" decoding turns undecodable bytes into.
+_UNDECODED = re.compile("[\ud800-\udfff]")
+
+
+@dataclass
+class FeedbackStream:
+    """The state between two pieces: values (with cleared placeholders), the partial last line,
+    whether an over-long line is being skipped, and how many complete lines were consumed.
+
+    With `check`, every invalid line is also explained in `diagnostics` (validation mode);
+    otherwise only over-long lines are reported there. The owner drains `diagnostics`.
+    """
+
+    values: dict[str, str] = field(default_factory=dict)
+    pending: bytes = b""
+    skipping: bool = False
+    lines: int = 0
+    check: bool = False
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def feed(self, data: bytes) -> None:
+        """Consume the complete lines that `data` finishes; keep the unterminated rest."""
+        if self.skipping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return
+            self.skipping = False
+            self.lines += 1
+            data = data[newline + 1 :]
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            block = self.pending + data[:cut]
+            self.pending = b""
+            self._consume(block)
+        self._hold(data[cut:])
+
+    def finish(self) -> None:
+        """The input is complete: its last line counts even without a newline."""
+        if self.pending:
+            block = self.pending
+            self.pending = b""
+            self._consume(block + b"\n")
+
+    def current(self, *, final: bool = False) -> dict[str, str]:
+        """The visible values; with `final`, as if the input ended now (the state is kept)."""
+        if not final or not self.pending:
+            return visible(self.values)
+        finished = dataclasses.replace(self, values=dict(self.values), diagnostics=[])
+        finished.finish()
+        return visible(finished.values)
+
+    def _hold(self, partial: bytes) -> None:
+        if len(self.pending) + len(partial) > MAX_LINE_BYTES:
+            self._report(self.lines + 1, MAX_LINE_BYTES + 1, TOO_LONG)
+            self.pending = b""
+            self.skipping = True
+        else:
+            self.pending += partial
+
+    def _consume(self, block: bytes) -> None:
+        """Apply a run of complete lines (`block` ends with a newline)."""
+        already_reported = len(self.diagnostics)
+        text = self._decode(self._drop_long_lines(block))
+        framed = frame(text)
+        if self.check:
+            self.diagnostics.extend(check_framed(framed, first_line=self.lines + 1))
+            self.diagnostics[already_reported:] = sorted(
+                self.diagnostics[already_reported:], key=lambda found: (found.line, found.column)
+            )
+        apply_framed(self.values, framed)
+        self.lines += block.count(b"\n")
+
+    def _drop_long_lines(self, block: bytes) -> bytes:
+        """Empty every line longer than MAX_LINE_BYTES, keeping its newline and the numbering."""
+        if len(block) <= MAX_LINE_BYTES:
+            return block
+        numbers = LineNumbers(block, self.lines + 1)
+        kept = []
+        kept_from = 0
+        window = 0
+        while window < len(block):
+            if block.find(b"\n", window, window + _WINDOW) >= 0:
+                window += _WINDOW
+                continue
+            start = block.rfind(b"\n", 0, window) + 1
+            end = block.find(b"\n", window)
+            if end - start > MAX_LINE_BYTES:
+                self._report(numbers.at(start), MAX_LINE_BYTES + 1, TOO_LONG)
+                kept.append(block[kept_from:start])
+                kept_from = end
+            window = (end // _WINDOW + 1) * _WINDOW
+        kept.append(block[kept_from:])
+        return b"".join(kept)
+
+    def _decode(self, block: bytes) -> str:
+        """Decode UTF-8; a line holding bytes that are not UTF-8 is emptied (and explained)."""
+        try:
+            return block.decode()
+        except UnicodeDecodeError:
+            text = block.decode(errors="surrogateescape")
+        numbers = LineNumbers(text, self.lines + 1)
+        kept = []
+        kept_from = 0
+        while bad := _UNDECODED.search(text, kept_from):
+            start = text.rfind("\n", 0, bad.start()) + 1
+            if self.check:
+                byte = ord(bad.group()) - 0xDC00
+                message = f"invalid UTF-8: byte 0x{byte:02x} does not decode"
+                self._report(numbers.at(start), bad.start() - start + 1, message)
+            kept.append(text[kept_from:start])
+            kept_from = text.find("\n", bad.start())
+        kept.append(text[kept_from:])
+        return "".join(kept)
+
+    def _report(self, line: int, column: int, message: str) -> None:
+        self.diagnostics.append(Diagnostic(line, column, message))
