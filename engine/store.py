@@ -93,13 +93,19 @@ class Store:
             raise InvalidRequest("a unique reservation needs a name")
         with self._write() as now:
             self._check_name_free(name, unique=unique)
-            cursor = self._execute(
-                "INSERT INTO tasks (name, info1, info2, info3, status, reservetime, lastupdate,"
-                " is_unique) VALUES (?, ?, ?, ?, 'RESERVED', ?, ?, ?)",
-                (name, info1, info2, info3, now, now, unique),
+            return self._insert(
+                "tasks",
+                {
+                    "name": name,
+                    "info1": info1,
+                    "info2": info2,
+                    "info3": info3,
+                    "status": Status.RESERVED,
+                    "reservetime": now,
+                    "lastupdate": now,
+                    "is_unique": unique,
+                },
             )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
 
     def housekeep(self) -> list[Record]:
         """Expire reservations older than the time-to-live; returns their history records."""
@@ -158,7 +164,7 @@ class Store:
 
     def set_status(self, taskid: int, status: Status | str) -> None:
         """Record the grade the supervisor's machine gave a started task."""
-        status = Status(status)
+        status = _status(status)
         if status not in STARTED_STATUSES:
             raise TransitionNotAllowed(
                 f"task {taskid}: {status} is recorded by start(), archive() or"
@@ -212,7 +218,7 @@ class Store:
 
         Without `feedback`, the last saved feedback becomes the final one.
         """
-        outcome = Status(outcome)
+        outcome = _status(outcome)
         if outcome not in FINAL_STATUSES:
             raise TransitionNotAllowed(f"task {taskid}: {outcome} is not a final outcome")
         with self._write() as now:
@@ -321,11 +327,11 @@ class Store:
         self._execute("BEGIN IMMEDIATE")
         try:
             yield now
+            self._execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:  # sqlite already rolled back after some I/O errors
                 self._execute("ROLLBACK")
             raise
-        self._execute("COMMIT")
 
     @contextmanager
     def _write(self) -> Iterator[float]:
@@ -381,42 +387,43 @@ class Store:
         feedback: dict[str, Any] | None = None,
         killed_by: str | None = None,
     ) -> Record:
+        """Copy a live row to history with how it ended, then delete it and its feedback."""
         taskid = row["id"]
         if feedback is None:
             feedback, _ = self.load_feedback(taskid)
         starttime = row["starttime"]
-        archived = self._execute(
-            "INSERT INTO history (taskid, taskname, info1, info2, info3, termsignal, termerror,"
-            " starttime, endtime, duration, feedback, exitcode, outcome, reservetime, host, pid,"
-            " timeout, killed_by, command)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                taskid,
-                row["name"],
-                row["info1"],
-                row["info2"],
-                row["info3"],
-                termsignal,
-                termerror,
-                starttime,
-                endtime,
-                0.0 if starttime is None else max(0.0, endtime - starttime),
-                orjson.dumps(feedback),
-                exitcode,
-                outcome,
-                row["reservetime"],
-                row["host"],
-                row["pid"],
-                row["timeout"],
-                killed_by,
-                row["command"],
-            ),
+        kept = ("info1", "info2", "info3", "reservetime", "host", "pid", "timeout", "command")
+        historyid = self._insert(
+            "history",
+            {
+                "taskid": taskid,
+                "taskname": row["name"],
+                **{column: row[column] for column in kept},
+                "termsignal": termsignal,
+                "termerror": termerror,
+                "exitcode": exitcode,
+                "outcome": outcome,
+                "starttime": starttime,
+                "endtime": endtime,
+                "duration": 0.0 if starttime is None else max(0.0, endtime - starttime),
+                "feedback": orjson.dumps(feedback),
+                "killed_by": killed_by,
+            },
         )
         self._execute("DELETE FROM tasks WHERE id = ?", (taskid,))
         self._execute("DELETE FROM feedbacks WHERE id = ?", (taskid,))
         # Read back rather than RETURNING, which skips REAL affinity (10.0 would come back as 10).
-        (inserted,) = self._rows("SELECT * FROM history WHERE id = ?", (archived.lastrowid,))
+        (inserted,) = self._rows("SELECT * FROM history WHERE id = ?", (historyid,))
         return history_record(inserted)
+
+    def _insert(self, table: str, values: dict[str, Any]) -> int:
+        """INSERT one row from a column -> value mapping; returns its id."""
+        marks = ", ".join("?" * len(values))
+        cursor = self._execute(
+            f"INSERT INTO {table} ({', '.join(values)}) VALUES ({marks})", tuple(values.values())
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
 
     def _update_started(self, taskid: int, assignment: str, *values: Any) -> None:
         """Update one started task; a reservation or an unknown id is refused."""
@@ -462,6 +469,13 @@ class Store:
         if ended is None:
             return UnknownTask(f"no task {taskid}")
         return UnknownTask(f"task {taskid} has already ended ({ended['outcome']})")
+
+
+def _status(value: Status | str) -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        raise InvalidRequest(f"unknown status {value!r}") from None
 
 
 def _filters(*conditions: tuple[str, Any]) -> tuple[str, tuple[Any, ...]]:

@@ -418,7 +418,7 @@ def test_archive_refuses_live_statuses_and_unknown_tasks(store):
     taskid = started(store)
     with pytest.raises(TransitionNotAllowed):
         store.archive(taskid, outcome=Status.RUNNING)
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidRequest, match="unknown status 'DONE'"):
         store.archive(taskid, outcome="DONE")
     with pytest.raises(UnknownTask):
         store.archive(999, outcome=Status.COMPLETED)
