@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from functools import partial
@@ -57,14 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     sources = [*args.files, *([args.feedback] if args.feedback else [])]
     if not sources:
         parser.error(f"give a feedback FILE ('{STDIN}' for standard input)")
-    if args.check:
-        return check_sources(sources)
-    if len(sources) > 1:
+    if not args.check and len(sources) > 1:
         parser.error("give one FILE to print, or --check to check several")
-    return print_values(sources[0], pretty=args.pretty)
+    try:
+        status = check_sources(sources) if args.check else print_values(sources[0], args.pretty)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Whoever read the output stopped early (`twparse --check ... | head`): not our error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    return status
 
 
-def print_values(source: str, *, pretty: bool) -> int:
+def print_values(source: str, pretty: bool) -> int:
     """Stream the file through the tolerant parser and print its values as JSON."""
     stream = FeedbackStream()
     try:
@@ -91,6 +97,8 @@ def check_sources(sources: list[str]) -> int:
             for chunk in _chunks(source):
                 stream.feed(chunk)
                 status = max(status, _print_diagnostics(source, stream))
+        except BrokenPipeError:
+            raise  # the output is gone, not the input
         except OSError as error:
             status = max(status, _unreadable(source, error))
             continue

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import orjson
 import pytest
 
 from taskwatcher.grammar import MAX_LINE_BYTES
-from tests.helpers import run_cli
+from tests.helpers import BIN, run_cli
 from tests.test_grammar import SPEC_EXAMPLE, SPEC_OUTPUT
 
 
@@ -144,3 +145,15 @@ def test_debug_logs_to_stderr(spec_file: Path) -> None:
     assert result.returncode == 0
     assert result.stderr == f"twparse: {spec_file}: 11 lines, 4 keywords\n"
     assert orjson.loads(result.stdout) == SPEC_OUTPUT
+
+
+def test_a_reader_that_stops_early_causes_no_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "feedback.log"
+    path.write_text("oops\n" * 5000)
+    with subprocess.Popen(
+        [BIN / "twparse", "--check", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as twparse:
+        twparse.stdout.close()
+        errors = twparse.stderr.read()
+    assert twparse.returncode == 0
+    assert errors == b""
