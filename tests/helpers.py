@@ -21,3 +21,28 @@ def run_cli(
         timeout=timeout,
         **kwargs,
     )
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.02):
+    """Poll until predicate() is truthy and return its value; fail the test after `timeout`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+def start_cli(command: str, *args: str | os.PathLike, **kwargs) -> subprocess.Popen[str]:
+    """Start a console script in the background (for tasks the test watches while they run)."""
+    return subprocess.Popen(
+        [str(BIN / command), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )

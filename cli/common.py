@@ -1,0 +1,62 @@
+"""What every command shares: the --db option, one-line errors, logging, number parsing."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import NoReturn
+
+from taskwatcher.engine.location import resolve_db_path
+from taskwatcher.engine.store import Store
+
+DB_HELP = "database file (default: $TASKWATCHER_DB, else $XDG_STATE_HOME/taskwatcher/tasks.db)"
+
+
+def add_db_option(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
+    """Add --db; on a subcommand it must not overwrite a --db given before the subcommand."""
+    default = argparse.SUPPRESS if inherited else None
+    parser.add_argument("--db", metavar="PATH", default=default, help=DB_HELP)
+
+
+def open_store(db_option: str | None) -> Store:
+    """Open the database the options, the environment or the XDG default designate."""
+    return Store.open(resolve_db_path(db_option))
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print one line on stderr and exit: the whole error report a user gets."""
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
+def setup_logging(verbosity: int) -> None:
+    """Quiet by default (warnings only); -v shows info, -vv debug; always to stderr."""
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)]
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(name)s: %(message)s")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"not a finite number of seconds: {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a duration above zero."""
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
+    return value
+
+
+def non_negative_seconds(text: str) -> float:
+    """argparse type: a duration of zero or more."""
+    value = _seconds(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value

@@ -1,0 +1,67 @@
+"""Why a task was stopped, and how its end reads in history and in twrun's exit status."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+
+from taskwatcher.engine.machine import Status
+from taskwatcher.engine.process import exit_status_to_code
+
+#: timeout(1)'s exit status when the time ran out.
+TIMEOUT_EXIT_CODE = 124
+
+
+@dataclass(frozen=True)
+class TaskEnd:
+    """How a task ended: what history records and what twrun exits with."""
+
+    taskid: int
+    outcome: Status
+    exit_code: int
+    termsignal: str | None
+    termerror: str | None
+
+
+@dataclass(frozen=True)
+class StopReason:
+    """A decision to stop a running task: what outcome it leads to and why, in words."""
+
+    outcome: Status
+    reason: str
+    first_signal: signal.Signals = signal.SIGTERM
+
+    @classmethod
+    def timeout(cls) -> StopReason:
+        """The heartbeat age reached the timeout."""
+        return cls(Status.TIMEOUT, "no heartbeat")
+
+    @classmethod
+    def by_signal(cls, signum: signal.Signals) -> StopReason:
+        """twrun itself received SIGINT, SIGTERM or SIGHUP: pass the same signal on."""
+        return cls(Status.KILLED, f"twrun received {signum.name}", first_signal=signum)
+
+    @classmethod
+    def requested(cls, requester: str) -> StopReason:
+        """Someone asked through the database (`twctl kill`)."""
+        return cls(Status.KILLED, f"killed on request by {requester}")
+
+
+def end_of_task(
+    taskid: int,
+    stop: StopReason | None,
+    returncode: int,
+    last_signal: str | None,
+    timeout: float | None,
+) -> TaskEnd:
+    """Combine the stop decision (if any) with the child's status into history's terms."""
+    exit_code, termsignal, termerror = exit_status_to_code(returncode)
+    if stop is None:
+        if returncode == 0:
+            return TaskEnd(taskid, Status.COMPLETED, 0, termsignal, None)
+        outcome = Status.FAILED if returncode > 0 else Status.KILLED
+        return TaskEnd(taskid, outcome, exit_code, termsignal, termerror)
+    if stop.outcome == Status.TIMEOUT:
+        reason = f"no heartbeat for {timeout:g} s"
+        return TaskEnd(taskid, Status.TIMEOUT, TIMEOUT_EXIT_CODE, last_signal or termsignal, reason)
+    return TaskEnd(taskid, stop.outcome, exit_code, last_signal or termsignal, stop.reason)

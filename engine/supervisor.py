@@ -1,0 +1,324 @@
+"""Supervised execution: launch a reserved task, grade its heartbeat, stop it, archive it.
+
+The loop sleeps in poll() on two descriptors, the child's pidfd and the signal pipe, with a
+timeout that ends at the next health deadline (at most HEARTBEAT_CHECK_INTERVAL): the exit of
+the child and any signal wake it at once, and an idle task costs a stat() per second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from taskwatcher.engine import process
+from taskwatcher.engine.errors import NotReserved, StoreError, UnknownTask
+from taskwatcher.engine.location import default_feedpath
+from taskwatcher.engine.machine import Status, TaskState, release
+from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, STOP_SIGNALS, SignalInbox
+from taskwatcher.engine.stopping import StopReason, TaskEnd, end_of_task
+from taskwatcher.engine.store import Store
+from taskwatcher.grammar import FeedbackReader, ReaderState
+from taskwatcher.grammar.errors import TaskwatcherError
+
+log = logging.getLogger(__name__)
+
+#: Seconds between SIGTERM and SIGKILL when a task is stopped (supervisord's stopwaitsecs idea).
+DEFAULT_GRACE = 5.0
+#: The feedback file's mtime is read at least this often; also the cap on heartbeat row writes.
+HEARTBEAT_CHECK_INTERVAL = 1.0
+#: The argv marker by which the spec recognises a program that writes feedback.
+FEEDBACK_FLAG = "--feedback"
+
+
+class ReservationRequired(TaskwatcherError):
+    """A task that writes feedback must be launched with a reserved --taskid."""
+
+
+class FeedpathMissing(TaskwatcherError, FileNotFoundError):
+    """The --feedpath folder does not exist."""
+
+
+class NotRecorded(TaskwatcherError):
+    """The task ended but its end could not be written to the database."""
+
+    def __init__(self, message: str, end: TaskEnd) -> None:
+        super().__init__(message)
+        self.end = end
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything `twrun` was asked to do, before anything is touched."""
+
+    argv: Sequence[str]
+    taskid: int | None = None
+    name: str | None = None
+    info1: str | None = None
+    info2: str | None = None
+    info3: str | None = None
+    feedpath: Path | None = None
+    timeout: float | None = None
+    grace: float = DEFAULT_GRACE
+    keep_feedback: bool = False
+
+    @property
+    def expects_feedback(self) -> bool:
+        """The spec's rule: `--feedback` in the command, or a feedback folder given to twrun."""
+        marked = any(
+            arg == FEEDBACK_FLAG or arg.startswith(FEEDBACK_FLAG + "=") for arg in self.argv
+        )
+        return marked or self.feedpath is not None
+
+    @property
+    def heartbeat_timeout(self) -> float | None:
+        """The timeout applies to the heartbeat, so a task without feedback has none."""
+        return self.timeout if self.expects_feedback else None
+
+
+@dataclass
+class _Watch:
+    """The supervisor's view of one running task between two polls."""
+
+    taskid: int
+    feedback_file: Path
+    state: TaskState
+    heartbeat: float | None = None
+    heartbeat_written: float | None = None
+    last_request_check: float = 0.0
+    stop: StopReason | None = None
+    store_failures: list[str] = field(default_factory=list)
+
+
+def run_task(
+    store: Store, request: LaunchRequest, *, clock: Callable[[], float] = time.time
+) -> TaskEnd:
+    """Launch the request's command as a supervised task and return how it ended.
+
+    Raises before launching anything when the reservation or the feedback folder is wrong,
+    and LaunchError (with its 126/127 exit code) once a command that cannot start is archived
+    as FAILED. Once the child runs, database trouble is logged and never leaves it unsupervised.
+    """
+    taskid = _claim_reservation(store, request)
+    feedback_file = _feedback_file(store, request, taskid)
+    process.become_subreaper()
+    with SignalInbox([*STOP_SIGNALS, KILL_REQUEST_SIGNAL]) as inbox:
+        try:
+            child = process.spawn(request.argv, _child_env(request, taskid, feedback_file))
+        except process.LaunchError as error:
+            _archive(store, TaskEnd(taskid, Status.FAILED, error.exit_code, None, str(error)), None)
+            raise
+        leader = process.identity_of(child.pid)
+        _record_start(store, request, taskid, child, leader, feedback_file, clock)
+        health = TaskState(taskid, request.heartbeat_timeout, request.expects_feedback)
+        watch = _Watch(taskid, feedback_file, health)
+        watch.state.start(clock())
+        try:
+            _supervise(store, child, inbox, watch, clock)
+            last_signal = _stop_everything(child, leader, watch, request.grace)
+        finally:
+            release(watch.state)
+    end = end_of_task(taskid, watch.stop, child.returncode, last_signal, request.timeout)
+    feedback = _final_feedback(store, taskid, feedback_file) if request.expects_feedback else None
+    _archive(store, end, feedback)
+    if not request.keep_feedback:
+        feedback_file.unlink(missing_ok=True)
+    return end
+
+
+def _claim_reservation(store: Store, request: LaunchRequest) -> int:
+    """The task id to run under: the reserved one, or a fresh one for a task without feedback."""
+    if request.taskid is None:
+        if request.expects_feedback:
+            raise ReservationRequired(
+                "this task writes feedback: reserve a task id first (twctl reserve) "
+                "and pass it with --taskid"
+            )
+        return store.reserve(
+            request.name or _default_name(request.argv),
+            info1=request.info1,
+            info2=request.info2,
+            info3=request.info3,
+        )
+    row = store.get_task(request.taskid)
+    if row is None:
+        history = store.history_of(request.taskid)
+        if history is None:
+            raise UnknownTask(f"task {request.taskid} is not reserved")
+        raise NotReserved(f"task {request.taskid} has already ended ({history['outcome']})")
+    if row["status"] != Status.RESERVED:
+        raise NotReserved(f"task {request.taskid} is {row['status']}, not RESERVED")
+    return request.taskid
+
+
+def _feedback_file(store: Store, request: LaunchRequest, taskid: int) -> Path:
+    """`FEEDPATH/feedback_<taskid>.log`: the only path twrun derives, from an integer id."""
+    if request.feedpath is None:
+        folder = default_feedpath(store.path)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    else:
+        folder = request.feedpath.absolute()
+        if not folder.is_dir():
+            raise FeedpathMissing(f"feedback folder {folder} does not exist")
+    path = folder / f"feedback_{int(taskid)}.log"
+    path.unlink(missing_ok=True)  # a leftover of an earlier database must not pose as a heartbeat
+    return path
+
+
+def _default_name(argv: Sequence[str]) -> str:
+    return os.path.basename(argv[0]) if argv else "task"
+
+
+def _child_env(request: LaunchRequest, taskid: int, feedback_file: Path) -> dict[str, str]:
+    """The parent's environment plus where and how often the task should report."""
+    env = dict(os.environ)
+    env["TASKWATCHER_TASKID"] = str(taskid)
+    env["TASKWATCHER_FEEDBACK"] = str(feedback_file)
+    timeout = request.heartbeat_timeout
+    env["TASKWATCHER_TIMEOUT"] = f"{timeout:g}" if timeout else "0"
+    return env
+
+
+def _record_start(store, request, taskid, child, leader, feedback_file, clock) -> None:
+    """Mark the reservation RUNNING; if someone took it meanwhile, stop the child at once."""
+    row = store.get_task(taskid) or {}
+    supervisor = process.identity_of(os.getpid())
+    try:
+        store.start(
+            taskid,
+            name=request.name or row.get("name") or _default_name(request.argv),
+            info1=request.info1 if request.info1 is not None else row.get("info1"),
+            info2=request.info2 if request.info2 is not None else row.get("info2"),
+            info3=request.info3 if request.info3 is not None else row.get("info3"),
+            pid=child.pid,
+            child_ctime=leader.create_time if leader else None,
+            pgid=child.pid,
+            supervisor_pid=supervisor.pid,
+            supervisor_ctime=supervisor.create_time,
+            host=socket.gethostname(),
+            timeout=request.heartbeat_timeout,
+            has_feedback=request.expects_feedback,
+            feedpath=str(feedback_file),
+            command=list(request.argv),
+        )
+    except (NotReserved, UnknownTask):
+        if leader:
+            process.terminate_task(leader, child.pid, grace=request.grace)
+        child.wait()
+        raise
+
+
+def _supervise(store, child: subprocess.Popen, inbox: SignalInbox, watch: _Watch, clock) -> None:
+    """Poll until the child exits or a reason to stop it appears (timeout, signal, request)."""
+    poller = select.poll()
+    with process.ChildWatch(child) as child_watch:
+        poller.register(child_watch, select.POLLIN)
+        poller.register(inbox.fileno, select.POLLIN)
+        while watch.stop is None:
+            now = clock()
+            deadline = watch.state.next_deadline(now)
+            wait = HEARTBEAT_CHECK_INTERVAL if deadline is None else deadline - now
+            poller.poll(max(0, min(wait, HEARTBEAT_CHECK_INTERVAL)) * 1000)
+            process.reap_adopted(keep={child.pid})
+            if child.poll() is not None:
+                return
+            _read_signals(store, inbox, watch)
+            _grade_heartbeat(store, watch, clock())
+            _check_kill_request(store, watch, clock())
+
+
+def _read_signals(store, inbox: SignalInbox, watch: _Watch) -> None:
+    for signum in inbox.drain():
+        if signum == KILL_REQUEST_SIGNAL:
+            watch.last_request_check = 0.0
+        elif watch.stop is None:
+            watch.stop = StopReason.by_signal(signum)
+
+
+def _grade_heartbeat(store, watch: _Watch, now: float) -> None:
+    """Move the health state from the file's mtime; write the row only when something changed."""
+    try:
+        mtime = os.stat(watch.feedback_file).st_mtime
+    except OSError:
+        mtime = None  # a missing or deleted file is no heartbeat
+    previous = watch.state.state
+    if mtime is not None and mtime != watch.heartbeat:
+        watch.heartbeat = mtime
+        watch.state.heartbeat(mtime)
+    watch.state.tick(now)
+    if watch.state.state == Status.TIMEOUT:
+        watch.stop = StopReason.timeout()
+        return
+    if watch.state.state != previous:
+        _store_call(watch, store.set_status, watch.taskid, watch.state.state)
+    due = (
+        watch.heartbeat_written is None or now - watch.heartbeat_written >= HEARTBEAT_CHECK_INTERVAL
+    )
+    if watch.heartbeat is not None and watch.heartbeat != watch.heartbeat_written and due:
+        _store_call(watch, store.record_heartbeat, watch.taskid, watch.heartbeat)
+        watch.heartbeat_written = now
+
+
+def _check_kill_request(store, watch: _Watch, now: float) -> None:
+    """Read the kill-request column: at once after SIGUSR1, else once a second."""
+    if watch.stop is not None or now - watch.last_request_check < HEARTBEAT_CHECK_INTERVAL:
+        return
+    watch.last_request_check = now
+    row = _store_call(watch, store.get_task, watch.taskid)
+    if row and row.get("kill_request"):
+        watch.stop = StopReason.requested(row["kill_request"])
+
+
+def _store_call(watch: _Watch, call, *args):
+    """Run a store call mid-task; a database failure is logged, never fatal to supervision."""
+    try:
+        return call(*args)
+    except StoreError as error:
+        if str(error) not in watch.store_failures:
+            watch.store_failures.append(str(error))
+            log.warning("task %s: %s (still supervising)", watch.taskid, error)
+        return None
+
+
+def _stop_everything(child, leader, watch: _Watch, grace: float) -> str | None:
+    """Stop the task when asked, and in every case leave none of its processes behind."""
+    last_signal = None
+    if leader is not None:
+        first = watch.stop.first_signal if watch.stop else signal.SIGTERM
+        if watch.stop is not None or process.remnants(leader, child.pid, adopter=os.getpid()):
+            last_signal = process.terminate_task(
+                leader, child.pid, grace=grace, first=first, adopter=os.getpid()
+            )
+    child.wait()
+    return last_signal if watch.stop else None
+
+
+def _final_feedback(store: Store, taskid: int, feedback_file: Path) -> dict[str, str]:
+    """The feedback as the file stood at the end, continuing from twctl's saved reader state."""
+    try:
+        _, saved_state = store.load_feedback(taskid)
+    except StoreError:
+        saved_state = None
+    state = ReaderState.from_json(saved_state) if saved_state else None
+    return FeedbackReader(feedback_file, state=state).poll(final=True)
+
+
+def _archive(store: Store, end: TaskEnd, feedback: dict[str, str] | None) -> None:
+    try:
+        store.archive(
+            end.taskid,
+            outcome=end.outcome,
+            termsignal=end.termsignal,
+            termerror=end.termerror,
+            exitcode=end.exit_code,
+            feedback=feedback,
+        )
+    except StoreError as error:
+        raise NotRecorded(f"task {end.taskid} ended but was not recorded: {error}", end) from error
