@@ -1,0 +1,163 @@
+"""Turn task records into text: escaped cells, human times, plain tables, rich tables, JSON.
+
+Records come from the store as plain dicts; this module only decides how they look.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import orjson
+
+# C0 controls, DEL and C1 controls: a task name must never move the cursor or colour the screen.
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+STATUS_STYLES = {
+    "RESERVED": "cyan",
+    "RUNNING": "green",
+    "SILENT": "yellow",
+    "STALLED": "bold red",
+    "COMPLETED": "green",
+    "FAILED": "red",
+    "TIMEOUT": "bold red",
+    "KILLED": "magenta",
+    "LOST": "bold magenta",
+    "EXPIRED": "dim",
+}
+
+
+def escape(value: object) -> str:
+    """Show control characters as visible escapes so stored text cannot drive the terminal."""
+    if value is None:
+        return "-"
+    return str(value).translate(_CONTROL_ESCAPES)
+
+
+def human_duration(seconds: float | None) -> str:
+    """Seconds as `4s`, `3m05s` or `2h07m`: short enough for a table column."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def human_time(stamp: float | None, now: float | None = None) -> str:
+    """A unix time as local clock time today, or with its date when older."""
+    if stamp is None:
+        return "-"
+    now = time.time() if now is None else now
+    local = time.localtime(stamp)
+    if time.localtime(now)[:3] == local[:3]:
+        return time.strftime("%H:%M:%S", local)
+    return time.strftime("%Y-%m-%d %H:%M", local)
+
+
+def yes_no(flag: object) -> str:
+    """Booleans as the spec's yes/no."""
+    return "yes" if flag else "no"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: its header, the record key it shows and how a value becomes text."""
+
+    header: str
+    key: str
+    human: Callable[[Any], str] = escape
+    plain: Callable[[Any], str] = escape
+
+
+def _plain_seconds(value: float | None) -> str:
+    return "-" if value is None else str(round(value))
+
+
+def _plain_time(value: float | None) -> str:
+    return "-" if value is None else str(int(value))
+
+
+def seconds_column(header: str, key: str) -> Column:
+    """A duration: `3m05s` on a terminal, whole seconds when piped."""
+    return Column(header, key, human_duration, _plain_seconds)
+
+
+def time_column(header: str, key: str) -> Column:
+    """A timestamp: local clock time on a terminal, unix seconds when piped."""
+    return Column(header, key, human_time, _plain_time)
+
+
+def plain_table(records: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
+    """Aligned columns for pipes: stable, greppable, no colour, no truncation."""
+    rows = [[column.header for column in columns]]
+    rows += [[column.plain(record.get(column.key)) for column in columns] for record in records]
+    widths = [max(len(row[index]) for row in rows) for index in range(len(columns))]
+    lines = (
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        for row in rows
+    )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def rich_table(records: Sequence[dict[str, Any]], columns: Sequence[Column], title: str | None):
+    """A rich Table for terminals: human times, coloured statuses, cells never read as markup."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, header_style="bold", expand=False)
+    for column in columns:
+        table.add_column(column.header, overflow="fold")
+    for record in records:
+        cells = []
+        for column in columns:
+            value = record.get(column.key)
+            style = STATUS_STYLES.get(value, "") if column.key in ("status", "outcome") else ""
+            cells.append(Text(column.human(value), style=style))
+        table.add_row(*cells)
+    return table
+
+
+def print_records(
+    records: Sequence[dict[str, Any]],
+    columns: Sequence[Column],
+    *,
+    as_json: bool,
+    empty: str,
+    title: str | None = None,
+    out: TextIO | None = None,
+) -> None:
+    """Print records the way the reader needs them: JSON, a rich table, or plain text."""
+    out = out or sys.stdout
+    if as_json:
+        print_json(records, out=out)
+    elif not records:
+        print(empty, file=out)
+    elif out.isatty():
+        from rich.console import Console
+
+        Console(file=out).print(rich_table(records, columns, title))
+    else:
+        print(plain_table(records, columns), file=out)
+
+
+def print_json(value: Any, *, pretty: bool = False, out: TextIO | None = None) -> None:
+    """JSON on one line (or indented), through orjson, as the machine interface."""
+    option = orjson.OPT_INDENT_2 if pretty else 0
+    (out or sys.stdout).write(orjson.dumps(value, option=option).decode() + "\n")
+
+
+def key_values(pairs: Iterable[tuple[str, Any]]) -> str:
+    """`key: value` lines with aligned keys, for `twctl show`."""
+    pairs = list(pairs)
+    width = max((len(key) for key, _ in pairs), default=0)
+    return "\n".join(f"{key.ljust(width)}  {escape(value)}" for key, value in pairs)

@@ -1,0 +1,29 @@
+"""Points in time as users type them: `2h` ago, `2026-11-28`, `2026-11-28T09:30`, unix seconds."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_AGO = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_when(text: str, *, clock: Callable[[], float] = time.time) -> float:
+    """A unix time from an age (`90m`, `7d`), an ISO date or date-time (local), or seconds."""
+    text = text.strip()
+    if match := _AGO.fullmatch(text):
+        return clock() - float(match[1]) * _UNITS[match[2]]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (use e.g. 2h, 7d, 2026-11-28 or 2026-11-28T09:30)"
+        ) from None

@@ -1,0 +1,362 @@
+"""`twctl`: reserve, list, feedback, history, kill and watch supervised tasks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from taskwatcher.cli.common import (
+    add_db_option,
+    fail,
+    non_negative_seconds,
+    open_store,
+    setup_logging,
+)
+from taskwatcher.cli.render import (
+    Column,
+    key_values,
+    print_json,
+    print_records,
+    seconds_column,
+    time_column,
+    yes_no,
+)
+from taskwatcher.cli.timespec import parse_when
+from taskwatcher.engine import control
+from taskwatcher.engine.errors import StoreError
+from taskwatcher.engine.machine import FINAL_STATUSES, LIVE_STATUSES
+from taskwatcher.engine.store import Store
+from taskwatcher.grammar.errors import TaskwatcherError
+
+#: The spec's flag spellings, each the alias of a subcommand.
+ALIASES = {
+    "--initialize": "init",
+    "--update": "update",
+    "--list": "list",
+    "--reserve": "reserve",
+    "--feedback": "feedback",
+    "--history": "history",
+    "--clear": "clear",
+    "--kill": "kill",
+    "--killall": "killall",
+}
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+LIST_COLUMNS = [
+    Column("taskid", "taskid"),
+    Column("name", "name"),
+    Column("info1", "info1"),
+    Column("info2", "info2"),
+    Column("info3", "info3"),
+    Column("pid", "pid"),
+    Column("status", "status"),
+    time_column("starttime", "starttime"),
+    seconds_column("duration", "duration"),
+    Column("feedback", "feedback", yes_no, yes_no),
+    seconds_column("timer", "timer"),
+    seconds_column("timeout", "timeout"),
+]
+
+HISTORY_COLUMNS = [
+    Column("taskid", "taskid"),
+    Column("name", "taskname"),
+    Column("info1", "info1"),
+    Column("info2", "info2"),
+    Column("info3", "info3"),
+    Column("outcome", "outcome"),
+    Column("exit", "exitcode"),
+    Column("signal", "termsignal"),
+    Column("error", "termerror"),
+    time_column("starttime", "starttime"),
+    time_column("endtime", "endtime"),
+    seconds_column("duration", "duration"),
+]
+
+
+def _cmd_init(store: Store, args: argparse.Namespace) -> int:
+    control.reinitialize(store, force=args.force)
+    print(f"initialized {store.path}")
+    return 0
+
+
+def _cmd_update(store: Store, args: argparse.Namespace) -> int:
+    ended = control.housekeep(store, grace=args.grace)
+    for record in ended:
+        print(
+            f"task {record['taskid']} ({record['taskname']}): {record['outcome']}"
+            f"{': ' + record['termerror'] if record.get('termerror') else ''}"
+        )
+    print(f"{len(ended)} task(s) archived, {store.live_count()} live")
+    return 0
+
+
+def _cmd_list(store: Store, args: argparse.Namespace) -> int:
+    records = store.list_tasks(name=args.name, status=args.status)
+    print_records(records, LIST_COLUMNS, as_json=args.json, empty="No tasks.", title="Live tasks")
+    return 0
+
+
+def _cmd_reserve(store: Store, args: argparse.Namespace) -> int:
+    taskid = store.reserve(
+        args.name, unique=args.unique, info1=args.info1, info2=args.info2, info3=args.info3
+    )
+    print(taskid)
+    return 0
+
+
+def _cmd_feedback(store: Store, args: argparse.Namespace) -> int:
+    print_json(control.current_feedback(store, args.taskid), pretty=args.pretty)
+    return 0
+
+
+def _cmd_history(store: Store, args: argparse.Namespace) -> int:
+    records = store.history(
+        name=args.name, outcome=args.outcome, since=args.since, limit=args.limit
+    )
+    print_records(records, HISTORY_COLUMNS, as_json=args.json, empty="No history.", title="History")
+    return 0
+
+
+def _cmd_clear(store: Store, args: argparse.Namespace) -> int:
+    removed = store.clear_history(before=args.before)
+    print(f"{removed} history row(s) removed")
+    return 0
+
+
+def _cmd_kill(store: Store, args: argparse.Namespace) -> int:
+    ended = control.request_stop(store, args.taskid, control.requester())
+    records = (
+        [ended]
+        if ended
+        else control.wait_ended(store, [args.taskid], args.wait, on_wait=_waiting_notice())
+    )
+    _report_ended(records)
+    return 0
+
+
+def _cmd_killall(store: Store, args: argparse.Namespace) -> int:
+    taskids = control.tasks_named(store, args.name)
+    if not taskids:
+        fail(f"twctl: no live task named {args.name!r}", EXIT_FAILED)
+    who = control.requester()
+    for taskid in taskids:
+        control.request_stop(store, taskid, who)
+    _report_ended(control.wait_ended(store, taskids, args.wait, on_wait=_waiting_notice()))
+    return 0
+
+
+def _waiting_notice() -> Callable[[list[int]], None]:
+    """Say once on a terminal that we are waiting, since a task may use its whole grace."""
+    said: list[bool] = []
+
+    def notice(pending: list[int]) -> None:
+        if not said and sys.stderr.isatty():
+            print(f"waiting for task(s) {', '.join(map(str, pending))} to end...", file=sys.stderr)
+            said.append(True)
+
+    return notice
+
+
+def _report_ended(records: Sequence[dict]) -> None:
+    for record in records:
+        print(f"task {record['taskid']} ({record['taskname']}): {record['outcome']}")
+
+
+def _cmd_show(store: Store, args: argparse.Namespace) -> int:
+    details = control.describe(store, args.taskid)
+    if args.json:
+        print_json(details, pretty=True)
+    else:
+        print(key_values(details.items()))
+    return 0
+
+
+def _cmd_watch(store: Store, args: argparse.Namespace) -> int:
+    from taskwatcher.cli.watch import watch
+
+    return watch(store, once=args.once, interval=args.interval)
+
+
+def _subcommand(
+    subparsers, name: str, handler, help_text: str, example: str
+) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_db_option(parser, inherited=True)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The twctl command line: one subcommand per operation, plus the spec's flag aliases."""
+    parser = argparse.ArgumentParser(
+        prog="twctl",
+        description="Control taskwatcher tasks. The spec's --list, --reserve, --feedback ID, "
+        "--history, --clear, --kill ID, --killall NAME, --initialize and --update also work.",
+    )
+    add_db_option(parser)
+    parser.add_argument("-v", "--debug", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = _subcommand(
+        sub,
+        "init",
+        _cmd_init,
+        "create or recreate the database (all is lost)",
+        "twctl init --force",
+    )
+    init.add_argument("--force", action="store_true", help="even while tasks are live")
+
+    update = _subcommand(
+        sub,
+        "update",
+        _cmd_update,
+        "expire stale reservations, archive tasks whose supervisor vanished",
+        "twctl update",
+    )
+    update.add_argument(
+        "--grace",
+        type=non_negative_seconds,
+        default=control.LOST_GRACE,
+        metavar="SECONDS",
+        help="SIGTERM-to-SIGKILL wait for leftover processes",
+    )
+
+    listing = _subcommand(sub, "list", _cmd_list, "show live tasks", "twctl list --json")
+    listing.add_argument("--name", help="only tasks with this name")
+    listing.add_argument("--status", type=str.upper, choices=sorted(LIVE_STATUSES))
+    _json_flag(listing)
+
+    reserve = _subcommand(
+        sub,
+        "reserve",
+        _cmd_reserve,
+        "reserve a task id and print it",
+        "id=$(twctl reserve --name nightly --unique)",
+    )
+    reserve.add_argument("--name", help="task name")
+    reserve.add_argument(
+        "--unique", action="store_true", help="fail if a live task already has this name"
+    )
+    for field in ("info1", "info2", "info3"):
+        reserve.add_argument(f"--{field}", metavar="TEXT", help="free text kept with the task")
+
+    feedback = _subcommand(
+        sub,
+        "feedback",
+        _cmd_feedback,
+        "print a task's feedback as JSON (live or finished)",
+        "twctl feedback 12 --pretty",
+    )
+    feedback.add_argument("taskid", type=int)
+    feedback.add_argument("--pretty", action="store_true", help="indent the JSON")
+
+    history = _subcommand(
+        sub,
+        "history",
+        _cmd_history,
+        "show finished tasks, newest first",
+        "twctl history --name nightly --since 7d --json",
+    )
+    history.add_argument("--name", help="only tasks with this name")
+    history.add_argument("--outcome", type=str.upper, choices=sorted(FINAL_STATUSES))
+    history.add_argument(
+        "--since",
+        type=parse_when,
+        metavar="WHEN",
+        help="ended at or after WHEN (2h, 7d, 2026-11-28, unix seconds)",
+    )
+    history.add_argument("--limit", type=int, metavar="N", help="at most N rows")
+    _json_flag(history)
+
+    clear = _subcommand(sub, "clear", _cmd_clear, "empty the history", "twctl clear --before 30d")
+    clear.add_argument(
+        "--before",
+        type=parse_when,
+        metavar="WHEN",
+        help="only rows that ended before WHEN (keep recent ones)",
+    )
+
+    for name, handler, target, help_text, example in (
+        ("kill", _cmd_kill, "taskid", "stop a task (a reservation is cancelled)", "twctl kill 12"),
+        (
+            "killall",
+            _cmd_killall,
+            "name",
+            "stop every live task with this name",
+            "twctl killall nightly",
+        ),
+    ):
+        killer = _subcommand(sub, name, handler, help_text, example)
+        killer.add_argument(target, type=int if target == "taskid" else str)
+        killer.add_argument(
+            "--wait",
+            type=non_negative_seconds,
+            default=control.DEFAULT_KILL_WAIT,
+            metavar="SECONDS",
+            help="how long to wait for the end",
+        )
+
+    show = _subcommand(sub, "show", _cmd_show, "everything known about one task", "twctl show 12")
+    show.add_argument("taskid", type=int)
+    _json_flag(show)
+
+    watch = _subcommand(
+        sub,
+        "watch",
+        _cmd_watch,
+        "live view of tasks with progress bars (q or Ctrl-C to leave)",
+        "twctl watch",
+    )
+    watch.add_argument("--once", action="store_true", help="print one frame and exit")
+    watch.add_argument("--interval", type=non_negative_seconds, default=1.0, metavar="SECONDS")
+    return parser
+
+
+def expand_aliases(argv: Sequence[str]) -> list[str]:
+    """Rewrite the first spec flag (`--list`, `--kill 3`...) into its subcommand."""
+    words = list(argv)
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word == "--db":
+            index += 2
+            continue
+        if word in ALIASES:
+            words[index] = ALIASES[word]
+            break
+        if not word.startswith("-"):
+            break
+        index += 1
+    return words
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `twctl` console script."""
+    args = build_parser().parse_args(expand_aliases(sys.argv[1:] if argv is None else argv))
+    setup_logging(args.debug)
+    try:
+        with open_store(args.db) as store:
+            if args.command not in ("init", "update"):
+                control.housekeep(store)
+            return args.handler(store, args)
+    except StoreError as error:
+        fail(f"twctl: {error}", EXIT_USAGE)
+    except TaskwatcherError as error:
+        fail(f"twctl: {error}", EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""`twctl watch`: a live view of the tasks, their health and their progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import sys
+import termios
+import time
+import tty
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from taskwatcher.cli.render import STATUS_STYLES, escape, human_duration
+from taskwatcher.engine import control
+from taskwatcher.engine.machine import Status
+from taskwatcher.engine.store import Store
+from taskwatcher.grammar import FeedbackReader
+
+#: Feedback keys shown beside the bar, first present wins each slot.
+DETAIL_KEYS = ("testcase_name", "testcase_id", "info", "step", "message", "status")
+QUIT_KEYS = {"q", "Q"}
+
+
+class FeedbackCache:
+    """One incremental reader per task, so each refresh parses only what files gained."""
+
+    def __init__(self) -> None:
+        self._readers: dict[int, FeedbackReader] = {}
+
+    def values(self, records: list[dict[str, Any]]) -> dict[int, dict[str, str]]:
+        """Current feedback of every live task that writes some; forgets ended tasks."""
+        live = {r["taskid"]: r for r in records if r["feedback"] and r.get("feedpath")}
+        for gone in self._readers.keys() - live.keys():
+            del self._readers[gone]
+        return {
+            taskid: self._readers.setdefault(taskid, FeedbackReader(record["feedpath"])).poll()
+            for taskid, record in live.items()
+        }
+
+
+def progress_of(feedback: dict[str, str]) -> float | None:
+    """The numeric `progress` key clamped to 0-100, or None when absent or not a number."""
+    try:
+        value = float(feedback["progress"])
+    except (KeyError, ValueError):
+        return None
+    return min(max(value, 0.0), 100.0) if value == value else None
+
+
+def _heartbeat_cell(record: dict[str, Any]) -> Text:
+    timer, timeout = record.get("timer"), record.get("timeout")
+    if record["status"] == Status.RESERVED:
+        return Text("-")
+    if not record["feedback"] or not timeout:
+        return Text(human_duration(timer) if timer is not None else "-")
+    style = STATUS_STYLES.get(record["status"], "")
+    return Text(f"{human_duration(timer)} / {human_duration(timeout)}", style=style)
+
+
+def _progress_cell(feedback: dict[str, str]) -> Any:
+    value = progress_of(feedback)
+    if value is None:
+        return Text("")
+    cell = Table.grid(padding=(0, 1))
+    cell.add_row(ProgressBar(total=100, completed=value, width=20), Text(f"{value:5.1f}%"))
+    return cell
+
+
+def _detail_cell(feedback: dict[str, str]) -> Text:
+    shown = [escape(feedback[key]) for key in DETAIL_KEYS if feedback.get(key)]
+    return Text(" · ".join(shown[:2]))
+
+
+def render_frame(store: Store, cache: FeedbackCache, now: float | None = None) -> Table:
+    """One screen: every live task with status, heartbeat against timeout, progress, details."""
+    records = store.list_tasks()
+    feedbacks = cache.values(records)
+    now = time.time() if now is None else now
+    table = Table(
+        title=f"taskwatcher · {escape(store.path)} · {len(records)} live · "
+        + time.strftime("%H:%M:%S", time.localtime(now)),
+        caption="q or Ctrl-C to leave",
+        header_style="bold",
+    )
+    for header in ("id", "name", "status", "pid", "duration", "heartbeat", "progress", "detail"):
+        table.add_column(header, overflow="fold")
+    if not records:
+        table.add_row("", Text("No tasks."), *[""] * 6)
+    for record in records:
+        feedback = feedbacks.get(record["taskid"], {})
+        table.add_row(
+            str(record["taskid"]),
+            Text(escape(record["name"])),
+            Text(record["status"], style=STATUS_STYLES.get(record["status"], "")),
+            escape(record["pid"]),
+            human_duration(record["duration"]),
+            _heartbeat_cell(record),
+            _progress_cell(feedback),
+            _detail_cell(feedback),
+        )
+    return table
+
+
+@contextlib.contextmanager
+def _keyboard() -> Iterator[int | None]:
+    """Single keys without Enter while watching; the terminal is restored however we leave."""
+    if not sys.stdin.isatty():
+        yield None
+        return
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield fd
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _wait_for_key(fd: int | None, timeout: float) -> str | None:
+    if fd is None:
+        time.sleep(timeout)
+        return None
+    ready, _, _ = select.select([fd], [], [], timeout)
+    return os.read(fd, 32).decode(errors="replace") if ready else None
+
+
+def watch(store: Store, *, once: bool = False, interval: float = 1.0) -> int:
+    """Refresh the view every `interval` seconds until q or Ctrl-C; `once` prints one frame."""
+    console = Console()
+    cache = FeedbackCache()
+    if once:
+        console.print(render_frame(store, cache))
+        return 0
+    live = Live(render_frame(store, cache), console=console, auto_refresh=False)
+    with contextlib.suppress(KeyboardInterrupt), _keyboard() as fd, live:
+        while True:
+            key = _wait_for_key(fd, interval)
+            if key and QUIT_KEYS & set(key):
+                break
+            control.housekeep(store)
+            live.update(render_frame(store, cache), refresh=True)
+    return 0

@@ -1,0 +1,218 @@
+"""Operations on tasks from outside their supervisor: housekeeping, kill, feedback, show.
+
+`twctl` is a thin layer over these functions; a script can import them and do the same.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from taskwatcher.engine import process
+from taskwatcher.engine.errors import UnknownTask
+from taskwatcher.engine.machine import Status
+from taskwatcher.engine.records import task_record
+from taskwatcher.engine.store import Store
+from taskwatcher.grammar import FeedbackReader, ReaderState
+from taskwatcher.grammar.errors import TaskwatcherError
+
+#: How long `update` lets the remnants of a lost task clean up before SIGKILL.
+LOST_GRACE = 2.0
+#: How long `kill` waits by default for the supervisor to stop and archive the task.
+DEFAULT_KILL_WAIT = 30.0
+_POLL_INTERVAL = 0.05
+
+
+class NoFeedback(TaskwatcherError):
+    """The task does not write a feedback file (or has not started yet)."""
+
+
+class KillTimeout(TaskwatcherError, TimeoutError):
+    """The task was asked to stop but had not ended when the wait ran out."""
+
+
+class LiveTasksExist(TaskwatcherError):
+    """Re-initialising would drop live tasks; --force is needed."""
+
+
+def requester() -> str:
+    """Who is asking, as history's `killed_by` shows it."""
+    return f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()})"
+
+
+def live_task(store: Store, taskid: int) -> dict[str, Any] | None:
+    """A live task's record (as `list` shows it), or None once it has ended."""
+    row = store.get_task(taskid)
+    return None if row is None else task_record(row, time.time())
+
+
+def supervisor_of(row: dict[str, Any]) -> process.ProcessIdentity | None:
+    """The supervisor recorded for a started task, or None for a reservation."""
+    if row.get("supervisor_pid") is None:
+        return None
+    return process.ProcessIdentity(row["supervisor_pid"], row["supervisor_ctime"])
+
+
+def is_ghost(row: dict[str, Any]) -> bool:
+    """A started task on this host whose supervisor process is gone (or its pid reused)."""
+    supervisor = supervisor_of(row)
+    if supervisor is None or row.get("host") != socket.gethostname():
+        return False
+    return not process.is_same_process(supervisor)
+
+
+def housekeep(store: Store, *, grace: float = LOST_GRACE) -> list[dict[str, Any]]:
+    """Expire stale reservations and archive tasks whose supervisor vanished as LOST.
+
+    What is left of a lost task's process group is stopped first (SIGTERM, then SIGKILL
+    after `grace`), and only after matching pid and create time. Returns the history
+    records written, so `twctl update` can say what it did.
+    """
+    ended = list(store.housekeep())
+    for row in store.list_tasks():
+        if is_ghost(row):
+            lost = _archive_lost(store, row, grace)
+            if lost is not None:
+                ended.append(lost)
+    return ended
+
+
+def _archive_lost(store: Store, row: dict[str, Any], grace: float) -> dict[str, Any] | None:
+    last_signal = None
+    if row.get("pid") is not None and row.get("child_ctime") is not None:
+        leader = process.ProcessIdentity(row["pid"], row["child_ctime"])
+        if process.remnants(leader, row["pgid"]):
+            last_signal = process.terminate_task(leader, row["pgid"], grace=grace)
+    supervisor = row["supervisor_pid"]
+    try:
+        return store.archive(
+            row["taskid"],
+            outcome=Status.LOST,
+            termsignal=last_signal,
+            termerror=f"supervisor (pid {supervisor}) vanished",
+            exitcode=None,
+            feedback=_last_feedback(store, row),
+        )
+    except UnknownTask:
+        return None  # its supervisor archived it between our read and our write
+
+
+def _last_feedback(store: Store, row: dict[str, Any]) -> dict[str, str] | None:
+    """What the task last reported, read from its file where it still is."""
+    if not row.get("feedback"):
+        return None
+    return _poll_feedback(store, row, final=True)
+
+
+def _poll_feedback(store: Store, row: dict[str, Any], *, final: bool = False) -> dict[str, str]:
+    """Parse only what the file gained since the last call, resuming the saved reader state.
+
+    `final` also takes an unterminated last line, for a task that will write no more.
+    """
+    _, saved = store.load_feedback(row["taskid"])
+    reader = FeedbackReader(row["feedpath"], state=ReaderState.from_json(saved) if saved else None)
+    values = reader.poll(final=final)
+    store.save_feedback(row["taskid"], values, reader.state.to_json())
+    return values
+
+
+def current_feedback(store: Store, taskid: int) -> dict[str, str]:
+    """The task's feedback now: parsed incrementally while it runs, from history once ended."""
+    row = live_task(store, taskid)
+    if row is None:
+        record = _history_or_unknown(store, taskid)
+        if record["feedback"] is None:
+            raise NoFeedback(f"task {taskid} ended without feedback ({record['outcome']})")
+        return record["feedback"]
+    if row["status"] == Status.RESERVED:
+        raise NoFeedback(f"task {taskid} is reserved and has not started")
+    if not row["feedback"]:
+        raise NoFeedback(f"task {taskid} does not write feedback")
+    return _poll_feedback(store, row)
+
+
+def _history_or_unknown(store: Store, taskid: int) -> dict[str, Any]:
+    record = store.history_of(taskid)
+    if record is None:
+        raise UnknownTask(f"no task {taskid}")
+    return record
+
+
+def describe(store: Store, taskid: int) -> dict[str, Any]:
+    """Everything known about one task, live or finished, its feedback included."""
+    row = live_task(store, taskid)
+    if row is None:
+        return {"state": "finished", **_history_or_unknown(store, taskid)}
+    if row["feedback"] and row["status"] != Status.RESERVED:
+        row["feedback_values"] = _poll_feedback(store, row)
+    return {"state": "live", **row}
+
+
+def request_stop(store: Store, taskid: int, who: str) -> dict[str, Any] | None:
+    """Ask a task to end: cancel a reservation at once, or tell the supervisor to kill it.
+
+    Returns the history record when the task ended right here (cancelled reservation or
+    lost supervisor), None when its supervisor was told and will archive it.
+    """
+    row = live_task(store, taskid)
+    if row is None:
+        record = store.history_of(taskid)
+        if record is None:
+            raise UnknownTask(f"no task {taskid}")
+        raise UnknownTask(f"task {taskid} has already ended ({record['outcome']})")
+    if row["status"] == Status.RESERVED:
+        return store.cancel_reservation(taskid, who)
+    store.request_kill(taskid, who)
+    if is_ghost(row):
+        return _archive_lost(store, row, LOST_GRACE)
+    supervisor = supervisor_of(row)
+    if supervisor is not None:
+        process.signal_identity(supervisor, signal.SIGUSR1)
+    return None
+
+
+def wait_ended(
+    store: Store,
+    taskids: list[int],
+    timeout: float,
+    *,
+    on_wait: Callable[[list[int]], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[dict[str, Any]]:
+    """Wait until every task is in history; KillTimeout names those still running."""
+    deadline = clock() + timeout
+    pending = list(taskids)
+    while True:
+        pending = [taskid for taskid in pending if live_task(store, taskid) is not None]
+        if not pending:
+            return [store.history_of(taskid) for taskid in taskids]
+        if clock() >= deadline:
+            listed = ", ".join(map(str, pending))
+            raise KillTimeout(f"task(s) {listed} still running after {timeout:g} s")
+        if on_wait is not None:
+            on_wait(pending)
+        time.sleep(_POLL_INTERVAL)
+
+
+def kill(store: Store, taskid: int, *, wait: float = DEFAULT_KILL_WAIT) -> dict[str, Any]:
+    """Stop one task through its supervisor and return its history record."""
+    ended = request_stop(store, taskid, requester())
+    return ended if ended is not None else wait_ended(store, [taskid], wait)[0]
+
+
+def tasks_named(store: Store, name: str) -> list[int]:
+    """Ids of the live tasks called `name`."""
+    return [record["taskid"] for record in store.list_tasks(name=name)]
+
+
+def reinitialize(store: Store, *, force: bool = False) -> None:
+    """Recreate the database; refuse while tasks are live unless forced."""
+    live = store.live_count()
+    if live and not force:
+        raise LiveTasksExist(f"{live} live task(s) in the database; use --force to drop them")
+    store.reinitialize()
