@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import psutil
+
 from taskwatcher.engine.childwatch import ChildWatch, open_pidfd
 from taskwatcher.engine.errors import LaunchError
 from taskwatcher.engine.exitstatus import ChildExit, exit_status_to_code, signal_name

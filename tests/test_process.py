@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from taskwatcher.engine.process import (
     ChildWatch,
     LaunchError,
