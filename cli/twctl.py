@@ -195,6 +195,14 @@ def _subcommand(
     return parser
 
 
+def _seconds_option(
+    parser: argparse.ArgumentParser, flag: str, default: float, help_text: str
+) -> None:
+    parser.add_argument(
+        flag, type=non_negative_seconds, default=default, metavar="SECONDS", help=help_text
+    )
+
+
 def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")
 
@@ -226,12 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         "expire stale reservations, archive tasks whose supervisor vanished",
         "twctl update",
     )
-    update.add_argument(
-        "--grace",
-        type=non_negative_seconds,
-        default=control.LOST_GRACE,
-        metavar="SECONDS",
-        help="SIGTERM-to-SIGKILL wait for leftover processes",
+    _seconds_option(
+        update, "--grace", control.LOST_GRACE, "SIGTERM-to-SIGKILL wait for leftover processes"
     )
 
     listing = _subcommand(sub, "list", _cmd_list, "show live tasks", "twctl list --json")
@@ -301,13 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         killer = _subcommand(sub, name, handler, help_text, example)
         killer.add_argument(target, type=int if target == "taskid" else str)
-        killer.add_argument(
-            "--wait",
-            type=non_negative_seconds,
-            default=control.DEFAULT_KILL_WAIT,
-            metavar="SECONDS",
-            help="how long to wait for the end",
-        )
+        _seconds_option(killer, "--wait", control.DEFAULT_KILL_WAIT, "how long to wait for the end")
 
     show = _subcommand(sub, "show", _cmd_show, "everything known about one task", "twctl show 12")
     show.add_argument("taskid", type=int)
@@ -321,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "twctl watch",
     )
     watch.add_argument("--once", action="store_true", help="print one frame and exit")
-    watch.add_argument("--interval", type=non_negative_seconds, default=1.0, metavar="SECONDS")
+    _seconds_option(watch, "--interval", 1.0, "seconds between refreshes")
     return parser
 
 

@@ -9,6 +9,40 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 
+#: The keys DESIGN.md promises first in `twctl list --json` and `twctl history --json`.
+LIST_KEYS = [
+    "taskid",
+    "name",
+    "info1",
+    "info2",
+    "info3",
+    "pid",
+    "status",
+    "feedback",
+    "reservetime",
+    "starttime",
+    "duration",
+    "lastupdate",
+    "timer",
+    "timeout",
+]
+HISTORY_KEYS = [
+    "id",
+    "taskid",
+    "taskname",
+    "info1",
+    "info2",
+    "info3",
+    "termsignal",
+    "termerror",
+    "exitcode",
+    "outcome",
+    "starttime",
+    "endtime",
+    "duration",
+    "feedback",
+]
+
 
 def run_cli(
     command: str, *args: str | os.PathLike, timeout: float = 30, **kwargs

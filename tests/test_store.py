@@ -17,39 +17,8 @@ from taskwatcher.engine.errors import (
 )
 from taskwatcher.engine.machine import Status
 from taskwatcher.engine.store import DEFAULT_RESERVATION_TTL, Store
+from tests.helpers import HISTORY_KEYS, LIST_KEYS
 
-LIST_KEYS = [
-    "taskid",
-    "name",
-    "info1",
-    "info2",
-    "info3",
-    "pid",
-    "status",
-    "feedback",
-    "reservetime",
-    "starttime",
-    "duration",
-    "lastupdate",
-    "timer",
-    "timeout",
-]
-HISTORY_KEYS = [
-    "id",
-    "taskid",
-    "taskname",
-    "info1",
-    "info2",
-    "info3",
-    "termsignal",
-    "termerror",
-    "exitcode",
-    "outcome",
-    "starttime",
-    "endtime",
-    "duration",
-    "feedback",
-]
 T0 = 1_700_000_000.0
 
 

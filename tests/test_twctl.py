@@ -13,41 +13,9 @@ import psutil
 import pytest
 
 from taskwatcher.engine.store import Store
-from tests.helpers import run_cli, start_cli, wait_for
+from tests.helpers import HISTORY_KEYS, LIST_KEYS, run_cli, start_cli, wait_for
 
 PY = sys.executable
-LIST_KEYS = [
-    "taskid",
-    "name",
-    "info1",
-    "info2",
-    "info3",
-    "pid",
-    "status",
-    "feedback",
-    "reservetime",
-    "starttime",
-    "duration",
-    "lastupdate",
-    "timer",
-    "timeout",
-]
-HISTORY_KEYS = [
-    "id",
-    "taskid",
-    "taskname",
-    "info1",
-    "info2",
-    "info3",
-    "termsignal",
-    "termerror",
-    "exitcode",
-    "outcome",
-    "starttime",
-    "endtime",
-    "duration",
-    "feedback",
-]
 
 
 def twctl(db: Path, *args: str | Path, code: int = 0) -> str:
