@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -40,7 +41,10 @@ def _run(*words: str, background: bool = False) -> str | subprocess.Popen:
     argv = [str(BIN / words[0]), *words[1:]]
     if background:
         return subprocess.Popen(argv)
-    result = subprocess.run(argv, capture_output=True, text=True, check=True)
+    width = {"COLUMNS": str(shutil.get_terminal_size().columns)}
+    result = subprocess.run(
+        argv, capture_output=True, text=True, check=True, env=os.environ | width
+    )
     print(result.stdout, end="", flush=True)
     return result.stdout.strip()
 

@@ -27,6 +27,8 @@ from taskwatcher.grammar import FeedbackReader
 #: Feedback keys shown beside the bar, first present wins each slot.
 DETAIL_KEYS = ("testcase_name", "testcase_id", "info", "step", "message", "status")
 QUIT_KEYS = {"q", "Q"}
+BAR_WIDTH = 10
+PROGRESS_WIDTH = BAR_WIDTH + 7  # the bar, a space and "100.0%"
 
 
 class FeedbackCache:
@@ -62,7 +64,7 @@ def _heartbeat_cell(record: dict[str, Any]) -> Text:
     if not record["feedback"] or not timeout:
         return Text(human_duration(timer) if timer is not None else "-")
     style = STATUS_STYLES.get(record["status"], "")
-    return Text(f"{human_duration(timer)} / {human_duration(timeout)}", style=style)
+    return Text(f"{human_duration(timer)}/{human_duration(timeout)}", style=style)
 
 
 def _progress_cell(feedback: dict[str, str]) -> Any:
@@ -70,7 +72,7 @@ def _progress_cell(feedback: dict[str, str]) -> Any:
     if value is None:
         return Text("")
     cell = Table.grid(padding=(0, 1))
-    cell.add_row(ProgressBar(total=100, completed=value, width=20), Text(f"{value:5.1f}%"))
+    cell.add_row(ProgressBar(total=100, completed=value, width=BAR_WIDTH), Text(f"{value:5.1f}%"))
     return cell
 
 
@@ -90,8 +92,12 @@ def render_frame(store: Store, cache: FeedbackCache, now: float | None = None) -
         caption="q or Ctrl-C to leave",
         header_style="bold",
     )
-    for header in ("id", "name", "status", "pid", "duration", "heartbeat", "progress", "detail"):
-        table.add_column(header, overflow="fold")
+    table.add_column("id", no_wrap=True)
+    table.add_column("name", overflow="fold", min_width=6)
+    for header in ("status", "pid", "up", "heartbeat"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("progress", no_wrap=True, min_width=PROGRESS_WIDTH)
+    table.add_column("detail", overflow="fold", ratio=1)
     if not records:
         table.add_row("", Text("No tasks."), *[""] * 6)
     for record in records:
