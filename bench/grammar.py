@@ -7,9 +7,7 @@ append under 2 ms; twparse start-up on a 1-line file under 150 ms.
 
 from __future__ import annotations
 
-import random
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -18,6 +16,7 @@ from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
+from bench.measure import median_of, seconds, show, target, write_feedback
 from taskwatcher.grammar import FeedbackReader, ReaderState
 from taskwatcher.grammar.files import open_regular
 from taskwatcher.grammar.reference import parse_with_lark
@@ -27,28 +26,7 @@ BIG_LINES = 1_000_000
 SMALL_LINES = 1_000
 LARK_LINES = 100_000  # pure Lark is timed on this many lines and scaled linearly
 TWPARSE = Path(sys.executable).parent / "twparse"
-KEYWORDS = ["progress", "testcase_id", "testcase_name", "info", "step", "status-code", "_tmp"]
 NAIVE_ENTRY = r"^\[([^\]]*)\](.*)$"
-
-
-def write_feedback(path: Path, lines: int) -> None:
-    """A task's feedback: mostly values, some comments, empty lines, clears and a rare `[]`."""
-    pick = random.Random(lines)
-    with open(path, "w") as file:
-        for number in range(lines):
-            roll = pick.random()
-            if roll < 0.1:
-                file.write(f"# step {number} done\n")
-            elif roll < 0.15:
-                file.write(f"[{pick.choice(KEYWORDS)}]\n")
-            elif roll < 0.16:
-                file.write("\n")
-            elif roll < 0.161:
-                file.write("[]\n")
-            elif roll < 0.17:
-                file.write("[heartbeat]\n")
-            else:
-                file.write(f"[{pick.choice(KEYWORDS)}]value {number} of the test run\n")
 
 
 def naive_loop(path: Path) -> dict[str, str]:
@@ -89,15 +67,6 @@ def best_of(action: Callable[[], object], repeats: int = 3) -> float:
     return min(samples)
 
 
-def median_of(action: Callable[[], object], repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
-
-
 def peak_rss_mib(command: list[str]) -> float:
     """Peak resident memory of a command, in MiB.
 
@@ -113,20 +82,6 @@ def peak_rss_mib(command: list[str]) -> float:
         [sys.executable, "-c", probe, *command], capture_output=True, text=True, check=True
     )
     return int(result.stdout) / 1024  # Linux reports KiB
-
-
-def show(label: str, figure: str, verdict: str = "") -> None:
-    print(f"{label:<64}{figure:>12}   {verdict}".rstrip(), flush=True)
-
-
-def seconds(value: float) -> str:
-    if value < 1e-3:
-        return f"{value * 1e6:.0f} µs"
-    return f"{value * 1e3:.1f} ms" if value < 10 else f"{value:.2f} s"
-
-
-def target(ok: bool, text: str) -> str:
-    return f"target {text}: {'ok' if ok else 'MISSED'}"
 
 
 def parse_speed(big: Path) -> None:

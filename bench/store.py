@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
-
+from bench.measure import fill_history, median_of
 from taskwatcher.engine.store import Store
 
 LIFECYCLES = 10_000
@@ -24,16 +22,6 @@ LIVE_TASKS = 200
 HISTORY_ROWS = 100_000
 NAMES = 100  # history rows spread over this many task names
 READ_REPEATS = 30
-
-
-def per_call(action: Callable[[], object], repeats: int) -> float:
-    """Median seconds per call: robust to a stray slow call."""
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def each(action: Callable[[int], object], items: list[int]) -> float:
@@ -61,31 +49,6 @@ def show(
         name, reference = baseline
         parts.append(f"{seconds / reference:8.1f}x {name}")
     print("   ".join(parts), flush=True)
-
-
-def fill_history(path: Path, rows: int) -> None:
-    """Bulk-insert finished tasks the way many archives would have left them."""
-    feedback = orjson.dumps({"progress": "100", "testcase_name": "teardown"})
-    command = orjson.dumps(["run.sh", "--fast"]).decode()
-    now = time.time()
-    with sqlite3.connect(path) as connection:
-        connection.executemany(
-            "INSERT INTO history (taskid, taskname, info1, starttime, endtime, duration, feedback,"
-            " exitcode, outcome, reservetime, host, pid, timeout, command)"
-            " VALUES (?, ?, 'bench', ?, ?, 60, ?, 0, 'COMPLETED', ?, 'bench', 1, 30, ?)",
-            (
-                (
-                    1_000_000 + index,
-                    f"job-{index % NAMES}",
-                    now - rows + index - 60,
-                    now - rows + index,
-                    feedback,
-                    now - rows + index - 61,
-                    command,
-                )
-                for index in range(rows)
-            ),
-        )
 
 
 def lifecycle_figures(store: Store, write_baseline: tuple[str, float]) -> None:
@@ -125,35 +88,35 @@ def read_figures(store: Store, raw: sqlite3.Connection, path: Path) -> None:
     Each is compared with bare sqlite fetching the same rows: the ratio is the cost of
     turning rows into records (JSON decoding, computed timers).
     """
-    fill_history(path, HISTORY_ROWS)
+    fill_history(path, HISTORY_ROWS, NAMES)
     for index in range(LIVE_TASKS):
         taskid = store.reserve(f"live-{index}")
         if index % 4:
             store.start(taskid, pid=os.getpid(), timeout=30, command=["x"])
 
     def bare(sql: str, *params: object) -> tuple[str, float]:
-        return "bare sqlite", per_call(lambda: raw.execute(sql, params).fetchall(), READ_REPEATS)
+        return "bare sqlite", median_of(lambda: raw.execute(sql, params).fetchall(), READ_REPEATS)
 
     by_name = "SELECT * FROM history WHERE taskname = ? ORDER BY endtime DESC, id DESC"
     show(
         f"list_tasks ({LIVE_TASKS} live, {HISTORY_ROWS:,} history rows)",
-        per_call(store.list_tasks, READ_REPEATS),
+        median_of(store.list_tasks, READ_REPEATS),
         target=20e-3,
         baseline=bare("SELECT * FROM tasks ORDER BY id"),
     )
     show(
         f"history(name=..., limit=50) of {HISTORY_ROWS:,} rows",
-        per_call(lambda: store.history(name="job-7", limit=50), READ_REPEATS),
+        median_of(lambda: store.history(name="job-7", limit=50), READ_REPEATS),
         baseline=bare(by_name + " LIMIT 50", "job-7"),
     )
     show(
         f"history(name=...): all {HISTORY_ROWS // NAMES:,} rows of one name",
-        per_call(lambda: store.history(name="job-7"), READ_REPEATS),
+        median_of(lambda: store.history(name="job-7"), READ_REPEATS),
         baseline=bare(by_name, "job-7"),
     )
     show(
         "history(outcome=..., limit=50)",
-        per_call(lambda: store.history(outcome="COMPLETED", limit=50), READ_REPEATS),
+        median_of(lambda: store.history(outcome="COMPLETED", limit=50), READ_REPEATS),
         baseline=bare(
             "SELECT * FROM history WHERE outcome = ? ORDER BY endtime DESC, id DESC LIMIT 50",
             "COMPLETED",
@@ -161,7 +124,7 @@ def read_figures(store: Store, raw: sqlite3.Connection, path: Path) -> None:
     )
     show(
         "history_of(taskid)",
-        per_call(lambda: store.history_of(1_000_123), READ_REPEATS),
+        median_of(lambda: store.history_of(1_000_123), READ_REPEATS),
         baseline=bare("SELECT * FROM history WHERE taskid = ?", 1_000_123),
     )
     plan = raw.execute(f"EXPLAIN QUERY PLAN {by_name}", ("job-7",)).fetchall()
@@ -191,13 +154,13 @@ def main() -> None:
             raw = sqlite3.connect(path, isolation_level=None)
             raw.execute("PRAGMA synchronous = NORMAL")
             raw.execute("CREATE TABLE scratch (id INTEGER PRIMARY KEY, value TEXT)")
-            show("baseline: sqlite SELECT 1 round trip", per_call(raw_select_one(raw), 1000))
-            one_row = per_call(raw_one_row_write(raw), 1000)
+            show("baseline: sqlite SELECT 1 round trip", median_of(raw_select_one(raw), 1000))
+            one_row = median_of(raw_one_row_write(raw), 1000)
             show("baseline: one-row INSERT in BEGIN IMMEDIATE/COMMIT", one_row)
             write_baseline = ("one-row write", one_row)
             show(
                 "store write doing nothing (housekeeping query)",
-                per_call(store.housekeep, 1000),
+                median_of(store.housekeep, 1000),
                 baseline=write_baseline,
             )
             lifecycle_figures(store, write_baseline)
