@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
 from typing import NoReturn
 
+from taskwatcher.engine.errors import InvalidRequest
 from taskwatcher.engine.location import resolve_db_path
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import DEFAULT_RESERVATION_TTL, Store
 
+#: Seconds a reservation may wait for its launch before it expires.
+TTL_VARIABLE = "TASKWATCHER_RESERVATION_TTL"
 DB_HELP = "database file (default: $TASKWATCHER_DB, else $XDG_STATE_HOME/taskwatcher/tasks.db)"
 
 
@@ -21,7 +26,17 @@ def add_db_option(parser: argparse.ArgumentParser, *, inherited: bool = False) -
 
 def open_store(db_option: str | None) -> Store:
     """Open the database the options, the environment or the XDG default designate."""
-    return Store.open(resolve_db_path(db_option))
+    return Store.open(resolve_db_path(db_option), reservation_ttl=_reservation_ttl())
+
+
+def _reservation_ttl() -> float:
+    configured = os.environ.get(TTL_VARIABLE)
+    if configured is None:
+        return DEFAULT_RESERVATION_TTL
+    try:
+        return positive_seconds(configured)
+    except argparse.ArgumentTypeError as error:
+        raise InvalidRequest(f"${TTL_VARIABLE}: {error}") from None
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -41,7 +56,7 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"not a finite number of seconds: {text!r}")
     return value
 

@@ -24,7 +24,7 @@ from taskwatcher.cli.render import (
 )
 from taskwatcher.cli.timespec import parse_when
 from taskwatcher.engine import control
-from taskwatcher.engine.errors import StoreError
+from taskwatcher.engine.errors import InvalidRequest, StoreError
 from taskwatcher.engine.machine import FINAL_STATUSES, LIVE_STATUSES
 from taskwatcher.engine.store import Store
 from taskwatcher.grammar.errors import TaskwatcherError
@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command not in ("init", "update"):
                 control.housekeep(store)
             return args.handler(store, args)
-    except StoreError as error:
+    except (StoreError, InvalidRequest) as error:
         fail(f"twctl: {error}", EXIT_USAGE)
     except TaskwatcherError as error:
         fail(f"twctl: {error}", EXIT_FAILED)

@@ -286,3 +286,13 @@ def test_init_refuses_with_live_tasks(db_path: Path) -> None:
     assert twctl_json(db_path, "list")
     twctl(db_path, "init", "--force")
     assert twctl_json(db_path, "list") == []
+
+
+def test_reservation_ttl_from_environment(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKWATCHER_RESERVATION_TTL", "0.2")
+    stale = twctl(db_path, "reserve").strip()
+    wait_for(lambda: twctl_json(db_path, "history"), timeout=10, interval=0.1)
+    (record,) = twctl_json(db_path, "history")
+    assert record["taskid"] == int(stale) and record["outcome"] == "EXPIRED"
+    monkeypatch.setenv("TASKWATCHER_RESERVATION_TTL", "soon")
+    twctl(db_path, "list", code=2)
