@@ -40,10 +40,12 @@ def wall_times(
     for _ in range(repeats):
         for label, command in commands.items():
             started = time.perf_counter()
-            subprocess.run(
-                command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True, **options
+            result = subprocess.run(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **options
             )
             samples[label].append(time.perf_counter() - started)
+            if result.returncode != 0:
+                raise RuntimeError(f"{label}: exit {result.returncode}: {result.stderr!r}")
     return samples
 
 
