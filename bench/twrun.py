@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
@@ -33,11 +33,15 @@ IDLE_SECONDS = 30.0
 #: `twrun -- true` under the original design, which looked at its child every 2-3 s.
 ORIGINAL_TRUE = 3.0
 
-#: Child for the exit delay: sleeps (so twrun is settled in its loop), writes CLOCK_MONOTONIC
+#: Child for the exit delay: writes one feedback line if asked, sleeps (so twrun is settled in
+#: its loop), writes CLOCK_MONOTONIC
 #: (system-wide on Linux, so comparable across processes) and the wall clock (to compare with
 #: the history's endtime), and leaves with _exit() at once.
 STAMP_THEN_EXIT = """
 import os, sys, time
+if len(sys.argv) > 3:
+    with open(os.environ["TASKWATCHER_FEEDBACK"], "a") as feedback:
+        feedback.write("[progress]done\\n")
 time.sleep(float(sys.argv[2]))
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 os.write(fd, f"{time.monotonic()!r} {time.time()!r}".encode())
@@ -142,26 +146,32 @@ def exit_delays(folder: Path) -> None:
 
     The child writes CLOCK_MONOTONIC and the wall clock, then calls _exit(). The history row's
     endtime (taken inside the archiving transaction) gives the moment twrun had noticed the
-    exit, checked for leftover processes and recorded the end. This process blocks in wait4()
-    on twrun and reads the monotonic clock when it returns, for the delay a shell sees, which
-    adds twrun's interpreter shutdown. Baselines: the same child run directly and under a
-    plain `subprocess.run` interpreter, and the shutdown of an interpreter holding twrun's
-    modules, all measured the same way in this run.
+    exit, checked for leftover processes, read the final feedback and recorded the end. This
+    process blocks in wait4() on twrun and reads the monotonic clock when it returns, for the
+    delay a shell sees, which adds twrun's interpreter shutdown. Baselines: the same child run
+    directly and under a plain `subprocess.run` interpreter, and the shutdown of an
+    interpreter holding twrun's modules, all measured the same way in this run.
     """
     db = folder / "exit.db"
+    feeds = folder / "exit-feeds"
+    feeds.mkdir()
     stamp = folder / "exit.stamp"
     child = [sys.executable, "-S", "-c", STAMP_THEN_EXIT, str(stamp), "0.3"]
-    commands = {
-        "direct": child,
-        "plain": [sys.executable, "-c", PLAIN_PARENT, *child],
-        "twrun": [TWRUN, "--db", str(db), "--", *child],
-        "shutdown": [sys.executable, "-c", IMPORT_STAMP_EXIT, str(stamp)],
+    commands: dict[str, Callable[[], list[str]]] = {
+        "direct": lambda: child,
+        "plain": lambda: [sys.executable, "-c", PLAIN_PARENT, *child],
+        "twrun": lambda: [TWRUN, "--db", str(db), "--", *child],
+        "feedback": lambda: [
+            *[TWRUN, "--db", str(db), "--taskid", str(reserve(db, "bench-exit"))],
+            *["--feedpath", str(feeds), "--", *child, "feedback"],
+        ],
+        "shutdown": lambda: [sys.executable, "-c", IMPORT_STAMP_EXIT, str(stamp)],
     }
     delays: dict[str, list[float]] = {label: [] for label in commands}
-    archived = []
+    archived: dict[str, list[float]] = {"twrun": [], "feedback": []}
     for _ in range(EXIT_RUNS):
         for label, command in commands.items():
-            process = launched(command)
+            process = launched(command())
             try:
                 code, ended = wait_for_end(process)
             finally:
@@ -170,37 +180,38 @@ def exit_delays(folder: Path) -> None:
                 raise RuntimeError(f"{label} run ended with {code}: {process.stderr.read()!r}")
             exited, exited_wall = map(float, stamp.read_text().split())
             delays[label].append(ended - exited)
-            if label == "twrun":
+            if label in archived:
                 with Store.open(db) as store:
-                    archived.append(store.history(limit=1)[0]["endtime"] - exited_wall)
+                    archived[label].append(store.history(limit=1)[0]["endtime"] - exited_wall)
     print(
         "exit delay: the child stamps its clocks and _exit()s; we wait4() on its parent",
         flush=True,
     )
-    direct, plain, twrun, shutdown = (statistics.median(delays[key]) for key in commands)
-    show(f"  child run directly (floor, median of {EXIT_RUNS})", seconds(direct))
+    median = {label: statistics.median(values) for label, values in delays.items()}
+    plain = median["plain"]
+    show(f"  child run directly (floor, median of {EXIT_RUNS})", seconds(median["direct"]))
     show("  under `python -c subprocess.run(...)` (baseline)", seconds(plain), "1.00x")
-    noticed = statistics.median(archived)
-    show(
-        "  under twrun: child exit to task archived (endtime), median",
-        seconds(noticed),
-        f"{noticed / plain:.2f}x   {target(noticed < 0.020, '< 20 ms')}",
-    )
-    show("  under twrun: child exit to task archived, worst", seconds(max(archived)))
-    show(
-        "  under twrun: child exit to twrun's own end, median",
-        seconds(twrun),
-        f"{twrun / plain:.2f}x",
-    )
-    show("  under twrun: child exit to twrun's own end, worst", seconds(max(delays["twrun"])))
+    for label, task in (("twrun", "task without feedback"), ("feedback", "feedback task")):
+        noticed = statistics.median(archived[label])
+        show(
+            f"  twrun, {task}: child exit to task archived",
+            seconds(noticed),
+            f"{noticed / plain:.2f}x   {target(noticed < 0.020, '< 20 ms')}",
+        )
+        show("    worst", seconds(max(archived[label])))
+        show(
+            f"  twrun, {task}: child exit to twrun's own end",
+            seconds(median[label]),
+            f"{median[label] / plain:.2f}x   worst {seconds(max(delays[label]))}",
+        )
     show(
         "  shutdown of an interpreter holding twrun's modules",
-        seconds(shutdown),
-        f"{shutdown / plain:.2f}x",
+        seconds(median["shutdown"]),
+        f"{median['shutdown'] / plain:.2f}x",
     )
     show(
         f"  ahead of the original design (2-3 s poll: ~{2.5:g} s on average)",
-        f"{2.5 / twrun:.0f}x",
+        f"{2.5 / median['twrun']:.0f}x",
         "faster",
     )
 
