@@ -30,6 +30,9 @@ NEW_DB_RUNS = 5
 EXIT_RUNS = 15
 KILL_RUNS = 5
 IDLE_SECONDS = 30.0
+#: The idle figure again, shorter, among this many extra sleeping processes.
+CROWD = 1000
+CROWDED_IDLE_SECONDS = 15.0
 #: `twrun -- true` under the original design, which looked at its child every 2-3 s.
 ORIGINAL_TRUE = 3.0
 
@@ -276,47 +279,58 @@ def timeout_kills(folder: Path) -> None:
     )
 
 
-def idle_cpu(folder: Path) -> None:
-    """twrun's own CPU (psutil, its process only) while its feedback task sleeps."""
-    db = folder / "idle.db"
-    feeds = folder / "idle-feeds"
+def idle_cpu(folder: Path, duration: float, crowd: int = 0) -> None:
+    """twrun's own CPU (psutil, its process only) while its feedback task sleeps.
+
+    With `crowd`, that many extra `sleep` processes run meanwhile, as on a busy build host:
+    whatever twrun does per process on the machine shows up as a higher figure.
+    """
+    db = folder / f"idle-{crowd}.db"
+    feeds = folder / f"idle-feeds-{crowd}"
     feeds.mkdir()
-    taskid = reserve(db, "bench-idle")
-    feedback = feeds / f"feedback_{taskid}.log"
-    process = launched(
-        [
-            TWRUN,
-            "--db",
-            str(db),
-            "--taskid",
-            str(taskid),
-            "--feedpath",
-            str(feeds),
-            "--timeout",
-            "60",
-            "--",
-            *[sys.executable, "-S", "-c", ONE_LINE_THEN_SLEEP, str(folder / "idle.stamp")],
-            f"{IDLE_SECONDS:g}",
-        ]
-    )
+    sleepers = [
+        subprocess.Popen(["sleep", f"{duration + 60:g}"], stdin=subprocess.DEVNULL)
+        for _ in range(crowd)
+    ]
     try:
-        watched = psutil.Process(process.pid)
-        while not feedback.exists():
-            time.sleep(0.01)
-        time.sleep(1.0)  # past start-up: the window holds supervision only
-        before = watched.cpu_times(), watched.num_ctx_switches().voluntary, time.monotonic()
-        time.sleep(IDLE_SECONDS - 2.5)  # ends before the task does
-        after = watched.cpu_times(), watched.num_ctx_switches().voluntary, time.monotonic()
-        code, _ = wait_for_end(process)
+        taskid = reserve(db, "bench-idle")
+        feedback = feeds / f"feedback_{taskid}.log"
+        process = launched(
+            [
+                *[TWRUN, "--db", str(db), "--taskid", str(taskid)],
+                *["--feedpath", str(feeds), "--timeout", "60", "--"],
+                *[sys.executable, "-S", "-c", ONE_LINE_THEN_SLEEP, str(folder / "idle.stamp")],
+                f"{duration:g}",
+            ]
+        )
+        try:
+            watched = psutil.Process(process.pid)
+            while not feedback.exists():
+                time.sleep(0.01)
+            time.sleep(1.0)  # past start-up: the window holds supervision only
+            before = watched.cpu_times(), watched.num_ctx_switches().voluntary, time.monotonic()
+            time.sleep(duration - 2.5)  # ends before the task does
+            after = watched.cpu_times(), watched.num_ctx_switches().voluntary, time.monotonic()
+            processes = len(psutil.pids())
+            code, _ = wait_for_end(process)
+        finally:
+            stop_if_running(process)
     finally:
-        stop_if_running(process)
+        for sleeper in sleepers:
+            sleeper.kill()
+        for sleeper in sleepers:
+            sleeper.wait()
     if code != 0:
         raise RuntimeError(f"idle task ended with {code}")
     window = after[2] - before[2]
     used = (after[0].user + after[0].system) - (before[0].user + before[0].system)
     wakeups = after[1] - before[1]
     share = used / window
-    print(f"idle: --timeout 60 task writes one line and sleeps {IDLE_SECONDS:g} s", flush=True)
+    print(
+        f"idle: --timeout 60 task writes one line and sleeps {duration:g} s;"
+        f" {processes} processes on the machine{f' ({crowd} extra)' if crowd else ''}",
+        flush=True,
+    )
     show(
         f"  twrun's user+sys CPU over {window:.1f} s of supervision",
         f"{share * 100:.2f} %",
@@ -335,7 +349,8 @@ def main() -> None:
         start_up(Path(folder))
         exit_delays(Path(folder))
         timeout_kills(Path(folder))
-        idle_cpu(Path(folder))
+        idle_cpu(Path(folder), IDLE_SECONDS)
+        idle_cpu(Path(folder), CROWDED_IDLE_SECONDS, crowd=CROWD)
 
 
 if __name__ == "__main__":
