@@ -12,7 +12,6 @@ from pathlib import Path
 from taskwatcher.engine.errors import StoreError
 
 ENV_VAR = "TASKWATCHER_DB"
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def default_db_path() -> Path:
@@ -35,23 +34,21 @@ def default_feedpath(db_path: Path) -> Path:
 def prepare_db_file(path: Path) -> None:
     """Create the folder (0700) and an empty file (0600) if missing; refuse what sqlite can't use.
 
-    Raises StoreError without writing anything to an existing file.
+    An existing file is never opened here: closing any descriptor of a database file drops
+    every POSIX lock this process holds on it, sqlite's own included, so the header check is
+    left to sqlite (`schema.check_usable` reads before anything is written).
     """
     _ensure_folder(path.parent)
     if path.is_dir():
         raise StoreError(f"{path}: is a folder, not a database file")
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o600)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
     except OSError as error:
-        raise StoreError(f"{path}: cannot open the database ({error.strerror})") from None
-    try:
-        header = os.read(descriptor, len(SQLITE_HEADER))
-    finally:
-        os.close(descriptor)
-    if header and header != SQLITE_HEADER:
-        raise StoreError(f"{path}: not a taskwatcher database (file is not a database)")
-    if not os.access(path, os.W_OK):
-        raise StoreError(f"{path}: database is not writable")
+        raise StoreError(f"{path}: cannot create the database ({error.strerror})") from None
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise StoreError(f"{path}: database is not readable and writable")
 
 
 def _ensure_folder(folder: Path) -> None:

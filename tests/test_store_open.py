@@ -6,11 +6,13 @@ import os
 import sqlite3
 from pathlib import Path
 
+import orjson
 import pytest
 
 from taskwatcher.engine import schema
 from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.store import Store
+from tests.helpers import run_cli
 
 
 def snapshot(path: Path) -> tuple[bytes, int]:
@@ -119,3 +121,18 @@ def test_refused_database_gets_no_wal_header(db_path):
     with pytest.raises(StoreError):
         Store.open(db_path)
     assert db_path.read_bytes()[18:20] == before == b"\x01\x01"
+
+
+def test_second_open_in_one_process_keeps_the_first_ones_locks(db_path: Path) -> None:
+    """Opening the file again must not drop the POSIX locks sqlite holds for the first Store."""
+    first = Store.open(db_path)
+    first.reserve("before")
+    Store.open(db_path).close()
+    for name in ("after", "later"):
+        # another process opens and closes the database: it must not think it is the last user
+        listed = run_cli("twctl", "--db", db_path, "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        first.reserve(name)
+    final = run_cli("twctl", "--db", db_path, "list", "--json")
+    assert [task["name"] for task in orjson.loads(final.stdout)] == ["before", "after", "later"]
+    first.close()
