@@ -1,10 +1,30 @@
-"""The feedback file language: grammar, parser, validator, reader and writer."""
+"""The feedback file language: grammar, parser, validator, reader and writer.
 
-from .diagnostics import Diagnostic
-from .parser import parse_feedback, validate_feedback
-from .reader import FeedbackReader, ReaderState
-from .stream import MAX_LINE_BYTES
-from .writer import FeedbackWriter
+The names below load their module on first use, so a command that only needs the errors
+(every twctl and twrun start-up) does not pay for the parser.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .diagnostics import Diagnostic
+    from .parser import parse_feedback, validate_feedback
+    from .reader import FeedbackReader, ReaderState
+    from .stream import MAX_LINE_BYTES
+    from .writer import FeedbackWriter
+
+_HOMES = {
+    "Diagnostic": "diagnostics",
+    "parse_feedback": "parser",
+    "validate_feedback": "parser",
+    "FeedbackReader": "reader",
+    "ReaderState": "reader",
+    "MAX_LINE_BYTES": "stream",
+    "FeedbackWriter": "writer",
+}
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -15,3 +35,11 @@ __all__ = [
     "parse_feedback",
     "validate_feedback",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value

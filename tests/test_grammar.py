@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import orjson
 import pytest
 
-from taskwatcher.grammar import Diagnostic, parse_feedback, validate_feedback
+from taskwatcher.grammar import Diagnostic, language, parse_feedback, validate_feedback
 
 SPEC_EXAMPLE = """\
 [info]Starting test
@@ -231,3 +237,27 @@ def test_diagnostics_print_as_line_column_message() -> None:
 def test_empty_text_gives_nothing() -> None:
     assert parse_feedback("") == {}
     assert validate_feedback("") == []
+
+
+def test_terminal_cache_holds_what_lark_compiled(tmp_path: Path) -> None:
+    """The cached terminals are Lark's own, and a damaged cache is rebuilt, not trusted."""
+    script = (
+        "from taskwatcher.grammar.language import terminal_patterns, terminal_cache_path\n"
+        "import json, sys; json.dump([terminal_patterns(), str(terminal_cache_path())], sys.stdout)"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def patterns_in_fresh_process() -> tuple[dict[str, str], Path]:
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        patterns, path = json.loads(out.stdout)
+        return patterns, Path(path)
+
+    from_lark = {t.name: t.pattern.to_regexp() for t in language.feedback_parser().terminals}
+    first, cache = patterns_in_fresh_process()
+    assert first == from_lark and json.loads(cache.read_text()) == from_lark
+    assert oct(cache.stat().st_mode & 0o777) == "0o600"
+    cache.write_text("{not json")
+    again, _ = patterns_in_fresh_process()
+    assert again == from_lark and json.loads(cache.read_text()) == from_lark
