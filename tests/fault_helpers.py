@@ -1,0 +1,128 @@
+"""What the fault-injection tests share: commands with their exit checks, tasks, process groups.
+
+Everything runs for real: console scripts as subprocesses, sqlite files in tmp_path, tasks
+that are real processes. Nothing here reaches into the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Sequence
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.helpers import run_cli, start_cli, wait_for
+
+PY = sys.executable
+
+
+def assert_one_line(stderr: str, prefix: str) -> str:
+    """A failing command must explain itself in one line, never with a traceback."""
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1 and lines[0].startswith(prefix), stderr
+    return lines[0]
+
+
+def twctl(db: Path, *args: str | os.PathLike, code: int = 0, **kwargs: Any) -> str:
+    """Run twctl, check its exit status (and the one-line error on failure), return stdout."""
+    result = run_cli("twctl", "--db", db, *args, **kwargs)
+    assert result.returncode == code, (result.stdout, result.stderr)
+    if code:
+        assert_one_line(result.stderr, "twctl: ")
+    return result.stdout
+
+
+def twctl_json(db: Path, *args: str) -> Any:
+    return json.loads(twctl(db, *args, "--json"))
+
+
+def reserve(db: Path, *args: str) -> int:
+    return int(twctl(db, "reserve", *args))
+
+
+def twrun(db: Path, taskid: int, *options: str | os.PathLike, command: Sequence[str], **kwargs):
+    """Start `twrun --taskid ID OPTIONS -- COMMAND` in the background."""
+    return start_cli(
+        "twrun", "--db", db, "--taskid", str(taskid), *options, "--", *command, **kwargs
+    )
+
+
+def query(db: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    """One statement on the database with plain sqlite3, outside the store's code."""
+    with closing(sqlite3.connect(db, timeout=10, isolation_level=None)) as connection:
+        return connection.execute(sql, params).fetchall()
+
+
+def live_row(db: Path, taskid: int) -> dict[str, Any] | None:
+    with closing(sqlite3.connect(db, timeout=10)) as connection:
+        connection.row_factory = sqlite3.Row
+        row = connection.execute("SELECT * FROM tasks WHERE id = ?", (taskid,)).fetchone()
+    return None if row is None else dict(row)
+
+
+def places(db: Path, taskid: int) -> tuple[int, int]:
+    """How many live rows and how many history rows the task has."""
+    ((live,),) = query(db, "SELECT count(*) FROM tasks WHERE id = ?", (taskid,))
+    ((ended,),) = query(db, "SELECT count(*) FROM history WHERE taskid = ?", (taskid,))
+    return live, ended
+
+
+def wait_running(db: Path, taskid: int, status: str = "RUNNING") -> dict[str, Any]:
+    """The live row once the supervisor has recorded the launch."""
+    return wait_for(lambda: (row := live_row(db, taskid)) and row["status"] == status and row)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in process group pgid."""
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process.pid)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return members
+
+
+def runs(process: psutil.Process) -> bool:
+    """Still the same process (create time included) and not a zombie."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def kill_at_end(request: pytest.FixtureRequest, pid: int) -> psutil.Process:
+    """SIGKILL the process when the test ends, if it still runs, so a failure leaks nothing."""
+    process = psutil.Process(pid)
+
+    def finish() -> None:
+        if runs(process):
+            process.kill()
+
+    request.addfinalizer(finish)
+    return process
+
+
+def peak_rss_mb(argv: Sequence[str], **kwargs: Any) -> tuple[int, float]:
+    """Exit status and peak resident memory (MB) of a command, measured by wait4()."""
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, usage.ru_maxrss / 1024
