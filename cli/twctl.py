@@ -45,6 +45,11 @@ ALIASES = {
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
+#: Commands that skip the housekeeping every other command does first: `init` and `update`
+#: decide for themselves, and `kill`/`killall` archive a target whose supervisor vanished on
+#: their own, so they can report it LOST instead of finding it already gone.
+NO_HOUSEKEEPING = {"init", "update", "kill", "killall"}
+
 LIST_COLUMNS = [
     Column("taskid", "taskid"),
     Column("name", "name"),
@@ -347,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.debug)
     try:
         with open_store(args.db) as store:
-            if args.command not in ("init", "update"):
+            if args.command not in NO_HOUSEKEEPING:
                 control.housekeep(store)
             return args.handler(store, args)
     except (StoreError, InvalidRequest) as error:
