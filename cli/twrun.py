@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from taskwatcher.cli.common import (
     positive_seconds,
     setup_logging,
 )
+from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL
 from taskwatcher.engine.supervisor import DEFAULT_GRACE, LaunchRequest, NotRecorded, run_task
 from taskwatcher.grammar.errors import TaskwatcherError
 
@@ -100,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(give --feedpath, or --feedback to the command)",
             file=sys.stderr,
         )
+    # Outside supervision a kill request has nothing to stop, and its default action would
+    # kill twrun: a late `twctl kill` must not turn the child's exit status into 138.
+    signal.signal(KILL_REQUEST_SIGNAL, signal.SIG_IGN)
     try:
         with open_store(args.db) as store:
             end = run_task(store, request)

@@ -125,9 +125,13 @@ def run_task(
             last_signal = _stop_everything(child, leader, watch, request.grace)
         finally:
             release(watch.state)
-    end = end_of_task(taskid, watch.stop, child.returncode, last_signal, request.timeout)
-    feedback = _final_feedback(store, taskid, feedback_file) if request.expects_feedback else None
-    _archive(store, end, feedback)
+        # Still inside the inbox: a stop or kill request that comes now, too late to matter,
+        # must not kill twrun before the end it saw is recorded.
+        end = end_of_task(taskid, watch.stop, child.returncode, last_signal, request.timeout)
+        feedback = (
+            _final_feedback(store, taskid, feedback_file) if request.expects_feedback else None
+        )
+        _archive(store, end, feedback)
     if not request.keep_feedback:
         feedback_file.unlink(missing_ok=True)
     return end

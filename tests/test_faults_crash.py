@@ -149,3 +149,16 @@ def test_twrun_killed_around_its_end_leaves_each_task_in_one_place(
     outcomes = {record["outcome"] for record in twctl_json(db_path, "history")}
     assert outcomes <= {"COMPLETED", "LOST"}
 
+
+def test_kill_requests_arriving_as_the_task_ends_cost_neither_record_nor_status(
+    db_path: Path,
+) -> None:
+    """`twctl kill` signals a supervisor it saw running, which may be ending by then."""
+    taskid = reserve(db_path)
+    runner = twrun(db_path, taskid, command=["sleep", "0.5"])
+    wait_running(db_path, taskid)
+    while runner.poll() is None:
+        runner.send_signal(signal.SIGUSR1)  # "read your kill request": there is none
+        time.sleep(0.001)
+    assert runner.returncode == 0, runner.stderr.read()
+    assert places(db_path, taskid) == (0, 1)
