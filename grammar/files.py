@@ -14,11 +14,13 @@ READ_CHUNK = 1024 * 1024
 
 @dataclass(frozen=True)
 class OpenedFile:
-    """An open regular file: its descriptor, identity (device, inode) and size when opened."""
+    """An open regular file: its descriptor, identity (device, inode), size and modification
+    time (ns) when opened."""
 
     descriptor: int
     identity: tuple[int, int]
     size: int
+    mtime_ns: int
 
     def __enter__(self) -> OpenedFile:
         return self
@@ -51,4 +53,5 @@ def open_regular(path: str | os.PathLike[str]) -> OpenedFile:
     except BaseException:
         os.close(descriptor)
         raise
-    return OpenedFile(descriptor, (status.st_dev, status.st_ino), status.st_size)
+    identity = (status.st_dev, status.st_ino)
+    return OpenedFile(descriptor, identity, status.st_size, status.st_mtime_ns)

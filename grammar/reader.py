@@ -25,8 +25,9 @@ MAX_WARNINGS = 100
 @dataclass(frozen=True)
 class ReaderState:
     """Where a reader stopped: which file (device, inode), how far, the partial last line,
-    whether it was skipping an over-long line, the lines consumed and the current values
-    (cleared keywords included as placeholders, so that the key order survives a restore).
+    whether it was skipping an over-long line, the lines consumed, the current values
+    (cleared keywords included as placeholders, so that the key order survives a restore)
+    and the file's modification time then (None in states saved before it was kept).
     """
 
     device: int | None = None
@@ -36,6 +37,7 @@ class ReaderState:
     skipping: bool = False
     lines: int = 0
     values: dict[str, str] = field(default_factory=dict)
+    mtime_ns: int | None = None
 
     def to_json(self) -> bytes:
         """Serialise for storage between processes (the pending bytes as base64)."""
@@ -48,6 +50,7 @@ class ReaderState:
             "skipping": self.skipping,
             "lines": self.lines,
             "values": self.values,
+            "mtime_ns": self.mtime_ns,
         }
         return orjson.dumps(fields)
 
@@ -76,6 +79,7 @@ class ReaderState:
             and isinstance(self.skipping, bool)
             and isinstance(self.lines, int)
             and isinstance(self.values, dict)
+            and isinstance(self.mtime_ns, int | None)
             and all(isinstance(item, str) for pair in self.values.items() for item in pair)
         )
 
@@ -114,6 +118,7 @@ class FeedbackReader:
             skipping=self._stream.skipping,
             lines=self._stream.lines,
             values=dict(self._stream.values),
+            mtime_ns=self._mtime_ns,
         )
 
     def poll(self, *, final: bool = False) -> dict[str, str]:
@@ -149,10 +154,12 @@ class FeedbackReader:
             self._offset += len(chunk)
             self._stream.feed(chunk)
             self._take_stream_diagnostics()
+        self._mtime_ns = opened.mtime_ns
 
     def _restore(self, state: ReaderState) -> None:
         self._identity = None if state.device is None else (state.device, state.inode)
         self._offset = state.offset
+        self._mtime_ns = state.mtime_ns
         self._stream = FeedbackStream(
             values=dict(state.values),
             pending=state.pending,
@@ -162,8 +169,13 @@ class FeedbackReader:
 
     def _continues(self, opened: OpenedFile) -> bool:
         """Is this still the file read last time, grown or not? Catches rewrites in place too:
-        the bytes just before the offset must still be the newline and the partial line."""
+        the bytes just before the offset must still be the newline and the partial line, and
+        a file that changed without growing (`echo "[progress]50" > file` after 40) cannot
+        have been appended to. Bytes rewritten in place before a growth go unnoticed."""
         if opened.identity != self._identity or opened.size < self._offset:
+            return False
+        rewritten = self._mtime_ns is not None and opened.mtime_ns != self._mtime_ns
+        if opened.size == self._offset and rewritten:
             return False
         if self._offset == 0 or self._stream.skipping:
             return True
