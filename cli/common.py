@@ -45,10 +45,26 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def setup_logging(verbosity: int) -> None:
-    """Quiet by default (warnings only); -v shows info, -vv debug; always to stderr."""
+def setup_logging(prog: str, verbosity: int) -> None:
+    """Quiet by default (warnings only); -v shows info, -vv debug; always to stderr.
+
+    Records read `twctl: warning: message`, like the commands' own one-line errors.
+    """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)]
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrefixedFormatter(prog))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+class _PrefixedFormatter(logging.Formatter):
+    """`prog: level: message`, the level in lower case as compilers and coreutils write it."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__()
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{self.prog}: {record.levelname.lower()}: {record.getMessage()}"
 
 
 def _seconds(text: str) -> float:

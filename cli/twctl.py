@@ -349,7 +349,7 @@ def expand_aliases(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `twctl` console script."""
     args = build_parser().parse_args(expand_aliases(sys.argv[1:] if argv is None else argv))
-    setup_logging(args.debug)
+    setup_logging("twctl", args.debug)
     try:
         with open_store(args.db) as store:
             if args.command not in NO_HOUSEKEEPING:

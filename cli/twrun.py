@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         fail("twrun: no command given (twrun [OPTIONS] -- COMMAND [ARG...])", SUPERVISOR_FAILED)
-    setup_logging(args.debug)
+    setup_logging("twrun", args.debug)
     request = LaunchRequest(
         argv=command,
         taskid=args.taskid,

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import signal
 import socket
@@ -19,7 +20,9 @@ from taskwatcher.engine.machine import Status
 from taskwatcher.engine.records import task_record
 from taskwatcher.engine.store import Store
 from taskwatcher.grammar import FeedbackReader, ReaderState
-from taskwatcher.grammar.errors import TaskwatcherError
+from taskwatcher.grammar.errors import InvalidReaderState, TaskwatcherError
+
+log = logging.getLogger(__name__)
 
 #: How long `update` lets the remnants of a lost task clean up before SIGKILL.
 LOST_GRACE = 2.0
@@ -110,15 +113,35 @@ def _last_feedback(store: Store, row: dict[str, Any]) -> dict[str, str] | None:
 
 
 def _poll_feedback(store: Store, row: dict[str, Any], *, final: bool = False) -> dict[str, str]:
-    """Parse only what the file gained since the last call, resuming the saved reader state.
+    """Parse only what the file gained since the last call, and save where reading stopped.
 
     `final` also takes an unterminated last line, for a task that will write no more.
     """
     _, saved = store.load_feedback(row["taskid"])
-    reader = FeedbackReader(row["feedpath"], state=ReaderState.from_json(saved) if saved else None)
-    values = reader.poll(final=final)
-    store.save_feedback(row["taskid"], values, reader.state.to_json())
+    values, state = read_feedback(row["feedpath"], saved, final=final)
+    store.save_feedback(row["taskid"], values, state)
     return values
+
+
+def read_feedback(
+    path: str | os.PathLike[str], saved_state: bytes | None, *, final: bool = False
+) -> tuple[dict[str, str], bytes]:
+    """Resume reading a feedback file where `saved_state` stopped; returns values and new state.
+
+    What the reader had to skip (an over-long line, a FIFO or device in the file's place) is
+    logged as a warning, so the user hears of it while the values still print. A saved state
+    that cannot be restored is dropped and the file read from its start.
+    """
+    try:
+        state = ReaderState.from_json(saved_state) if saved_state else None
+    except InvalidReaderState as error:
+        log.warning("%s: %s; reading from the start", path, error)
+        state = None
+    reader = FeedbackReader(path, state=state)
+    values = reader.poll(final=final)
+    for warning in reader.warnings:
+        log.warning("%s", warning)
+    return values, reader.state.to_json()
 
 
 def current_feedback(store: Store, taskid: int) -> dict[str, str]:

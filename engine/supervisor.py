@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from taskwatcher.engine import process
+from taskwatcher.engine.control import read_feedback
 from taskwatcher.engine.errors import NotReserved, StoreError, UnknownTask
 from taskwatcher.engine.location import default_feedpath
 from taskwatcher.engine.machine import Status, TaskState, release
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, STOP_SIGNALS, SignalInbox
 from taskwatcher.engine.stopping import StopReason, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store
-from taskwatcher.grammar import FeedbackReader, ReaderState
 from taskwatcher.grammar.errors import TaskwatcherError
 
 log = logging.getLogger(__name__)
@@ -310,8 +310,8 @@ def _final_feedback(store: Store, taskid: int, feedback_file: Path) -> dict[str,
         _, saved_state = store.load_feedback(taskid)
     except StoreError:
         saved_state = None
-    state = ReaderState.from_json(saved_state) if saved_state else None
-    return FeedbackReader(feedback_file, state=state).poll(final=True)
+    values, _ = read_feedback(feedback_file, saved_state, final=True)
+    return values
 
 
 def _archive(store: Store, end: TaskEnd, feedback: dict[str, str] | None) -> None:

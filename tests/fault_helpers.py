@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
@@ -120,9 +122,40 @@ def kill_at_end(request: pytest.FixtureRequest, pid: int) -> psutil.Process:
     return process
 
 
-def peak_rss_mb(argv: Sequence[str], **kwargs: Any) -> tuple[int, float]:
-    """Exit status and peak resident memory (MB) of a command, measured by wait4()."""
-    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return child.returncode, usage.ru_maxrss / 1024
+#: Runs argv[2:] and writes its peak resident memory (KiB) to argv[1], exits with its status.
+PEAK_RSS = """
+import resource, subprocess, sys
+status = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], "w") as out:
+    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(status if status >= 0 else 128 - status)
+"""
+
+
+def measured(
+    argv: Sequence[str | os.PathLike], timeout: float = 60, **kwargs: Any
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run a command to its end: its outputs, and its own peak resident memory in MB.
+
+    A small Python process starts it and reads its rusage. Started from the test process,
+    the command's ru_maxrss would begin at the test's own size, which a forked child
+    inherits as its peak, and hide the command's real use. A hang is killed after timeout.
+    """
+    with tempfile.NamedTemporaryFile() as peak:
+        child = subprocess.Popen(
+            [PY, "-c", PEAK_RSS, peak.name, *map(str, argv)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            process_group=0,
+            **kwargs,
+        )
+        try:
+            stdout, stderr = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+            raise AssertionError(f"{argv} still ran after {timeout} s") from None
+        kib = int(Path(peak.name).read_text())
+    return subprocess.CompletedProcess(argv, child.returncode, stdout, stderr), kib / 1024
