@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,7 @@ class Job:
 
     @property
     def name(self) -> str:
-        return f"load-{self.index}"
+        return task_name(self.index)
 
     def expected(self) -> dict[str, Any]:
         """The history fields (and twrun status, as `exitcode`) this task must end with."""
@@ -97,6 +97,10 @@ class Job:
             Mode.KILL: (Status.KILLED, 128 + signal.SIGTERM),
         }[self.mode]
         return {"outcome": outcome, "exitcode": code, "feedback": feedback}
+
+
+def task_name(index: int) -> str:
+    return f"load-{index}"
 
 
 def modes(tasks: int, killed: int) -> list[Mode]:
@@ -208,8 +212,8 @@ class LoadReport:
     kills: list[subprocess.CompletedProcess[str]]
     idle_list: list[ListCall]
     busy_list: list[ListCall]
-    history: dict[int, dict[str, Any]] = field(default_factory=dict)
-    live_left: int = 0
+    history: dict[int, dict[str, Any]]
+    live_left: int
 
     def stderr_texts(self) -> list[str]:
         """Every stderr of every command of the run, tasks' own included (they share twrun's)."""
@@ -248,11 +252,13 @@ class LoadReport:
         ]
 
 
-def reserve_jobs(db: Path, tasks: int, killed: int) -> tuple[list[Job], list[Any]]:
+def reserve_jobs(
+    db: Path, tasks: int, killed: int
+) -> tuple[list[Job], list[subprocess.CompletedProcess[str]]]:
     """Reserve one id per task, all `twctl reserve` at once; fails loudly if any is refused."""
     chosen = modes(tasks, killed)
     reserves = run_together(
-        [twctl(db, "reserve", "--name", f"load-{i}", "--info1", m) for i, m in enumerate(chosen)]
+        [twctl(db, "reserve", "--name", task_name(i), "--info1", m) for i, m in enumerate(chosen)]
     )
     refused = [result for result in reserves if result.returncode != 0]
     if refused:
@@ -265,7 +271,7 @@ def reserve_jobs(db: Path, tasks: int, killed: int) -> tuple[list[Job], list[Any
 
 
 def twrun_command(db: Path, folder: Path, job: Job) -> list[str]:
-    """The README's way to run a task that writes feedback, with a 10 s heartbeat timeout."""
+    """twrun as its help shows it for a task that writes feedback, with a 10 s timeout."""
     return [
         str(BIN / "twrun"),
         "--db",
@@ -323,21 +329,23 @@ def run_load(folder: Path, tasks: int, killed: int, idle_samples: int = 1) -> Lo
     finally:
         stop_all(children)
         busy_list = lister.stop()
-    report = LoadReport(
+    run_seconds = time.perf_counter() - started
+    with Store.open(db) as store:
+        history = {record["taskid"]: record for record in store.history()}
+        live_left = store.live_count()
+    return LoadReport(
         db,
         jobs,
         reserve_seconds,
-        time.perf_counter() - started,
+        run_seconds,
         reserves,
         twruns,
         kills,
         idle_list,
         busy_list,
+        history,
+        live_left,
     )
-    with Store.open(db) as store:
-        report.history = {record["taskid"]: record for record in store.history()}
-        report.live_left = store.live_count()
-    return report
 
 
 @dataclass(frozen=True)
@@ -389,7 +397,7 @@ def main() -> None:
             f"{TASKS - len(wrong)}/{TASKS}",
             "ok" if not wrong and report.live_left == 0 else f"WRONG: {wrong[:3]}",
         )
-        show(f"stderr lines with {LOCKED!r}", str(len(report.locked_messages())))
+        show(f"commands whose stderr says {LOCKED!r}", str(len(report.locked_messages())))
         show("twctl list calls that failed", str(len(report.unanswered_lists())))
         race = unique_race(report.db, RACERS)
         winners = race.winners
