@@ -409,7 +409,7 @@ class TaskOperations(RuleBasedStateMachine):
 
 
 TaskOperations.TestCase.settings = settings(
-    max_examples=20,
+    max_examples=15,
     stateful_step_count=12,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
