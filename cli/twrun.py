@@ -17,7 +17,8 @@ from taskwatcher.cli.common import (
     setup_logging,
 )
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL
-from taskwatcher.engine.supervisor import DEFAULT_GRACE, LaunchRequest, NotRecorded, run_task
+from taskwatcher.engine.supervisor import DEFAULT_GRACE, LaunchRequest, run_task
+from taskwatcher.engine.taskrow import NotRecorded
 from taskwatcher.grammar.errors import TaskwatcherError
 
 #: timeout(1)'s status for "the supervisor itself failed".

@@ -15,7 +15,8 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from taskwatcher.engine import process
@@ -26,6 +27,7 @@ from taskwatcher.engine.machine import Status, TaskState, release
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, STOP_SIGNALS, SignalInbox
 from taskwatcher.engine.stopping import StopReason, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store
+from taskwatcher.engine.taskrow import TaskRow, archive
 from taskwatcher.grammar.errors import TaskwatcherError
 
 log = logging.getLogger(__name__)
@@ -46,12 +48,8 @@ class FeedpathMissing(TaskwatcherError, FileNotFoundError):
     """The --feedpath folder does not exist."""
 
 
-class NotRecorded(TaskwatcherError):
-    """The task ended but its end could not be written to the database."""
-
-    def __init__(self, message: str, end: TaskEnd) -> None:
-        super().__init__(message)
-        self.end = end
+class FeedpathUnusable(TaskwatcherError):
+    """The feedback folder cannot be created, or a leftover feedback file cannot be removed."""
 
 
 @dataclass(frozen=True)
@@ -87,14 +85,13 @@ class LaunchRequest:
 class _Watch:
     """The supervisor's view of one running task between two polls."""
 
-    taskid: int
+    row: TaskRow
     feedback_file: Path
     state: TaskState
     heartbeat: float | None = None
     heartbeat_written: float | None = None
     last_request_check: float = 0.0
     stop: StopReason | None = None
-    store_failures: list[str] = field(default_factory=list)
 
 
 def run_task(
@@ -104,36 +101,36 @@ def run_task(
 
     Raises before launching anything when the reservation or the feedback folder is wrong,
     and LaunchError (with its 126/127 exit code) once a command that cannot start is archived
-    as FAILED. Once the child runs, database trouble is logged and never leaves it unsupervised.
+    as FAILED. Once the child runs, database trouble is logged and never leaves it unsupervised;
+    NotRecorded at the end says the task ended but history could not be told.
     """
     taskid = _claim_reservation(store, request)
     feedback_file = _feedback_file(store, request, taskid)
+    row = TaskRow(store, taskid, process.identity_of(os.getpid()))
     process.become_subreaper()
     with SignalInbox([*STOP_SIGNALS, KILL_REQUEST_SIGNAL]) as inbox:
         try:
             child = process.spawn(request.argv, _child_env(request, taskid, feedback_file))
         except process.LaunchError as error:
-            _archive(store, TaskEnd(taskid, Status.FAILED, error.exit_code, None, str(error)), None)
+            archive(store, TaskEnd(taskid, Status.FAILED, error.exit_code, None, str(error)), None)
             raise
         leader = process.identity_of(child.pid)
-        _record_start(store, request, taskid, child, leader, feedback_file, clock)
+        _record_start(row, request, child, leader, feedback_file)
         health = TaskState(taskid, request.heartbeat_timeout, request.expects_feedback)
-        watch = _Watch(taskid, feedback_file, health)
+        watch = _Watch(row, feedback_file, health)
         watch.state.start(clock())
         try:
-            _supervise(store, child, inbox, watch, clock)
+            _supervise(child, inbox, watch, clock)
+        finally:  # whatever went wrong, none of the task's processes outlive supervision
             last_signal = _stop_everything(child, leader, watch, request.grace)
-        finally:
             release(watch.state)
         # Still inside the inbox: a stop or kill request that comes now, too late to matter,
         # must not kill twrun before the end it saw is recorded.
         end = end_of_task(taskid, watch.stop, child.returncode, last_signal, request.timeout)
-        feedback = (
-            _final_feedback(store, taskid, feedback_file) if request.expects_feedback else None
-        )
-        _archive(store, end, feedback)
+        feedback = _final_feedback(row, feedback_file) if request.expects_feedback else None
+        row.archive(end, feedback)  # when this fails the feedback file stays: all that is left
     if not request.keep_feedback:
-        feedback_file.unlink(missing_ok=True)
+        _remove(feedback_file)
     return end
 
 
@@ -166,14 +163,32 @@ def _feedback_file(store: Store, request: LaunchRequest, taskid: int) -> Path:
     """`FEEDPATH/feedback_<taskid>.log`: the only path twrun derives, from an integer id."""
     if request.feedpath is None:
         folder = default_feedpath(store.path)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as error:
+            raise FeedpathUnusable(
+                f"cannot create the feedback folder {folder}: {error.strerror}"
+            ) from None
     else:
         folder = request.feedpath.absolute()
         if not folder.is_dir():
             raise FeedpathMissing(f"feedback folder {folder} does not exist")
     path = folder / f"feedback_{int(taskid)}.log"
-    path.unlink(missing_ok=True)  # a leftover of an earlier database must not pose as a heartbeat
+    try:  # a leftover of an earlier database must not pose as a heartbeat
+        path.unlink(missing_ok=True)
+    except OSError as error:
+        raise FeedpathUnusable(
+            f"cannot remove the old feedback file {path}: {error.strerror}"
+        ) from None
     return path
+
+
+def _remove(feedback_file: Path) -> None:
+    """Tidy up after the task; failing to is worth a warning, not a failed task."""
+    try:
+        feedback_file.unlink(missing_ok=True)
+    except OSError as error:
+        log.warning("cannot remove the feedback file %s: %s", feedback_file, error.strerror)
 
 
 def _default_name(argv: Sequence[str]) -> str:
@@ -190,36 +205,45 @@ def _child_env(request: LaunchRequest, taskid: int, feedback_file: Path) -> dict
     return env
 
 
-def _record_start(store, request, taskid, child, leader, feedback_file, clock) -> None:
-    """Mark the reservation RUNNING; if someone took it meanwhile, stop the child at once."""
-    row = store.get_task(taskid) or {}
-    supervisor = process.identity_of(os.getpid())
+def _record_start(
+    row: TaskRow,
+    request: LaunchRequest,
+    child: subprocess.Popen,
+    leader: process.ProcessIdentity | None,
+    feedback_file: Path,
+) -> None:
+    """Mark the reservation RUNNING, or stop the child at once: a task nobody sees must not run.
+
+    The start fails when the reservation was taken meanwhile or the database refuses.
+    """
+    store, taskid = row.store, row.taskid
     try:
+        reserved = store.get_task(taskid) or {}
         store.start(
             taskid,
-            name=request.name or row.get("name") or _default_name(request.argv),
-            info1=request.info1 if request.info1 is not None else row.get("info1"),
-            info2=request.info2 if request.info2 is not None else row.get("info2"),
-            info3=request.info3 if request.info3 is not None else row.get("info3"),
+            name=request.name or reserved.get("name") or _default_name(request.argv),
+            info1=request.info1 if request.info1 is not None else reserved.get("info1"),
+            info2=request.info2 if request.info2 is not None else reserved.get("info2"),
+            info3=request.info3 if request.info3 is not None else reserved.get("info3"),
             pid=child.pid,
             child_ctime=leader.create_time if leader else None,
             pgid=child.pid,
-            supervisor_pid=supervisor.pid,
-            supervisor_ctime=supervisor.create_time,
+            supervisor_pid=row.supervisor.pid,
+            supervisor_ctime=row.supervisor.create_time,
             host=socket.gethostname(),
             timeout=request.heartbeat_timeout,
             has_feedback=request.expects_feedback,
             feedpath=str(feedback_file),
             command=list(request.argv),
         )
-    except (NotReserved, UnknownTask):
+    except TaskwatcherError:
         if leader:
-            process.terminate_task(leader, child.pid, grace=request.grace)
+            process.terminate_task(leader, child.pid, grace=request.grace, adopter=os.getpid())
         child.wait()
         raise
 
 
-def _supervise(store, child: subprocess.Popen, inbox: SignalInbox, watch: _Watch, clock) -> None:
+def _supervise(child: subprocess.Popen, inbox: SignalInbox, watch: _Watch, clock) -> None:
     """Poll until the child exits or a reason to stop it appears (timeout, signal, request)."""
     poller = select.poll()
     with process.ChildWatch(child) as child_watch:
@@ -233,12 +257,12 @@ def _supervise(store, child: subprocess.Popen, inbox: SignalInbox, watch: _Watch
             process.reap_adopted(keep={child.pid})
             if child.poll() is not None:
                 return
-            _read_signals(store, inbox, watch)
-            _grade_heartbeat(store, watch, clock())
-            _check_kill_request(store, watch, clock())
+            _read_signals(inbox, watch)
+            _grade_heartbeat(watch, clock())
+            _check_kill_request(watch, clock())
 
 
-def _read_signals(store, inbox: SignalInbox, watch: _Watch) -> None:
+def _read_signals(inbox: SignalInbox, watch: _Watch) -> None:
     for signum in inbox.drain():
         if signum == KILL_REQUEST_SIGNAL:
             watch.last_request_check = 0.0
@@ -246,7 +270,7 @@ def _read_signals(store, inbox: SignalInbox, watch: _Watch) -> None:
             watch.stop = StopReason.by_signal(signum)
 
 
-def _grade_heartbeat(store, watch: _Watch, now: float) -> None:
+def _grade_heartbeat(watch: _Watch, now: float) -> None:
     """Move the health state from the file's mtime; write the row only when something changed."""
     try:
         mtime = os.stat(watch.feedback_file).st_mtime
@@ -260,35 +284,25 @@ def _grade_heartbeat(store, watch: _Watch, now: float) -> None:
     if watch.state.state == Status.TIMEOUT:
         watch.stop = StopReason.timeout()
         return
+    store = watch.row.store
     if watch.state.state != previous:
-        _store_call(watch, store.set_status, watch.taskid, watch.state.state)
+        watch.row.write(store.set_status, watch.state.state)
     due = (
         watch.heartbeat_written is None or now - watch.heartbeat_written >= HEARTBEAT_CHECK_INTERVAL
     )
     if watch.heartbeat is not None and watch.heartbeat != watch.heartbeat_written and due:
-        _store_call(watch, store.record_heartbeat, watch.taskid, watch.heartbeat)
+        watch.row.write(store.record_heartbeat, watch.heartbeat)
         watch.heartbeat_written = now
 
 
-def _check_kill_request(store, watch: _Watch, now: float) -> None:
+def _check_kill_request(watch: _Watch, now: float) -> None:
     """Read the kill-request column: at once after SIGUSR1, else once a second."""
     if watch.stop is not None or now - watch.last_request_check < HEARTBEAT_CHECK_INTERVAL:
         return
     watch.last_request_check = now
-    row = _store_call(watch, store.get_task, watch.taskid)
+    row = watch.row.current()
     if row and row.get("kill_request"):
         watch.stop = StopReason.requested(row["kill_request"])
-
-
-def _store_call(watch: _Watch, call, *args):
-    """Run a store call mid-task; a database failure is logged, never fatal to supervision."""
-    try:
-        return call(*args)
-    except StoreError as error:
-        if str(error) not in watch.store_failures:
-            watch.store_failures.append(str(error))
-            log.warning("task %s: %s (still supervising)", watch.taskid, error)
-        return None
 
 
 def _stop_everything(child, leader, watch: _Watch, grace: float) -> str | None:
@@ -304,25 +318,14 @@ def _stop_everything(child, leader, watch: _Watch, grace: float) -> str | None:
     return last_signal if watch.stop else None
 
 
-def _final_feedback(store: Store, taskid: int, feedback_file: Path) -> dict[str, str]:
-    """The feedback as the file stood at the end, continuing from twctl's saved reader state."""
-    try:
-        _, saved_state = store.load_feedback(taskid)
-    except StoreError:
-        saved_state = None
+def _final_feedback(row: TaskRow, feedback_file: Path) -> dict[str, str]:
+    """The feedback as the file stood at the end, continuing from twctl's saved reader state.
+
+    Without a saved state (none yet, or the row is no longer ours) the whole file is read.
+    """
+    saved_state = None
+    if row.current() is not None:
+        with suppress(StoreError, UnknownTask):
+            _, saved_state = row.store.load_feedback(row.taskid)
     values, _ = read_feedback(feedback_file, saved_state, final=True)
     return values
-
-
-def _archive(store: Store, end: TaskEnd, feedback: dict[str, str] | None) -> None:
-    try:
-        store.archive(
-            end.taskid,
-            outcome=end.outcome,
-            termsignal=end.termsignal,
-            termerror=end.termerror,
-            exitcode=end.exit_code,
-            feedback=feedback,
-        )
-    except StoreError as error:
-        raise NotRecorded(f"task {end.taskid} ended but was not recorded: {error}", end) from error

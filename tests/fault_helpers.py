@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import run_cli, start_cli, wait_for
+from tests.helpers import BIN, run_cli, wait_for
 
 PY = sys.executable
 
@@ -51,11 +51,13 @@ def reserve(db: Path, *args: str) -> int:
     return int(twctl(db, "reserve", *args))
 
 
-def twrun(db: Path, taskid: int, *options: str | os.PathLike, command: Sequence[str], **kwargs):
-    """Start `twrun --taskid ID OPTIONS -- COMMAND` in the background."""
-    return start_cli(
-        "twrun", "--db", db, "--taskid", str(taskid), *options, "--", *command, **kwargs
-    )
+def twrun(
+    db: Path, taskid: int, *options: str | os.PathLike, command: Sequence[str], **kwargs: Any
+) -> subprocess.Popen[str]:
+    """Start `twrun --taskid ID OPTIONS -- COMMAND` in the background, its output piped."""
+    argv = [BIN / "twrun", "--db", db, "--taskid", taskid, *options, "--", *command]
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    return subprocess.Popen(list(map(str, argv)), **(streams | kwargs))
 
 
 def query(db: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple]:

@@ -1,0 +1,240 @@
+"""The database pulled from under running tasks: deleted, replaced, re-initialised, full,
+read-only. Commands fail with one line, running tasks stay supervised to their end and leave
+no process behind, twrun says 125 when it could not record an end, and history written
+before the fault stays.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fault_helpers import (
+    assert_one_line,
+    group_members,
+    kill_at_end,
+    live_row,
+    query,
+    reserve,
+    twctl,
+    twctl_json,
+    twrun,
+    wait_running,
+)
+from tests.helpers import BIN, run_cli, wait_for
+
+#: Run a command as root without the capabilities that let root ignore file modes.
+UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def history_before_the_fault(db: Path) -> list[dict]:
+    """A finished task in history, to be found intact after the fault."""
+    assert run_cli("twrun", "--db", db, "--name", "before", "--", "true").returncode == 0
+    return twctl_json(db, "history")
+
+
+def gated_task(db: Path, go: Path, *options: str | Path, request: pytest.FixtureRequest):
+    """A running task that ends by itself once `go` exists; returns (taskid, runner, row)."""
+    taskid = reserve(db, "--name", "gated")
+    script = f"sleep 60 & while [ ! -e {go} ]; do sleep 0.05; done; kill $!"
+    runner = twrun(db, taskid, "--grace", "1", *options, command=["sh", "-c", script])
+    row = wait_running(db, taskid)
+    kill_at_end(request, row["pid"])
+    return taskid, runner, row
+
+
+def not_recorded(runner: subprocess.Popen, taskid: int, outcome: str) -> str:
+    """twrun's exit when it could not record the end: 125, warnings, and one final line."""
+    _, stderr = runner.communicate(timeout=30)
+    assert runner.returncode == 125, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert all(line.startswith("twrun: warning: ") for line in lines[:-1]), stderr
+    assert lines[-1].startswith(f"twrun: task {taskid} ended {outcome} ")
+    assert "but was not recorded: " in lines[-1]
+    return lines[-1]
+
+
+def test_database_deleted_while_a_task_runs(
+    db_path: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    go = tmp_path / "go"
+    taskid, runner, row = gated_task(db_path, go, request=request)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink()
+    go.touch()
+    assert not_recorded(runner, taskid, "COMPLETED").endswith("was deleted or replaced")
+    assert group_members(row["pgid"]) == []
+    assert twctl(db_path, "history") == "No history.\n"  # a new, empty database
+
+
+def test_database_replaced_while_a_task_runs(
+    db_path: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Replaced the way a backup is restored: the file and its -wal/-shm companions."""
+    backup = tmp_path / "backup.db"
+    restored = history_before_the_fault(backup)
+    go = tmp_path / "go"
+    taskid, runner, row = gated_task(db_path, go, request=request)
+    os.replace(backup, db_path)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink()
+    go.touch()
+    assert not_recorded(runner, taskid, "COMPLETED").endswith("was deleted or replaced")
+    assert group_members(row["pgid"]) == []
+    assert twctl_json(db_path, "history") == restored
+    assert query(db_path, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_reinitialised_database_whose_ids_start_again(
+    db_path: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """After `init --force` a new task gets the running task's id: its row is not ours."""
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    errors = tmp_path / "twrun.err"
+    beats = 'sleep 60 & while :; do echo "[beat]" >> "$TASKWATCHER_FEEDBACK"; sleep 0.1; done'
+    taskid = reserve(db_path, "--name", "first")
+    with open(errors, "w") as stderr:
+        runner = twrun(
+            db_path, taskid, "--feedpath", feeds, "--timeout", "30", "--grace", "1",
+            command=["sh", "-c", beats], stderr=stderr,
+        )  # fmt: skip
+    pgid = wait_running(db_path, taskid)["pgid"]
+    wait_for(lambda: len(group_members(pgid)) >= 2)
+    runner.send_signal(signal.SIGSTOP)  # so that it first looks again once the id is taken
+    twctl(db_path, "init", "--force")
+    assert reserve(db_path, "--name", "newcomer") == taskid
+    newcomer = twrun(db_path, taskid, "--grace", "1", command=["sleep", "60"])
+    kill_at_end(request, wait_running(db_path, taskid)["pid"])
+    runner.send_signal(signal.SIGCONT)
+    wait_for(lambda: "now belongs to another task" in errors.read_text())
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=30) == 125
+    last = errors.read_text().splitlines()[-1]
+    assert last.startswith(f"twrun: task {taskid} ended KILLED (status 143) but was not recorded")
+    assert group_members(pgid) == []
+    row = live_row(db_path, taskid)
+    assert (row["name"], row["status"], row["heartbeat"]) == ("newcomer", "RUNNING", None)
+    assert row["supervisor_pid"] == newcomer.pid
+    assert twctl_json(db_path, "history") == []
+    assert "KILLED" in twctl(db_path, "kill", str(taskid))
+    newcomer.communicate(timeout=30)
+
+
+def no_file_growth() -> None:
+    """A full disk, as the process sees it: every write past offset 0 fails with EFBIG.
+
+    Python ignores SIGXFSZ at start-up, so the error reaches the code instead of killing it.
+    """
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+def test_disk_full_while_a_task_runs(
+    db_path: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    before = history_before_the_fault(db_path)
+    go = tmp_path / "go"
+    taskid, runner, row = gated_task(
+        db_path, go, "--feedpath", tmp_path, "--timeout", "30", request=request
+    )
+    resource.prlimit(runner.pid, resource.RLIMIT_FSIZE, (0, 0))
+    (tmp_path / f"feedback_{taskid}.log").write_text("[step]1\n")  # a heartbeat to record
+    result = run_cli("twctl", "--db", db_path, "reserve", preexec_fn=no_file_growth)
+    assert result.returncode == 2
+    assert "disk I/O error" in assert_one_line(result.stderr, "twctl: ")
+    go.touch()
+    assert "disk I/O error" in not_recorded(runner, taskid, "COMPLETED")
+    assert group_members(row["pgid"]) == []
+    assert f"task {taskid} (gated): LOST" in twctl(db_path, "update")
+    assert twctl_json(db_path, "history")[1:] == before
+
+
+@pytest.fixture
+def unprivileged() -> list[str]:
+    """The prefix that makes file modes bind root too; skips where it is unavailable."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed")
+    if subprocess.run([*UNPRIVILEGED, "true"], capture_output=True).returncode:
+        pytest.skip("cannot drop capabilities here")
+    return UNPRIVILEGED
+
+
+def test_read_only_database_folder(db_path: Path, tmp_path: Path, unprivileged: list[str]) -> None:
+    before = history_before_the_fault(db_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    marker = elsewhere / "launched"
+    tmp_path.chmod(0o500)  # the folder of db_path
+    try:
+        for command, code in (
+            (["twctl", "list"], 2),
+            (["twctl", "reserve"], 2),
+            (["twrun", "--", "touch", marker], 125),
+        ):
+            argv = [*unprivileged, BIN / command[0], "--db", db_path, *command[1:]]
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            assert result.returncode == code, result.stderr
+            line = assert_one_line(result.stderr, f"{command[0]}: ")
+            assert line.endswith("database folder is not writable")
+    finally:
+        tmp_path.chmod(0o700)
+    assert not marker.exists()
+    assert twctl_json(db_path, "history") == before
+
+
+def test_folders_made_read_only_while_a_task_runs(
+    db_path: Path, tmp_path: Path, unprivileged: list[str], request: pytest.FixtureRequest
+) -> None:
+    """The open database goes on working; the feedback file that cannot go stays, with a word."""
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    go = tmp_path / "go"
+    taskid = reserve(db_path)
+    reports = (
+        f'echo "[step]done" > "$TASKWATCHER_FEEDBACK"; while [ ! -e {go} ]; do sleep 0.05; done'
+    )
+    argv = [
+        *unprivileged, BIN / "twrun", "--db", db_path, "--taskid", str(taskid),
+        "--feedpath", feeds, "--", "sh", "-c", reports,
+    ]  # fmt: skip
+    runner = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    kill_at_end(request, wait_running(db_path, taskid)["pid"])
+    feedback_file = feeds / f"feedback_{taskid}.log"
+    wait_for(feedback_file.exists)
+    for folder in (tmp_path, feeds):
+        folder.chmod(0o500)
+    try:
+        go.touch()
+        _, stderr = runner.communicate(timeout=30)
+    finally:
+        for folder in (tmp_path, feeds):
+            folder.chmod(0o700)
+    assert runner.returncode == 0, stderr
+    assert stderr.splitlines() == [
+        f"twrun: warning: cannot remove the feedback file {feedback_file}: Permission denied"
+    ]
+    assert feedback_file.exists()
+    (record,) = twctl_json(db_path, "history")
+    assert (record["outcome"], record["feedback"]) == ("COMPLETED", {"step": "done"})
+
+
+def test_leftover_that_cannot_be_removed_launches_nothing(db_path: Path, tmp_path: Path) -> None:
+    """A feedback path that cannot be cleared could pose as a heartbeat: twrun refuses."""
+    taskid = reserve(db_path)
+    (tmp_path / f"feedback_{taskid}.log").mkdir()
+    marker = tmp_path / "launched"
+    result = run_cli(
+        "twrun", "--db", db_path, "--taskid", taskid, "--feedpath", tmp_path,
+        "--", "touch", marker,
+    )  # fmt: skip
+    assert result.returncode == 125
+    assert "cannot remove the old feedback file" in assert_one_line(result.stderr, "twrun: ")
+    assert not marker.exists()
+    assert live_row(db_path, taskid)["status"] == "RESERVED"
