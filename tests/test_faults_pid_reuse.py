@@ -74,14 +74,12 @@ def test_reused_task_pid_is_not_signalled(
     assert lost_record(db_path, taskid)["termsignal"] is None  # nothing of the task was left
 
 
-@pytest.mark.parametrize("command", ["kill", "update"])
-def test_reused_supervisor_pid_gets_no_sigusr1(
-    db_path: Path, stranger: psutil.Process, command: str
-) -> None:
+def test_reused_supervisor_pid_gets_no_sigusr1(db_path: Path, stranger: psutil.Process) -> None:
+    """`kill` is the one path that signals a supervisor (SIGUSR1: read your kill request)."""
     taskid, _ = orphaned_task(db_path, "unsupervised")
     point_row_at(db_path, taskid, supervisor_pid=stranger.pid)
-    args = [str(taskid), "--wait", "5"] if command == "kill" else []
-    assert f"task {taskid} (unsupervised): LOST" in twctl(db_path, command, *args)
+    output = twctl(db_path, "kill", str(taskid), "--wait", "5")
+    assert f"task {taskid} (unsupervised): LOST" in output
     assert runs(stranger)
     assert f"pid {stranger.pid}" in lost_record(db_path, taskid)["termerror"]
 
