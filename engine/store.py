@@ -32,6 +32,7 @@ from taskwatcher.grammar.errors import TaskwatcherError
 
 #: A reservation not started within this many seconds ends as EXPIRED.
 DEFAULT_RESERVATION_TTL = 3600.0
+_STALE_RESERVATIONS = "SELECT * FROM tasks WHERE status = 'RESERVED' AND reservetime <= ?"
 
 Clock = Callable[[], float]
 Record = dict[str, Any]
@@ -108,7 +109,13 @@ class Store:
             )
 
     def housekeep(self) -> list[Record]:
-        """Expire reservations older than the time-to-live; returns their history records."""
+        """Expire reservations older than the time-to-live; returns their history records.
+
+        Looks first without the write lock, so the common case (nothing stale) never waits
+        behind other writers.
+        """
+        if not self._rows(_STALE_RESERVATIONS + " LIMIT 1", (self._stale_before(self._clock()),)):
+            return []
         with self._transaction() as now:
             return self._expire_reservations(now)
 
@@ -360,11 +367,11 @@ class Store:
         with self._sqlite_errors():
             return self._db.execute(sql, params).fetchone()
 
+    def _stale_before(self, now: float) -> float:
+        return now - self.reservation_ttl
+
     def _expire_reservations(self, now: float) -> list[Record]:
-        stale = self._rows(
-            "SELECT * FROM tasks WHERE status = 'RESERVED' AND reservetime <= ?",
-            (now - self.reservation_ttl,),
-        )
+        stale = self._rows(_STALE_RESERVATIONS, (self._stale_before(now),))
         return [
             self._archive_row(
                 row,

@@ -78,8 +78,8 @@ def test_watch_shows_moving_progress_and_leaves_cleanly(
     shell = f"{watch}; echo WATCH-EXIT=$?; stty -a | tr ' ' '\\n' | grep -x -- '-*icanon'; sleep 60"
     tmux("new-session", "-d", "-s", "watch", "-x", "150", "-y", "30", shell)
     try:
-        first = wait_for(lambda: PERCENT.search(tmux.screen()) and tmux.screen())
-        assert "mover" in first and "RUNNING" in first and "case" in first
+        first = wait_for(lambda: (s := tmux.screen()) and PERCENT.search(s) and "case" in s and s)
+        assert "mover" in first and "RUNNING" in first
         assert "━" in first  # the progress bar itself
         start = float(PERCENT.search(first)[1])
         wait_for(lambda: (m := PERCENT.search(tmux.screen())) and float(m[1]) > start)
