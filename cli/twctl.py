@@ -15,6 +15,7 @@ from taskwatcher.cli.common import (
 )
 from taskwatcher.cli.render import (
     Column,
+    escape,
     key_values,
     print_json,
     print_records,
@@ -90,10 +91,8 @@ def _cmd_init(store: Store, args: argparse.Namespace) -> int:
 def _cmd_update(store: Store, args: argparse.Namespace) -> int:
     ended = control.housekeep(store, grace=args.grace)
     for record in ended:
-        print(
-            f"task {record['taskid']} ({record['taskname']}): {record['outcome']}"
-            f"{': ' + record['termerror'] if record.get('termerror') else ''}"
-        )
+        why = f": {escape(record['termerror'])}" if record.get("termerror") else ""
+        print(f"{_ended(record)}{why}")
     print(f"{len(ended)} task(s) archived, {store.live_count()} live")
     return 0
 
@@ -167,7 +166,12 @@ def _waiting_notice() -> Callable[[list[int]], None]:
 
 def _report_ended(records: Sequence[dict]) -> None:
     for record in records:
-        print(f"task {record['taskid']} ({record['taskname']}): {record['outcome']}")
+        print(_ended(record))
+
+
+def _ended(record: dict) -> str:
+    """`task 3 (nightly): KILLED`, the name escaped like every other cell."""
+    return f"task {record['taskid']} ({escape(record['taskname'])}): {record['outcome']}"
 
 
 def _cmd_show(store: Store, args: argparse.Namespace) -> int:

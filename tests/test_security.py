@@ -1,0 +1,146 @@
+"""What a hostile name, info field or feedback value can do: nothing to the disk, the database
+or the terminal. (That a signal needs pid and create time to match is test_faults_pid_reuse.)
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from taskwatcher.engine.store import Store
+from tests.fault_helpers import reserve, twctl, twctl_json, twrun, wait_running
+from tests.helpers import BIN, run_cli
+
+PATHLIKE_NAMES = ["../../x", "/tmp/x", "$(touch pwned)", "`touch pwned`", "; touch pwned", "-rf"]
+SQL_NAMES = ["Robert'); DROP TABLE tasks; --", 'x" OR "1"="1', "%"]
+#: Would set the window title, ring the bell, clear the screen (also through C1 CSI) and
+#: overwrite the line; as a feedback value without the carriage return, which ends a line.
+TERMINAL_ATTACK = "evil\x1b]0;pwned\x07\x1b[2J\rX\x9b2Jend"
+ESCAPED = "evil\\x1b]0;pwned\\x07\\x1b[2J\\rX\\x9b2Jend"
+FEEDBACK_ATTACK = TERMINAL_ATTACK.replace("\r", "")
+FEEDBACK_ESCAPED = ESCAPED.replace("\\r", "")
+RAW_PIECES = ["\x1b]0;", "\x07", "\x1b[2J", "\x9b"]
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(path.relative_to(folder)) for path in folder.rglob("*")}
+
+
+def test_names_and_info_never_reach_the_filesystem(tmp_path: Path) -> None:
+    """The only path derived for a task is feedback_<integer id>.log; no shell reads a name."""
+    db = tmp_path / "deep" / "er" / "tasks.db"
+    work = tmp_path / "work"
+    work.mkdir()
+    with Store.open(db) as store:
+        taskids = [store.reserve(name, info1=name) for name in PATHLIKE_NAMES]
+    for taskid, name in zip(taskids, PATHLIKE_NAMES, strict=True):
+        writes = 'echo "[name]$1" > "$TASKWATCHER_FEEDBACK"'
+        result = run_cli(
+            "twrun", "--db", db, "--taskid", taskid, f"--name={name}", f"--info2={name}",
+            "--keep-feedback", "--", "sh", "-c", writes, "sh", name, cwd=work,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    assert [r["taskname"] for r in reversed(twctl_json(db, "history"))] == PATHLIKE_NAMES
+    assert list(work.iterdir()) == []
+    feedback_files = {f"deep/er/tasks-feedback/feedback_{n}.log" for n in range(1, 7)}
+    database_files = {"deep", "deep/er", "deep/er/tasks.db", "deep/er/tasks-feedback"}
+    assert files_under(tmp_path) - {"work"} == database_files | feedback_files
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def no_umask() -> None:
+    os.umask(0)
+
+
+def test_database_and_feedback_folder_are_private_whatever_the_umask(
+    isolated_state: Path, request: pytest.FixtureRequest
+) -> None:
+    """Under umask 000 every file would be world-writable unless taskwatcher says otherwise."""
+    result = subprocess.run(
+        [BIN / "twctl", "reserve"], capture_output=True, text=True, preexec_fn=no_umask
+    )
+    taskid = int(result.stdout)
+    twrun_argv = [BIN / "twrun", "--taskid", str(taskid), "--", "sleep", "60"]
+    runner = subprocess.Popen(twrun_argv, preexec_fn=no_umask)
+    request.addfinalizer(lambda: runner.terminate() or runner.wait(timeout=30))
+    folder = isolated_state / "taskwatcher"
+    wait_running(folder / "tasks.db", taskid)
+    assert mode(isolated_state) == mode(folder) == mode(folder / "tasks-feedback") == 0o700
+    for name in ("tasks.db", "tasks.db-wal", "tasks.db-shm"):
+        assert mode(folder / name) == 0o600, name
+
+
+def test_sql_in_names_is_only_text(db_path: Path) -> None:
+    for name in SQL_NAMES:
+        reserve(db_path, f"--name={name}", f"--info1={name}")
+    assert [(r["name"], r["info1"]) for r in twctl_json(db_path, "list")] == [
+        (name, name) for name in SQL_NAMES
+    ]
+    for name in SQL_NAMES:
+        (only,) = twctl_json(db_path, "list", f"--name={name}")
+        assert only["name"] == name
+    assert "EXPIRED" in twctl(db_path, "killall", SQL_NAMES[0])
+    assert [r["taskname"] for r in twctl_json(db_path, "history", f"--name={SQL_NAMES[0]}")] == [
+        SQL_NAMES[0]
+    ]
+    assert len(twctl_json(db_path, "list")) == len(SQL_NAMES) - 1
+
+
+def assert_escaped(output: str, *shown: str) -> None:
+    """Each hostile text appears escaped and no piece of it raw.
+
+    A raw carriage return shows as a broken escaped form, since text mode reads it as "\\n".
+    """
+    for text in shown or (ESCAPED,):
+        assert text in output, output
+    for piece in RAW_PIECES:
+        assert piece not in output, repr(piece)
+
+
+def on_a_terminal(*argv: str | Path) -> str:
+    """What a command prints on a terminal: run it in a pseudo-terminal made by script(1)."""
+    if shutil.which("script") is None:
+        pytest.skip("script(1) is not installed")
+    command = shlex.join(map(str, argv))
+    result = subprocess.run(
+        ["script", "-qec", command, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "250", "TERM": "xterm"},
+    )
+    assert result.returncode == 0, result.stdout
+    return result.stdout
+
+
+def test_control_characters_are_shown_escaped(db_path: Path, tmp_path: Path) -> None:
+    taskid = reserve(db_path, f"--name={TERMINAL_ATTACK}", f"--info1={TERMINAL_ATTACK}")
+    reports = 'printf "[message]%s\\n" "$1" > "$TASKWATCHER_FEEDBACK"; sleep 60'
+    runner = twrun(
+        db_path, taskid, "--feedpath", tmp_path,
+        command=["sh", "-c", reports, "sh", FEEDBACK_ATTACK],
+    )  # fmt: skip
+    wait_running(db_path, taskid)
+    twctl_bin = BIN / "twctl"
+    wide = {**os.environ, "COLUMNS": "250"}
+    both = (ESCAPED, FEEDBACK_ESCAPED)
+    assert_escaped(twctl(db_path, "list"))
+    assert_escaped(on_a_terminal(twctl_bin, "--db", db_path, "list"))
+    assert_escaped(twctl(db_path, "watch", "--once", env=wide), *both)
+    assert_escaped(on_a_terminal(twctl_bin, "--db", db_path, "watch", "--once"), *both)
+    assert_escaped(twctl(db_path, "show", str(taskid)), *both)
+    assert_escaped(twctl(db_path, "kill", str(taskid)))
+    runner.communicate(timeout=30)
+    assert_escaped(twctl(db_path, "history"))
+    assert_escaped(on_a_terminal(twctl_bin, "--db", db_path, "history"))
+    assert_escaped(twctl(db_path, "show", str(taskid)), *both)
