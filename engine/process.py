@@ -165,11 +165,24 @@ def reap_adopted(keep: Collection[int] = ()) -> list[int]:
 
     A subreaper inherits orphans, which become its zombies when they exit; keep lists the
     children whose status someone still needs (the task's leader, owned by its Popen).
-    Returns the reaped pids.
+    Returns the reaped pids. The kernel is asked first, which costs nothing while no child
+    has exited; only when a kept child is waitable are the others looked up in /proc.
     """
-    me = os.getpid()
-    zombies = [row.pid for row in _process_table() if row.ppid == me and row.zombie]
-    return [pid for pid in zombies if pid not in keep and _reap(pid)]
+    reaped: list[int] = []
+    while True:  # ask the kernel which child is waitable: no scan of /proc on every wake-up
+        try:
+            waitable = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped
+        if waitable is None:
+            return reaped
+        if waitable.si_pid in keep:  # it hides the others from waitid: look them up instead
+            me = os.getpid()
+            zombies = [row.pid for row in _process_table() if row.ppid == me and row.zombie]
+            return reaped + [pid for pid in zombies if pid not in keep and _reap(pid)]
+        if not _reap(waitable.si_pid):
+            return reaped
+        reaped.append(waitable.si_pid)
 
 
 class _ProcRow(NamedTuple):

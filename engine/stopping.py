@@ -21,6 +21,7 @@ class TaskEnd:
     exit_code: int
     termsignal: str | None
     termerror: str | None
+    endtime: float | None = None  # when the task's process ended; None: when it is archived
 
 
 @dataclass(frozen=True)

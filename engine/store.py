@@ -123,7 +123,7 @@ class Store:
         self,
         taskid: int,
         *,
-        pid: int,
+        pid: int | None = None,
         name: str | None = None,
         info1: str | None = None,
         info2: str | None = None,
@@ -168,6 +168,10 @@ class Store:
                 row = self._live_row(taskid)
                 raise NotReserved(f"task {taskid} is {row['status']}, not RESERVED")
             self._check_name_free(claimed["name"], unique=claimed["is_unique"], other_than=taskid)
+
+    def set_child(self, taskid: int, pid: int, child_ctime: float | None, pgid: int) -> None:
+        """Record the launched process of a task claimed by `start()` before it was spawned."""
+        self._update_started(taskid, "pid = ?, child_ctime = ?, pgid = ?", pid, child_ctime, pgid)
 
     def set_status(self, taskid: int, status: Status | str) -> None:
         """Record the grade the supervisor's machine gave a started task."""

@@ -7,6 +7,7 @@ the child and any signal wake it at once, and an idle task costs a stat() per se
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import select
@@ -109,13 +110,14 @@ def run_task(
     row = TaskRow(store, taskid, process.identity_of(os.getpid()))
     process.become_subreaper()
     with SignalInbox([*STOP_SIGNALS, KILL_REQUEST_SIGNAL]) as inbox:
+        _claim_start(row, request, feedback_file)
         try:
             child = process.spawn(request.argv, _child_env(request, taskid, feedback_file))
         except process.LaunchError as error:
             archive(store, TaskEnd(taskid, Status.FAILED, error.exit_code, None, str(error)), None)
             raise
         leader = process.identity_of(child.pid)
-        _record_start(row, request, child, leader, feedback_file)
+        row.write(store.set_child, child.pid, leader and leader.create_time, child.pid)
         health = TaskState(taskid, request.heartbeat_timeout, request.expects_feedback)
         watch = _Watch(row, feedback_file, health)
         watch.state.start(clock())
@@ -124,9 +126,11 @@ def run_task(
         finally:  # whatever went wrong, none of the task's processes outlive supervision
             last_signal = _stop_everything(child, leader, watch, request.grace)
             release(watch.state)
+        ended_at = clock()
         # Still inside the inbox: a stop or kill request that comes now, too late to matter,
         # must not kill twrun before the end it saw is recorded.
         end = end_of_task(taskid, watch.stop, child.returncode, last_signal, request.timeout)
+        end = dataclasses.replace(end, endtime=ended_at)
         feedback = _final_feedback(row, feedback_file) if request.expects_feedback else None
         row.archive(end, feedback)  # when this fails the feedback file stays: all that is left
     if not request.keep_feedback:
@@ -205,42 +209,29 @@ def _child_env(request: LaunchRequest, taskid: int, feedback_file: Path) -> dict
     return env
 
 
-def _record_start(
-    row: TaskRow,
-    request: LaunchRequest,
-    child: subprocess.Popen,
-    leader: process.ProcessIdentity | None,
-    feedback_file: Path,
-) -> None:
-    """Mark the reservation RUNNING, or stop the child at once: a task nobody sees must not run.
+def _claim_start(row: TaskRow, request: LaunchRequest, feedback_file: Path) -> None:
+    """Mark the reservation RUNNING under this supervisor before anything is launched.
 
-    The start fails when the reservation was taken meanwhile or the database refuses.
+    Claiming first means a supervisor that dies between launch and record still leaves a
+    row naming it, which housekeeping archives as LOST; and a refused claim (reservation
+    taken meanwhile, database unwritable) launches nothing at all.
     """
     store, taskid = row.store, row.taskid
-    try:
-        reserved = store.get_task(taskid) or {}
-        store.start(
-            taskid,
-            name=request.name or reserved.get("name") or _default_name(request.argv),
-            info1=request.info1 if request.info1 is not None else reserved.get("info1"),
-            info2=request.info2 if request.info2 is not None else reserved.get("info2"),
-            info3=request.info3 if request.info3 is not None else reserved.get("info3"),
-            pid=child.pid,
-            child_ctime=leader.create_time if leader else None,
-            pgid=child.pid,
-            supervisor_pid=row.supervisor.pid,
-            supervisor_ctime=row.supervisor.create_time,
-            host=socket.gethostname(),
-            timeout=request.heartbeat_timeout,
-            has_feedback=request.expects_feedback,
-            feedpath=str(feedback_file),
-            command=list(request.argv),
-        )
-    except TaskwatcherError:
-        if leader:
-            process.terminate_task(leader, child.pid, grace=request.grace, adopter=os.getpid())
-        child.wait()
-        raise
+    reserved = store.get_task(taskid) or {}
+    store.start(
+        taskid,
+        name=request.name or reserved.get("name") or _default_name(request.argv),
+        info1=request.info1 if request.info1 is not None else reserved.get("info1"),
+        info2=request.info2 if request.info2 is not None else reserved.get("info2"),
+        info3=request.info3 if request.info3 is not None else reserved.get("info3"),
+        supervisor_pid=row.supervisor.pid,
+        supervisor_ctime=row.supervisor.create_time,
+        host=socket.gethostname(),
+        timeout=request.heartbeat_timeout,
+        has_feedback=request.expects_feedback,
+        feedpath=str(feedback_file),
+        command=list(request.argv),
+    )
 
 
 def _supervise(child: subprocess.Popen, inbox: SignalInbox, watch: _Watch, clock) -> None:
@@ -254,9 +245,9 @@ def _supervise(child: subprocess.Popen, inbox: SignalInbox, watch: _Watch, clock
             deadline = watch.state.next_deadline(now)
             wait = HEARTBEAT_CHECK_INTERVAL if deadline is None else deadline - now
             poller.poll(max(0, min(wait, HEARTBEAT_CHECK_INTERVAL)) * 1000)
-            process.reap_adopted(keep={child.pid})
             if child.poll() is not None:
                 return
+            process.reap_adopted(keep={child.pid})
             _read_signals(inbox, watch)
             _grade_heartbeat(watch, clock())
             _check_kill_request(watch, clock())
@@ -315,6 +306,7 @@ def _stop_everything(child, leader, watch: _Watch, grace: float) -> str | None:
                 leader, child.pid, grace=grace, first=first, adopter=os.getpid()
             )
     child.wait()
+    process.reap_adopted()
     return last_signal if watch.stop else None
 
 

@@ -103,6 +103,7 @@ def archive(store: Store, end: TaskEnd, feedback: dict[str, str] | None) -> None
             termsignal=end.termsignal,
             termerror=end.termerror,
             exitcode=end.exit_code,
+            endtime=end.endtime,
             feedback=feedback,
         )
     except (StoreError, UnknownTask) as error:

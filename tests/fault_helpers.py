@@ -81,8 +81,10 @@ def places(db: Path, taskid: int) -> tuple[int, int]:
 
 
 def wait_running(db: Path, taskid: int, status: str = "RUNNING") -> dict[str, Any]:
-    """The live row once the supervisor has recorded the launch."""
-    return wait_for(lambda: (row := live_row(db, taskid)) and row["status"] == status and row)
+    """The live row once the supervisor has recorded the launched process, not just its claim."""
+    return wait_for(
+        lambda: (row := live_row(db, taskid)) and row["status"] == status and row["pid"] and row
+    )
 
 
 def group_members(pgid: int) -> list[int]:

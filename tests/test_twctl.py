@@ -38,7 +38,8 @@ def launch_sleeper(db: Path, name: str, seconds: int = 60):
     )
     wait_for(
         lambda: any(
-            t["taskid"] == int(taskid) and t["status"] == "RUNNING" for t in twctl_json(db, "list")
+            t["taskid"] == int(taskid) and t["status"] == "RUNNING" and t["pid"]
+            for t in twctl_json(db, "list")
         )
     )
     return int(taskid), runner

@@ -207,7 +207,9 @@ def test_silent_task_degrades_then_times_out(db_path: Path, tmp_path: Path) -> N
 
 
 def _wait_running(db: Path, taskid: str) -> dict:
-    return wait_for(lambda: (row := live_row(db, taskid)) and row["status"] == "RUNNING" and row)
+    return wait_for(
+        lambda: (row := live_row(db, taskid)) and row["status"] == "RUNNING" and row["pid"] and row
+    )
 
 
 def test_child_ignoring_sigterm_is_killed_after_grace(db_path: Path, tmp_path: Path) -> None:
