@@ -152,10 +152,18 @@ def migrate(connection: sqlite3.Connection) -> None:
 
 
 def recreate(connection: sqlite3.Connection) -> None:
-    """Drop every table and build the latest schema, inside the caller's transaction."""
+    """Drop every table and build the latest schema, inside the caller's transaction.
+
+    The task id sequence carries over: a supervisor still running from before, or a feedback
+    file named after an old id, must never meet a new task with the same id.
+    """
+    (last_id,) = connection.execute(
+        "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'tasks'"
+    ).fetchone()
     for table in TABLES:
         connection.execute(f"DROP TABLE IF EXISTS {table}")
     _upgrade(connection, 0)
+    connection.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('tasks', ?)", (last_id,))
 
 
 def _use_wal(connection: sqlite3.Connection) -> None:

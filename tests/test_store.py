@@ -489,3 +489,11 @@ def test_database_trouble_mid_command_is_a_store_error(store, db_path):
     taskid = started(store)
     with pytest.raises(StoreError, match="no such table: feedbacks"):
         store.load_feedback(taskid)
+
+
+def test_reinitialize_never_reuses_task_ids(db_path):
+    with Store.open(db_path) as store:
+        first = store.reserve("before")
+        store.reinitialize()
+        assert store.list_tasks() == []
+        assert store.reserve("after") == first + 1
