@@ -95,7 +95,11 @@ def test_database_replaced_while_a_task_runs(
 def test_reinitialised_database_whose_ids_start_again(
     db_path: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """After `init --force` a new task gets the running task's id: its row is not ours."""
+    """A database emptied under a running task hands its id to a newcomer: not our row.
+
+    `init --force` keeps the id sequence, so the test rewinds it, as a database restored
+    from a copy made before the task was reserved would.
+    """
     feeds = tmp_path / "feeds"
     feeds.mkdir()
     errors = tmp_path / "twrun.err"
@@ -110,6 +114,7 @@ def test_reinitialised_database_whose_ids_start_again(
     wait_for(lambda: len(group_members(pgid)) >= 2)
     runner.send_signal(signal.SIGSTOP)  # so that it first looks again once the id is taken
     twctl(db_path, "init", "--force")
+    query(db_path, "UPDATE sqlite_sequence SET seq = ? WHERE name = 'tasks'", (taskid - 1,))
     assert reserve(db_path, "--name", "newcomer") == taskid
     newcomer = twrun(db_path, taskid, "--grace", "1", command=["sleep", "60"])
     kill_at_end(request, wait_running(db_path, taskid)["pid"])
