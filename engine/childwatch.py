@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 from contextlib import suppress
-from types import FrameType, TracebackType
+from types import FrameType
 
 
 def open_pidfd(pid: int) -> int | None:
@@ -60,12 +60,7 @@ class ChildWatch:
     def __enter__(self) -> ChildWatch:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

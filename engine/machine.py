@@ -11,7 +11,6 @@ import argparse
 import math
 from collections.abc import Callable
 from enum import StrEnum
-from types import TracebackType
 from typing import Any
 
 from transitions import Event, Machine, MachineError
@@ -147,12 +146,7 @@ class TaskState:
     def __enter__(self) -> TaskState:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         release(self)
 
     def mark_start(self, now: float) -> None:

@@ -8,7 +8,6 @@ written, so a task cannot produce a line its supervisor would skip.
 from __future__ import annotations
 
 import os
-from types import TracebackType
 
 from .errors import InvalidKeyword, InvalidValue
 from .fastpath import matchers
@@ -61,12 +60,7 @@ class FeedbackWriter:
     def __enter__(self) -> FeedbackWriter:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def _write(self, line: str) -> None:
