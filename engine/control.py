@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import math
 import os
 import signal
 import socket
@@ -29,6 +30,8 @@ LOST_GRACE = 2.0
 #: How long `kill` waits by default for the supervisor to stop and archive the task.
 DEFAULT_KILL_WAIT = 30.0
 _POLL_INTERVAL = 0.05
+#: Linux's PID_MAX_LIMIT: a larger recorded pid can only come from an edited row.
+_PID_MAX = 2**22
 
 
 class NoFeedback(TaskwatcherError):
@@ -55,18 +58,36 @@ def live_task(store: Store, taskid: int) -> dict[str, Any] | None:
 
 
 def supervisor_of(row: dict[str, Any]) -> process.ProcessIdentity | None:
-    """The supervisor recorded for a started task, or None for a reservation."""
-    if row.get("supervisor_pid") is None:
+    """The supervisor the row records, or None for a reservation or a row that names none."""
+    return _recorded_identity(row.get("supervisor_pid"), row.get("supervisor_ctime"))
+
+
+def _recorded_identity(pid: Any, create_time: Any) -> process.ProcessIdentity | None:
+    """The process a row names, or None when an edited or damaged row cannot name one safely.
+
+    Checked here rather than trusted: a pid of 0 or -1 would reach whole process groups.
+    """
+    if not _is_pid(pid) or type(create_time) not in (int, float):
         return None
-    return process.ProcessIdentity(row["supervisor_pid"], row["supervisor_ctime"])
+    if not math.isfinite(create_time):
+        return None
+    return process.ProcessIdentity(pid, float(create_time))
+
+
+def _is_pid(value: object) -> bool:
+    return type(value) is int and 0 < value <= _PID_MAX
 
 
 def is_ghost(row: dict[str, Any]) -> bool:
-    """A started task on this host whose supervisor process is gone (or its pid reused)."""
-    supervisor = supervisor_of(row)
-    if supervisor is None or row.get("host") != socket.gethostname():
+    """A started task on this host whose supervisor is gone, its pid reused, or unrecorded.
+
+    A row whose supervisor cannot be identified has nobody left to archive it, so it counts
+    as lost too; no signal is ever sent on its account.
+    """
+    if row["status"] == Status.RESERVED or row.get("host") != socket.gethostname():
         return False
-    return not process.is_same_process(supervisor)
+    supervisor = supervisor_of(row)
+    return supervisor is None or not process.is_same_process(supervisor)
 
 
 def housekeep(store: Store, *, grace: float = LOST_GRACE) -> list[dict[str, Any]]:
@@ -87,22 +108,31 @@ def housekeep(store: Store, *, grace: float = LOST_GRACE) -> list[dict[str, Any]
 
 def _archive_lost(store: Store, row: dict[str, Any], grace: float) -> dict[str, Any] | None:
     last_signal = None
-    if row.get("pid") is not None and row.get("child_ctime") is not None:
-        leader = process.ProcessIdentity(row["pid"], row["child_ctime"])
-        if process.remnants(leader, row["pgid"]):
-            last_signal = process.terminate_task(leader, row["pgid"], grace=grace)
-    supervisor = row["supervisor_pid"]
+    leader = _recorded_identity(row.get("pid"), row.get("child_ctime"))
+    pgid = row.get("pgid")
+    if leader is not None and _is_pid(pgid) and process.remnants(leader, pgid):
+        last_signal = process.terminate_task(leader, pgid, grace=grace)
     try:
         return store.archive(
             row["taskid"],
             outcome=Status.LOST,
             termsignal=last_signal,
-            termerror=f"supervisor (pid {supervisor}) vanished",
+            termerror=_lost_reason(row),
             exitcode=None,
             feedback=_last_feedback(store, row),
         )
     except UnknownTask:
         return None  # its supervisor archived it between our read and our write
+
+
+def _lost_reason(row: dict[str, Any]) -> str:
+    """Why the task counts as lost, naming the recorded supervisor as the row has it."""
+    pid = row.get("supervisor_pid")
+    if supervisor_of(row) is None:
+        return (
+            f"supervisor unidentifiable (pid {pid!r}, create time {row.get('supervisor_ctime')!r})"
+        )
+    return f"supervisor (pid {pid}) vanished"
 
 
 def _last_feedback(store: Store, row: dict[str, Any]) -> dict[str, str] | None:

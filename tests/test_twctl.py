@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -13,6 +15,7 @@ import psutil
 import pytest
 
 from taskwatcher.engine.store import Store
+from tests.fault_helpers import query
 from tests.helpers import HISTORY_KEYS, LIST_KEYS, run_cli, start_cli, wait_for
 
 PY = sys.executable
@@ -297,3 +300,44 @@ def test_reservation_ttl_from_environment(db_path: Path, monkeypatch: pytest.Mon
     assert record["taskid"] == int(stale) and record["outcome"] == "EXPIRED"
     monkeypatch.setenv("TASKWATCHER_RESERVATION_TTL", "soon")
     twctl(db_path, "list", code=2)
+
+
+@pytest.fixture
+def bystander(request: pytest.FixtureRequest) -> psutil.Process:
+    """A process in its own group that no edited row may get signalled."""
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    request.addfinalizer(lambda: (child.kill(), child.wait()))
+    return psutil.Process(child.pid)
+
+
+@pytest.mark.parametrize(
+    ("supervisor_pid", "supervisor_ctime", "pid", "child_ctime"),
+    [
+        (-1, 1.0, 0, 1.0),
+        (0, 1.0, -1, 1.0),
+        (1, None, 1, None),
+        (None, None, "x", "y"),
+        (2**40, 1.0, 2**40, float("nan")),
+    ],
+)
+def test_unusable_identities_are_lost_without_a_signal(
+    db_path: Path,
+    bystander: psutil.Process,
+    supervisor_pid: object,
+    supervisor_ctime: object,
+    pid: object,
+    child_ctime: object,
+) -> None:
+    taskid = int(twctl(db_path, "reserve", "--name", "edited"))
+    query(
+        db_path,
+        "UPDATE tasks SET status = 'RUNNING', starttime = reservetime, host = ?,"
+        " supervisor_pid = ?, supervisor_ctime = ?, pid = ?, child_ctime = ?, pgid = ?"
+        " WHERE id = ?",
+        (socket.gethostname(), supervisor_pid, supervisor_ctime, pid, child_ctime,
+         bystander.pid, taskid),
+    )  # fmt: skip
+    assert twctl(db_path, "list") == "No tasks.\n"
+    (record,) = twctl_json(db_path, "history")
+    assert (record["taskid"], record["outcome"], record["termsignal"]) == (taskid, "LOST", None)
+    assert bystander.status() != psutil.STATUS_ZOMBIE
