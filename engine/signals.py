@@ -11,6 +11,15 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 KILL_REQUEST_SIGNAL = signal.SIGUSR1
 
 
+def watched_stop_signals() -> tuple[signal.Signals, ...]:
+    """The stop signals twrun acts on: one its starter ignored (`nohup`) stays ignored.
+
+    timeout(1) and nohup users expect `nohup twrun ... &` to survive the terminal's hangup;
+    the ignored disposition is also what the task inherits through exec.
+    """
+    return tuple(signum for signum in STOP_SIGNALS if signal.getsignal(signum) != signal.SIG_IGN)
+
+
 class SignalInbox:
     """A pipe that receives the number of every watched signal (via `signal.set_wakeup_fd`).
 

@@ -25,7 +25,7 @@ from taskwatcher.engine.control import read_feedback
 from taskwatcher.engine.errors import NotReserved, StoreError, UnknownTask
 from taskwatcher.engine.location import default_feedpath
 from taskwatcher.engine.machine import Status, TaskState, release
-from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, STOP_SIGNALS, SignalInbox
+from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox, watched_stop_signals
 from taskwatcher.engine.stopping import StopReason, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.taskrow import TaskRow, archive
@@ -109,7 +109,7 @@ def run_task(
     feedback_file = _feedback_file(store, request, taskid)
     row = TaskRow(store, taskid, process.identity_of(os.getpid()))
     process.become_subreaper()
-    with SignalInbox([*STOP_SIGNALS, KILL_REQUEST_SIGNAL]) as inbox:
+    with SignalInbox([*watched_stop_signals(), KILL_REQUEST_SIGNAL]) as inbox:
         _claim_start(row, request, feedback_file)
         try:
             child = process.spawn(request.argv, _child_env(request, taskid, feedback_file))
