@@ -42,6 +42,10 @@ class KillTimeout(TaskwatcherError, TimeoutError):
     """The task was asked to stop but had not ended when the wait ran out."""
 
 
+class ForeignTask(TaskwatcherError):
+    """The task runs on another host, whose supervisor no signal from here can reach."""
+
+
 class LiveTasksExist(TaskwatcherError):
     """Re-initialising would drop live tasks; --force is needed."""
 
@@ -220,6 +224,8 @@ def request_stop(store: Store, taskid: int, who: str) -> dict[str, Any] | None:
         raise UnknownTask(f"task {taskid} has already ended ({record['outcome']})")
     if row["status"] == Status.RESERVED:
         return store.cancel_reservation(taskid, who)
+    if row.get("host") != socket.gethostname():
+        raise ForeignTask(f"task {taskid} runs on host {row.get('host')!r}: stop it from there")
     store.request_kill(taskid, who)
     if is_ghost(row):
         return _archive_lost(store, row, LOST_GRACE)

@@ -341,3 +341,19 @@ def test_unusable_identities_are_lost_without_a_signal(
     (record,) = twctl_json(db_path, "history")
     assert (record["taskid"], record["outcome"], record["termsignal"]) == (taskid, "LOST", None)
     assert bystander.status() != psutil.STATUS_ZOMBIE
+
+
+def test_kill_refuses_a_task_of_another_host(db_path: Path, bystander: psutil.Process) -> None:
+    taskid = int(twctl(db_path, "reserve", "--name", "remote"))
+    query(
+        db_path,
+        "UPDATE tasks SET status = 'RUNNING', starttime = reservetime, host = 'elsewhere',"
+        " supervisor_pid = ?, supervisor_ctime = ? WHERE id = ?",
+        (bystander.pid, bystander.create_time(), taskid),
+    )
+    result = run_cli("twctl", "--db", db_path, "kill", taskid, "--wait", "1")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "'elsewhere'" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert bystander.status() != psutil.STATUS_ZOMBIE
+    (row,) = query(db_path, "SELECT kill_request FROM tasks WHERE id = ?", (taskid,))
+    assert row == (None,)
