@@ -17,12 +17,10 @@ from taskwatcher.cli.common import (
     setup_logging,
 )
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL
+from taskwatcher.engine.stopping import SUPERVISOR_FAILED
 from taskwatcher.engine.supervisor import DEFAULT_GRACE, LaunchRequest, run_task
 from taskwatcher.engine.taskrow import NotRecorded
 from taskwatcher.grammar.errors import TaskwatcherError
-
-#: timeout(1)'s status for "the supervisor itself failed".
-SUPERVISOR_FAILED = 125
 
 EPILOG = """\
 exit status: the command's own status; 124 no heartbeat within --timeout;

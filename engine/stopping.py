@@ -10,6 +10,8 @@ from taskwatcher.engine.process import exit_status_to_code
 
 #: timeout(1)'s exit status when the time ran out.
 TIMEOUT_EXIT_CODE = 124
+#: timeout(1)'s exit status when the supervisor itself failed.
+SUPERVISOR_FAILED = 125
 
 
 @dataclass(frozen=True)

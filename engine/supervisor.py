@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from taskwatcher.engine import process
 from taskwatcher.engine.control import read_feedback
@@ -26,7 +27,7 @@ from taskwatcher.engine.errors import NotReserved, StoreError, UnknownTask
 from taskwatcher.engine.location import default_feedpath
 from taskwatcher.engine.machine import Status, TaskState, release
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox, watched_stop_signals
-from taskwatcher.engine.stopping import StopReason, TaskEnd, end_of_task
+from taskwatcher.engine.stopping import SUPERVISOR_FAILED, StopReason, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.taskrow import TaskRow, archive
 from taskwatcher.grammar.errors import TaskwatcherError
@@ -105,12 +106,12 @@ def run_task(
     as FAILED. Once the child runs, database trouble is logged and never leaves it unsupervised;
     NotRecorded at the end says the task ended but history could not be told.
     """
-    taskid = _claim_reservation(store, request)
-    feedback_file = _feedback_file(store, request, taskid)
-    row = TaskRow(store, taskid, process.identity_of(os.getpid()))
-    process.become_subreaper()
+    reservation = _find_reservation(store, request)
+    taskid = reservation.taskid
     with SignalInbox([*watched_stop_signals(), KILL_REQUEST_SIGNAL]) as inbox:
-        _claim_start(row, request, feedback_file)
+        row, feedback_file = _claim(store, request, reservation)
+        if request.expects_feedback:
+            _clear_leftover(row, feedback_file)
         try:
             child = process.spawn(request.argv, _child_env(request, taskid, feedback_file))
         except process.LaunchError as error:
@@ -138,20 +139,25 @@ def run_task(
     return end
 
 
-def _claim_reservation(store: Store, request: LaunchRequest) -> int:
-    """The task id to run under: the reserved one, or a fresh one for a task without feedback."""
+class _Reservation(NamedTuple):
+    """The reservation a run claims: its id, the task's name, and whether twrun made it."""
+
+    taskid: int
+    name: str
+    made_here: bool
+
+
+def _find_reservation(store: Store, request: LaunchRequest) -> _Reservation:
+    """The reserved id to run under, or a fresh one for a task without feedback."""
+    name = request.name or _default_name(request.argv)
     if request.taskid is None:
         if request.expects_feedback:
             raise ReservationRequired(
                 "this task writes feedback: reserve a task id first (twctl reserve) "
                 "and pass it with --taskid"
             )
-        return store.reserve(
-            request.name or _default_name(request.argv),
-            info1=request.info1,
-            info2=request.info2,
-            info3=request.info3,
-        )
+        taskid = store.reserve(name, info1=request.info1, info2=request.info2, info3=request.info3)
+        return _Reservation(taskid, name, made_here=True)
     row = store.get_task(request.taskid)
     if row is None:
         history = store.history_of(request.taskid)
@@ -160,37 +166,79 @@ def _claim_reservation(store: Store, request: LaunchRequest) -> int:
         raise NotReserved(f"task {request.taskid} has already ended ({history['outcome']})")
     if row["status"] != Status.RESERVED:
         raise NotReserved(f"task {request.taskid} is {row['status']}, not RESERVED")
-    return request.taskid
+    return _Reservation(request.taskid, request.name or row["name"] or name, made_here=False)
+
+
+def _claim(store: Store, request: LaunchRequest, reservation: _Reservation) -> tuple[TaskRow, Path]:
+    """Everything before the launch that may fail, ending with the claim of the reservation.
+
+    A reservation twrun made itself is cancelled when this fails, so a run that launched
+    nothing leaves nothing RESERVED behind; one the user made stays theirs to retry.
+    """
+    try:
+        feedback_file = _feedback_file(store, request, reservation.taskid)
+        row = TaskRow(store, reservation.taskid, process.identity_of(os.getpid()))
+        process.become_subreaper()
+        _claim_start(row, request, reservation.name, feedback_file)
+    except BaseException as error:
+        if reservation.made_here:
+            _cancel_reservation(store, reservation.taskid, str(error) or type(error).__name__)
+        raise
+    return row, feedback_file
+
+
+def _cancel_reservation(store: Store, taskid: int, reason: str) -> None:
+    """Send twrun's own reservation to history as EXPIRED; failing to is only worth a warning."""
+    try:
+        store.cancel_reservation(taskid, f"twrun: {reason}")
+    except (StoreError, UnknownTask, NotReserved) as error:
+        log.warning("task %s: cannot cancel its reservation: %s", taskid, error)
 
 
 def _feedback_file(store: Store, request: LaunchRequest, taskid: int) -> Path:
-    """`FEEDPATH/feedback_<taskid>.log`: the only path twrun derives, from an integer id."""
-    if request.feedpath is None:
-        folder = default_feedpath(store.path)
+    """`FEEDPATH/feedback_<taskid>.log`: the only path twrun derives, from an integer id.
+
+    The default folder is created only for a task that writes feedback: one that does not
+    must not fail for a folder it never uses.
+    """
+    if request.feedpath is not None:
+        folder = request.feedpath.absolute()
+        if not folder.is_dir():
+            raise FeedpathMissing(f"feedback folder {folder} does not exist")
+        return folder / f"feedback_{int(taskid)}.log"
+    folder = default_feedpath(store.path)
+    if request.expects_feedback:
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as error:
             raise FeedpathUnusable(
                 f"cannot create the feedback folder {folder}: {error.strerror}"
             ) from None
-    else:
-        folder = request.feedpath.absolute()
-        if not folder.is_dir():
-            raise FeedpathMissing(f"feedback folder {folder} does not exist")
-    path = folder / f"feedback_{int(taskid)}.log"
-    try:  # a leftover of an earlier database must not pose as a heartbeat
-        path.unlink(missing_ok=True)
+    return folder / f"feedback_{int(taskid)}.log"
+
+
+def _clear_leftover(row: TaskRow, feedback_file: Path) -> None:
+    """Remove an old file that would pose as a heartbeat, once the claim made the id ours.
+
+    Before the claim the file may be the live one of a twrun that won the same id. When it
+    cannot be removed the claimed task ends FAILED in history, with nothing launched.
+    """
+    try:
+        feedback_file.unlink(missing_ok=True)
     except OSError as error:
-        raise FeedpathUnusable(
-            f"cannot remove the old feedback file {path}: {error.strerror}"
-        ) from None
-    return path
+        reason = f"cannot remove the old feedback file {feedback_file}: {error.strerror}"
+        archive(
+            row.store, TaskEnd(row.taskid, Status.FAILED, SUPERVISOR_FAILED, None, reason), None
+        )
+        raise FeedpathUnusable(reason) from None
 
 
 def _remove(feedback_file: Path) -> None:
     """Tidy up after the task; failing to is worth a warning, not a failed task."""
     try:
-        feedback_file.unlink(missing_ok=True)
+        feedback_file.unlink()
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # nothing to remove; a task without feedback may not even have the folder
     except OSError as error:
         log.warning("cannot remove the feedback file %s: %s", feedback_file, error.strerror)
 
@@ -209,21 +257,19 @@ def _child_env(request: LaunchRequest, taskid: int, feedback_file: Path) -> dict
     return env
 
 
-def _claim_start(row: TaskRow, request: LaunchRequest, feedback_file: Path) -> None:
+def _claim_start(row: TaskRow, request: LaunchRequest, name: str, feedback_file: Path) -> None:
     """Mark the reservation RUNNING under this supervisor before anything is launched.
 
     Claiming first means a supervisor that dies between launch and record still leaves a
     row naming it, which housekeeping archives as LOST; and a refused claim (reservation
     taken meanwhile, database unwritable) launches nothing at all.
     """
-    store, taskid = row.store, row.taskid
-    reserved = store.get_task(taskid) or {}
-    store.start(
-        taskid,
-        name=request.name or reserved.get("name") or _default_name(request.argv),
-        info1=request.info1 if request.info1 is not None else reserved.get("info1"),
-        info2=request.info2 if request.info2 is not None else reserved.get("info2"),
-        info3=request.info3 if request.info3 is not None else reserved.get("info3"),
+    row.store.start(
+        row.taskid,
+        name=name,
+        info1=request.info1,
+        info2=request.info2,
+        info3=request.info3,
         supervisor_pid=row.supervisor.pid,
         supervisor_ctime=row.supervisor.create_time,
         host=socket.gethostname(),
