@@ -29,7 +29,7 @@ options); 126 command not executable; 127 command not found.
 
 example:
   id=$(twctl reserve --name nightly --unique)
-  twrun --taskid "$id" --timeout 30 -- ./nightly.py --feedback feedback_$id.log
+  twrun --taskid "$id" --feedpath . --timeout 30 -- ./nightly.py --feedback feedback_$id.log
 """
 
 

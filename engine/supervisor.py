@@ -112,6 +112,8 @@ def run_task(
         row, feedback_file = _claim(store, request, reservation)
         if request.expects_feedback:
             _clear_leftover(row, feedback_file)
+        if warning := feedback_elsewhere(request.argv, feedback_file):
+            log.warning("%s", warning)
         try:
             child = process.spawn(request.argv, _child_env(request, taskid, feedback_file))
         except process.LaunchError as error:
@@ -231,6 +233,34 @@ def _clear_leftover(row: TaskRow, feedback_file: Path) -> None:
             row.store, TaskEnd(row.taskid, Status.FAILED, SUPERVISOR_FAILED, None, reason), None
         )
         raise FeedpathUnusable(reason) from None
+
+
+def feedback_elsewhere(argv: Sequence[str], feedback_file: Path) -> str | None:
+    """The warning for a command told (`--feedback X`) to write where twrun does not look.
+
+    Such a task is healthy but times out. X is compared by path arithmetic against the
+    working directory only: a path from the command line never reaches the filesystem.
+    """
+    target = _feedback_argument(argv)
+    if not target or Path(target).absolute() == feedback_file.absolute():
+        return None
+    advice = "have it write to $TASKWATCHER_FEEDBACK"
+    if Path(target).name == feedback_file.name:
+        advice = f"pass --feedpath {Path(target).absolute().parent} or {advice}"
+    return (
+        f"the command writes its feedback to {target}, but twrun watches {feedback_file}: {advice}"
+    )
+
+
+def _feedback_argument(argv: Sequence[str]) -> str | None:
+    """X of the first `--feedback X` or `--feedback=X`; None for a bare flag."""
+    for index, arg in enumerate(argv):
+        if arg.startswith(FEEDBACK_FLAG + "="):
+            return arg.removeprefix(FEEDBACK_FLAG + "=")
+        if arg == FEEDBACK_FLAG:
+            following = argv[index + 1] if index + 1 < len(argv) else ""
+            return None if following.startswith("-") else following
+    return None
 
 
 def _remove(feedback_file: Path) -> None:

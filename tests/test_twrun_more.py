@@ -6,11 +6,13 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.store import Store
-from taskwatcher.engine.supervisor import LaunchRequest, run_task
+from taskwatcher.engine.supervisor import LaunchRequest, feedback_elsewhere, run_task
 from tests.helpers import run_cli, start_cli, wait_for
-from tests.test_twrun import history, live_row, reserve
+from tests.test_twrun import PY, history, live_row, reserve
 
 
 def _ignore_sighup() -> None:
@@ -85,3 +87,45 @@ def test_leftover_feedback_file_removed_only_after_the_claim(db_path: Path, tmp_
     record = history(db_path, taskid)
     assert (record["outcome"], record["exitcode"]) == ("FAILED", 125)
     assert record["termerror"].startswith(f"cannot remove the old feedback file {leftover}")
+
+
+#: A task that writes its feedback where its last argument (`--feedback X`, `--feedback=X`) says.
+WRITE_FEEDBACK_ARG = "import sys; open(sys.argv[-1].split('=')[-1], 'w').write('[k]v\\n')"
+
+
+@pytest.mark.parametrize("joined", [False, True], ids=["--feedback X", "--feedback=X"])
+def test_feedback_written_where_twrun_does_not_look_is_warned(
+    db_path: Path, tmp_path: Path, joined: bool
+) -> None:
+    taskid = reserve(db_path)
+    name = f"feedback_{taskid}.log"
+    flag = [f"--feedback={name}"] if joined else ["--feedback", name]
+    result = run_cli(
+        "twrun", "--db", db_path, "--taskid", taskid, "--timeout", "30",
+        "--", PY, "-c", WRITE_FEEDBACK_ARG, *flag, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    watched = db_path.parent / "tasks-feedback" / name
+    assert result.stderr.splitlines() == [
+        f"twrun: warning: the command writes its feedback to {name}, but twrun watches "
+        f"{watched}: pass --feedpath {os.path.realpath(tmp_path)} "
+        "or have it write to $TASKWATCHER_FEEDBACK"
+    ]
+
+
+def test_feedpath_of_the_epilog_example_matches_the_command(db_path: Path, tmp_path: Path) -> None:
+    taskid = reserve(db_path)
+    result = run_cli(
+        "twrun", "--db", db_path, "--taskid", taskid, "--feedpath", ".", "--timeout", "30",
+        "--", PY, "-c", WRITE_FEEDBACK_ARG, "--feedback", f"feedback_{taskid}.log",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert history(db_path, taskid)["feedback"] == {"k": "v"}
+
+
+def test_feedback_under_another_name_is_told_only_the_variable(tmp_path: Path) -> None:
+    warning = feedback_elsewhere(["run", "--feedback", "out.log"], tmp_path / "feedback_7.log")
+    assert warning is not None and warning.endswith(": have it write to $TASKWATCHER_FEEDBACK")
+    assert feedback_elsewhere(["run", "--feedback"], tmp_path / "feedback_7.log") is None
