@@ -15,6 +15,8 @@ from taskwatcher.engine.store import DEFAULT_RESERVATION_TTL, Store
 
 #: Seconds a reservation may wait for its launch before it expires.
 TTL_VARIABLE = "TASKWATCHER_RESERVATION_TTL"
+#: sqlite's largest INTEGER: a larger number cannot name a task, and sqlite would overflow on it.
+MAX_TASK_ID = 2**63 - 1
 DB_HELP = "database file (default: $TASKWATCHER_DB, else $XDG_STATE_HOME/taskwatcher/tasks.db)"
 
 
@@ -91,3 +93,19 @@ def non_negative_seconds(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
     return value
+
+
+def task_id(text: str) -> int:
+    """argparse type: a task id, checked here so a huge number is a usage error, not a crash."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a task id: {text!r}") from None
+    if not 1 <= value <= MAX_TASK_ID:
+        raise argparse.ArgumentTypeError(f"not a task id (1 to {MAX_TASK_ID}): {text!r}")
+    return value
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone, so exiting flushes nowhere."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

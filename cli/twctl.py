@@ -12,6 +12,8 @@ from taskwatcher.cli.common import (
     non_negative_seconds,
     open_store,
     setup_logging,
+    silence_stdout,
+    task_id,
 )
 from taskwatcher.cli.render import (
     Column,
@@ -273,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         "print a task's feedback as JSON (live or finished)",
         "twctl feedback 12 --pretty",
     )
-    feedback.add_argument("taskid", type=int)
+    feedback.add_argument("taskid", type=task_id)
     feedback.add_argument("--pretty", action="store_true", help="indent the JSON")
 
     history = _subcommand(
@@ -313,11 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     ):
         killer = _subcommand(sub, name, handler, help_text, example)
-        killer.add_argument(target, type=int if target == "taskid" else str)
+        killer.add_argument(target, type=task_id if target == "taskid" else str)
         _seconds_option(killer, "--wait", control.DEFAULT_KILL_WAIT, "how long to wait for the end")
 
     show = _subcommand(sub, "show", _cmd_show, "everything known about one task", "twctl show 12")
-    show.add_argument("taskid", type=int)
+    show.add_argument("taskid", type=task_id)
     _json_flag(show)
 
     watch = _subcommand(
@@ -358,11 +360,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open_store(args.db) as store:
             if args.command not in NO_HOUSEKEEPING:
                 control.housekeep(store)
-            return args.handler(store, args)
+            status = args.handler(store, args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Whoever read the output stopped early (`twctl list | head -1`): not our error.
+        silence_stdout()
+        return 0
     except (StoreError, InvalidRequest) as error:
         fail(f"twctl: {error}", EXIT_USAGE)
     except TaskwatcherError as error:
         fail(f"twctl: {error}", EXIT_FAILED)
+    return status
 
 
 if __name__ == "__main__":

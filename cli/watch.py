@@ -86,9 +86,10 @@ def render_frame(store: Store, cache: FeedbackCache, now: float | None = None) -
     records = store.list_tasks()
     feedbacks = cache.values(records)
     now = time.time() if now is None else now
+    clock = time.strftime("%H:%M:%S", time.localtime(now))
     table = Table(
-        title=f"taskwatcher · {escape(store.path)} · {len(records)} live · "
-        + time.strftime("%H:%M:%S", time.localtime(now)),
+        # Text, not a str: rich would read brackets in the path as markup.
+        title=Text(f"taskwatcher · {escape(store.path)} · {len(records)} live · {clock}"),
         caption="q or Ctrl-C to leave",
         header_style="bold",
     )
