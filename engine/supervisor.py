@@ -85,19 +85,40 @@ class LaunchRequest:
 
 @dataclass
 class _Watch:
-    """The supervisor's view of one running task between two polls."""
+    """The supervisor's view of one running task between two polls.
+
+    The machine runs on the monotonic clock (`monotonic`, as are the times kept here for
+    pacing); the wall clock only dates the feedback file's mtime for the database.
+    """
 
     row: TaskRow
     feedback_file: Path
     state: TaskState
-    heartbeat: float | None = None
+    wall: Callable[[], float]
+    monotonic: Callable[[], float]
+    heartbeat: float | None = None  # the last mtime seen, unix seconds
     heartbeat_written: float | None = None
-    last_request_check: float = 0.0
+    last_request_check: float | None = None
     stop: StopReason | None = None
 
 
+def heartbeat_on_monotonic(mtime: float, wall_now: float, mono_now: float) -> float:
+    """Place a newly seen feedback mtime on the monotonic timeline the deadlines use.
+
+    The file is stat'ed at least once per HEARTBEAT_CHECK_INTERVAL, so a genuine new write is
+    at most that old when first seen; clamping its apparent age to that bounds what a step of
+    the wall clock or an mtime in the future can do: neither kills nor shields a task.
+    """
+    age = min(max(wall_now - mtime, 0.0), HEARTBEAT_CHECK_INTERVAL)
+    return mono_now - age
+
+
 def run_task(
-    store: Store, request: LaunchRequest, *, clock: Callable[[], float] = time.time
+    store: Store,
+    request: LaunchRequest,
+    *,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> TaskEnd:
     """Launch the request's command as a supervised task and return how it ended.
 
@@ -122,10 +143,10 @@ def run_task(
         leader = process.identity_of(child.pid)
         row.write(store.set_child, child.pid, leader and leader.create_time, child.pid)
         health = TaskState(taskid, request.heartbeat_timeout, request.expects_feedback)
-        watch = _Watch(row, feedback_file, health)
-        watch.state.start(clock())
+        watch = _Watch(row, feedback_file, health, clock, monotonic)
+        watch.state.start(monotonic())
         try:
-            _supervise(child, inbox, watch, clock)
+            _supervise(child, inbox, watch)
         finally:  # whatever went wrong, none of the task's processes outlive supervision
             last_signal = _stop_everything(child, leader, watch, request.grace)
             release(watch.state)
@@ -310,14 +331,14 @@ def _claim_start(row: TaskRow, request: LaunchRequest, name: str, feedback_file:
     )
 
 
-def _supervise(child: subprocess.Popen, inbox: SignalInbox, watch: _Watch, clock) -> None:
+def _supervise(child: subprocess.Popen, inbox: SignalInbox, watch: _Watch) -> None:
     """Poll until the child exits or a reason to stop it appears (timeout, signal, request)."""
     poller = select.poll()
     with process.ChildWatch(child) as child_watch:
         poller.register(child_watch, select.POLLIN)
         poller.register(inbox.fileno, select.POLLIN)
         while watch.stop is None:
-            now = clock()
+            now = watch.monotonic()
             deadline = watch.state.next_deadline(now)
             wait = HEARTBEAT_CHECK_INTERVAL if deadline is None else deadline - now
             poller.poll(max(0, min(wait, HEARTBEAT_CHECK_INTERVAL)) * 1000)
@@ -325,28 +346,29 @@ def _supervise(child: subprocess.Popen, inbox: SignalInbox, watch: _Watch, clock
                 return
             process.reap_adopted(keep={child.pid})
             _read_signals(inbox, watch)
-            _grade_heartbeat(watch, clock())
-            _check_kill_request(watch, clock())
+            _grade_heartbeat(watch)
+            _check_kill_request(watch)
 
 
 def _read_signals(inbox: SignalInbox, watch: _Watch) -> None:
     for signum in inbox.drain():
         if signum == KILL_REQUEST_SIGNAL:
-            watch.last_request_check = 0.0
+            watch.last_request_check = None
         elif watch.stop is None:
             watch.stop = StopReason.by_signal(signum)
 
 
-def _grade_heartbeat(watch: _Watch, now: float) -> None:
+def _grade_heartbeat(watch: _Watch) -> None:
     """Move the health state from the file's mtime; write the row only when something changed."""
     try:
         mtime = os.stat(watch.feedback_file).st_mtime
     except OSError:
         mtime = None  # a missing or deleted file is no heartbeat
     previous = watch.state.state
+    now = watch.monotonic()
     if mtime is not None and mtime != watch.heartbeat:
         watch.heartbeat = mtime
-        watch.state.heartbeat(mtime)
+        watch.state.heartbeat(heartbeat_on_monotonic(mtime, watch.wall(), now))
     watch.state.tick(now)
     if watch.state.state == Status.TIMEOUT:
         watch.stop = StopReason.timeout()
@@ -362,9 +384,11 @@ def _grade_heartbeat(watch: _Watch, now: float) -> None:
         watch.heartbeat_written = now
 
 
-def _check_kill_request(watch: _Watch, now: float) -> None:
+def _check_kill_request(watch: _Watch) -> None:
     """Read the kill-request column: at once after SIGUSR1, else once a second."""
-    if watch.stop is not None or now - watch.last_request_check < HEARTBEAT_CHECK_INTERVAL:
+    now = watch.monotonic()
+    last = watch.last_request_check
+    if watch.stop is not None or (last is not None and now - last < HEARTBEAT_CHECK_INTERVAL):
         return
     watch.last_request_check = now
     row = watch.row.current()

@@ -10,7 +10,13 @@ import pytest
 
 from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.store import Store
-from taskwatcher.engine.supervisor import LaunchRequest, feedback_elsewhere, run_task
+from taskwatcher.engine.supervisor import (
+    HEARTBEAT_CHECK_INTERVAL,
+    LaunchRequest,
+    feedback_elsewhere,
+    heartbeat_on_monotonic,
+    run_task,
+)
 from tests.helpers import run_cli, start_cli, wait_for
 from tests.test_twrun import PY, history, live_row, reserve
 
@@ -129,3 +135,39 @@ def test_feedback_under_another_name_is_told_only_the_variable(tmp_path: Path) -
     warning = feedback_elsewhere(["run", "--feedback", "out.log"], tmp_path / "feedback_7.log")
     assert warning is not None and warning.endswith(": have it write to $TASKWATCHER_FEEDBACK")
     assert feedback_elsewhere(["run", "--feedback"], tmp_path / "feedback_7.log") is None
+
+
+@pytest.mark.parametrize(
+    ("mtime", "wall_now", "expected"),
+    [
+        (999.75, 1000.0, 49.75),  # a fresh write, seen a quarter second later
+        (1000.0, 1000.0, 50.0),
+        (4600.0, 1000.0, 50.0),  # an mtime in the future counts as now, not as an hour ahead
+        (1000.0, 4600.0, 50.0 - HEARTBEAT_CHECK_INTERVAL),  # the wall clock stepped forward
+    ],
+)
+def test_heartbeat_placed_on_the_monotonic_clock(
+    mtime: float, wall_now: float, expected: float
+) -> None:
+    assert heartbeat_on_monotonic(mtime, wall_now, mono_now=50.0) == expected
+
+
+def test_feedback_dated_in_the_future_does_not_shield_a_silent_task(
+    db_path: Path, tmp_path: Path
+) -> None:
+    taskid = reserve(db_path)
+    code = (
+        "import os, time; path = os.environ['TASKWATCHER_FEEDBACK']; open(path, 'w').write('[k]v');"
+        " ahead = time.time() + 3600; os.utime(path, (ahead, ahead)); time.sleep(120)"
+    )
+    runner = start_cli(
+        "twrun", "--db", db_path, "--taskid", taskid, "--feedpath", tmp_path,
+        "--timeout", "2", "--grace", "1", "--", PY, "-c", code, "--feedback",
+    )  # fmt: skip
+    try:
+        assert runner.wait(timeout=60) == 124, runner.stderr.read()
+    finally:
+        if runner.poll() is None:
+            runner.send_signal(signal.SIGTERM)
+            runner.wait(timeout=20)
+    assert history(db_path, taskid)["outcome"] == "TIMEOUT"
