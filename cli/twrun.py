@@ -13,8 +13,8 @@ from taskwatcher.cli.common import (
     fail,
     non_negative_seconds,
     open_store,
-    positive_seconds,
     setup_logging,
+    task_id,
 )
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED
@@ -50,16 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_db_option(parser)
-    parser.add_argument("--taskid", type=int, help="reserved task id (required with feedback)")
+    parser.add_argument("--taskid", type=task_id, help="reserved task id (required with feedback)")
     parser.add_argument("--name", help="task name (default: the command's base name)")
     for field in ("info1", "info2", "info3"):
         parser.add_argument(f"--{field}", metavar="TEXT", help="free text kept with the task")
     parser.add_argument("--feedpath", type=Path, metavar="DIR", help="folder of feedback_ID.log")
     parser.add_argument(
         "--timeout",
-        type=positive_seconds,
+        type=non_negative_seconds,
         metavar="SECONDS",
-        help="kill the task when its feedback file is not updated for this long",
+        help="kill the task when its feedback file is not updated for this long (0: never)",
     )
     parser.add_argument(
         "--grace",

@@ -35,9 +35,9 @@ class StopReason:
     first_signal: signal.Signals = signal.SIGTERM
 
     @classmethod
-    def timeout(cls) -> StopReason:
-        """The heartbeat age reached the timeout."""
-        return cls(Status.TIMEOUT, "no heartbeat")
+    def timeout(cls, seconds: float) -> StopReason:
+        """The heartbeat age reached the timeout; the reason is what history records."""
+        return cls(Status.TIMEOUT, f"no heartbeat for {seconds:g} s")
 
     @classmethod
     def by_signal(cls, signum: signal.Signals) -> StopReason:
@@ -55,7 +55,6 @@ def end_of_task(
     stop: StopReason | None,
     returncode: int,
     last_signal: str | None,
-    timeout: float | None,
 ) -> TaskEnd:
     """Combine the stop decision (if any) with the child's status into history's terms."""
     exit_code, termsignal, termerror = exit_status_to_code(returncode)
@@ -65,6 +64,5 @@ def end_of_task(
         outcome = Status.FAILED if returncode > 0 else Status.KILLED
         return TaskEnd(taskid, outcome, exit_code, termsignal, termerror)
     if stop.outcome == Status.TIMEOUT:
-        reason = f"no heartbeat for {timeout:g} s"
-        return TaskEnd(taskid, Status.TIMEOUT, TIMEOUT_EXIT_CODE, last_signal or termsignal, reason)
+        exit_code = TIMEOUT_EXIT_CODE
     return TaskEnd(taskid, stop.outcome, exit_code, last_signal or termsignal, stop.reason)

@@ -2,7 +2,9 @@
 
 The loop sleeps in poll() on two descriptors, the child's pidfd and the signal pipe, with a
 timeout that ends at the next health deadline (at most HEARTBEAT_CHECK_INTERVAL): the exit of
-the child and any signal wake it at once, and an idle task costs a stat() per second.
+the child and any signal wake it at once. An idle task costs, per second, a stat() of its
+feedback file, and a stat() of the database with one read of its row: the kill-request check
+that still works when `twctl kill` cannot signal this process (another host, a lost signal).
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ class LaunchRequest:
 
     @property
     def heartbeat_timeout(self) -> float | None:
-        """The timeout applies to the heartbeat, so a task without feedback has none."""
-        return self.timeout if self.expects_feedback else None
+        """The timeout applies to the heartbeat, so a task without feedback has none; 0 is none."""
+        return (self.timeout or None) if self.expects_feedback else None
 
 
 @dataclass
@@ -153,7 +155,7 @@ def run_task(
         ended_at = clock()
         # Still inside the inbox: a stop or kill request that comes now, too late to matter,
         # must not kill twrun before the end it saw is recorded.
-        end = end_of_task(taskid, watch.stop, child.returncode, last_signal, request.timeout)
+        end = end_of_task(taskid, watch.stop, child.returncode, last_signal)
         end = dataclasses.replace(end, endtime=ended_at)
         feedback = _final_feedback(row, feedback_file) if request.expects_feedback else None
         row.archive(end, feedback)  # when this fails the feedback file stays: all that is left
@@ -371,7 +373,7 @@ def _grade_heartbeat(watch: _Watch) -> None:
         watch.state.heartbeat(heartbeat_on_monotonic(mtime, watch.wall(), now))
     watch.state.tick(now)
     if watch.state.state == Status.TIMEOUT:
-        watch.stop = StopReason.timeout()
+        watch.stop = StopReason.timeout(watch.state.timeout)
         return
     store = watch.row.store
     if watch.state.state != previous:

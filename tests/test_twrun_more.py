@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from taskwatcher.engine.errors import StoreError
+from taskwatcher.engine.stopping import StopReason, end_of_task
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.supervisor import (
     HEARTBEAT_CHECK_INTERVAL,
@@ -171,3 +172,29 @@ def test_feedback_dated_in_the_future_does_not_shield_a_silent_task(
             runner.send_signal(signal.SIGTERM)
             runner.wait(timeout=20)
     assert history(db_path, taskid)["outcome"] == "TIMEOUT"
+
+
+def test_timeout_reason_has_one_source() -> None:
+    stop = StopReason.timeout(2.5)
+    end = end_of_task(1, stop, -signal.SIGTERM, "SIGTERM")
+    assert (end.outcome, end.exit_code, end.termerror) == ("TIMEOUT", 124, stop.reason)
+    assert stop.reason == "no heartbeat for 2.5 s"
+
+
+def test_timeout_zero_means_none(db_path: Path, tmp_path: Path) -> None:
+    taskid = reserve(db_path)
+    code = "import os; print(os.environ['TASKWATCHER_TIMEOUT'])"
+    result = run_cli(
+        "twrun", "--db", db_path, "--taskid", taskid, "--feedpath", tmp_path, "--timeout", "0",
+        "--", PY, "-c", code,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "0\n"
+    assert history(db_path, taskid)["outcome"] == "COMPLETED"
+
+
+def test_huge_taskid_is_a_usage_error(db_path: Path) -> None:
+    result = run_cli("twrun", "--db", db_path, "--taskid", "99999999999999999999", "--", "true")
+    assert result.returncode == 125
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("twrun: argument --taskid: not a task id")
