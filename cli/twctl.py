@@ -133,24 +133,19 @@ def _cmd_clear(store: Store, args: argparse.Namespace) -> int:
 
 
 def _cmd_kill(store: Store, args: argparse.Namespace) -> int:
-    ended = control.request_stop(store, args.taskid, control.requester())
-    records = (
-        [ended]
-        if ended
-        else control.wait_ended(store, [args.taskid], args.wait, on_wait=_waiting_notice())
-    )
-    _report_ended(records)
-    return 0
+    return _kill(store, [args.taskid], args.wait)
 
 
 def _cmd_killall(store: Store, args: argparse.Namespace) -> int:
     taskids = control.tasks_named(store, args.name)
     if not taskids:
         fail(f"twctl: no live task named {args.name!r}", EXIT_FAILED)
+    return _kill(store, taskids, args.wait)
+
+
+def _kill(store: Store, taskids: list[int], wait: float) -> int:
     who = control.requester()
-    for taskid in taskids:
-        control.request_stop(store, taskid, who)
-    _report_ended(control.wait_ended(store, taskids, args.wait, on_wait=_waiting_notice()))
+    _report_ended(control.kill_tasks(store, taskids, who, wait, on_wait=_waiting_notice()))
     return 0
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskwatcher.engine import process
-from taskwatcher.engine.errors import UnknownTask
+from taskwatcher.engine.errors import NotReserved, UnknownTask
 from taskwatcher.engine.machine import Status
 from taskwatcher.engine.records import task_record
 from taskwatcher.engine.store import Store
@@ -182,15 +182,22 @@ def current_feedback(store: Store, taskid: int) -> dict[str, str]:
     """The task's feedback now: parsed incrementally while it runs, from history once ended."""
     row = live_task(store, taskid)
     if row is None:
-        record = _history_or_unknown(store, taskid)
-        if record["feedback"] is None:
-            raise NoFeedback(f"task {taskid} ended without feedback ({record['outcome']})")
-        return record["feedback"]
+        return _final_feedback(store, taskid)
     if row["status"] == Status.RESERVED:
         raise NoFeedback(f"task {taskid} is reserved and has not started")
     if not row["feedback"]:
         raise NoFeedback(f"task {taskid} does not write feedback")
-    return _poll_feedback(store, row)
+    try:
+        return _poll_feedback(store, row)
+    except UnknownTask:
+        return _final_feedback(store, taskid)  # archived while we read: history has the end
+
+
+def _final_feedback(store: Store, taskid: int) -> dict[str, str]:
+    record = _history_or_unknown(store, taskid)
+    if record["feedback"] is None:
+        raise NoFeedback(f"task {taskid} ended without feedback ({record['outcome']})")
+    return record["feedback"]
 
 
 def _history_or_unknown(store: Store, taskid: int) -> dict[str, Any]:
@@ -216,14 +223,12 @@ def request_stop(store: Store, taskid: int, who: str) -> dict[str, Any] | None:
     Returns the history record when the task ended right here (cancelled reservation or
     lost supervisor), None when its supervisor was told and will archive it.
     """
-    row = live_task(store, taskid)
-    if row is None:
-        record = store.history_of(taskid)
-        if record is None:
-            raise UnknownTask(f"no task {taskid}")
-        raise UnknownTask(f"task {taskid} has already ended ({record['outcome']})")
+    row = _live_or_ended(store, taskid)
     if row["status"] == Status.RESERVED:
-        return store.cancel_reservation(taskid, who)
+        try:
+            return store.cancel_reservation(taskid, who)
+        except NotReserved:
+            row = _live_or_ended(store, taskid)  # twrun claimed it meanwhile: stop it running
     if row.get("host") != socket.gethostname():
         raise ForeignTask(f"task {taskid} runs on host {row.get('host')!r}: stop it from there")
     store.request_kill(taskid, who)
@@ -233,6 +238,40 @@ def request_stop(store: Store, taskid: int, who: str) -> dict[str, Any] | None:
     if supervisor is not None:
         process.signal_identity(supervisor, signal.SIGUSR1)
     return None
+
+
+def _live_or_ended(store: Store, taskid: int) -> dict[str, Any]:
+    """The live task's record; UnknownTask says whether it never existed or has ended."""
+    row = live_task(store, taskid)
+    if row is None:
+        record = _history_or_unknown(store, taskid)
+        raise UnknownTask(f"task {taskid} has already ended ({record['outcome']})")
+    return row
+
+
+def kill_tasks(
+    store: Store,
+    taskids: list[int],
+    who: str,
+    wait: float,
+    on_wait: Callable[[list[int]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Stop tasks and wait for their ends; returns their history records in the given order.
+
+    A task that ended before its turn (`killall` lists names first) is reported as history
+    has it instead of aborting the others. KillTimeout names those still running.
+    """
+    ended: dict[int, dict[str, Any]] = {}
+    for taskid in taskids:
+        try:
+            record = request_stop(store, taskid, who)
+        except UnknownTask:
+            record = _history_or_unknown(store, taskid)
+        if record is not None:
+            ended[taskid] = record
+    pending = [taskid for taskid in taskids if taskid not in ended]
+    ended.update(zip(pending, wait_ended(store, pending, wait, on_wait=on_wait), strict=True))
+    return [ended[taskid] for taskid in taskids]
 
 
 def wait_ended(
@@ -256,12 +295,6 @@ def wait_ended(
         if on_wait is not None:
             on_wait(pending)
         time.sleep(_POLL_INTERVAL)
-
-
-def kill(store: Store, taskid: int, *, wait: float = DEFAULT_KILL_WAIT) -> dict[str, Any]:
-    """Stop one task through its supervisor and return its history record."""
-    ended = request_stop(store, taskid, requester())
-    return ended if ended is not None else wait_ended(store, [taskid], wait)[0]
 
 
 def tasks_named(store: Store, name: str) -> list[int]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from taskwatcher.engine import control
 from taskwatcher.engine.store import Store
 from tests.fault_helpers import query
 from tests.helpers import HISTORY_KEYS, LIST_KEYS, run_cli, start_cli, wait_for
@@ -357,3 +358,52 @@ def test_kill_refuses_a_task_of_another_host(db_path: Path, bystander: psutil.Pr
     assert bystander.status() != psutil.STATUS_ZOMBIE
     (row,) = query(db_path, "SELECT kill_request FROM tasks WHERE id = ?", (taskid,))
     assert row == (None,)
+
+
+def test_kill_tasks_reports_a_task_that_ended_before_its_turn(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        first, second = store.reserve("herd"), store.reserve("herd")
+        store.cancel_reservation(first, "someone else")
+        records = control.kill_tasks(store, [first, second], "tester", wait=5)
+    assert [(r["taskid"], r["outcome"]) for r in records] == [
+        (first, "EXPIRED"),
+        (second, "EXPIRED"),
+    ]
+    assert "someone else" in records[0]["termerror"]
+
+
+def test_kill_tasks_stops_a_reservation_claimed_while_cancelling(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store.open(db_path) as store:
+        taskid = store.reserve("racing")
+        cancel = store.cancel_reservation
+
+        def claimed_first(taskid: int, who: str) -> dict:
+            # twrun claims the reservation between our read and our cancel; its supervisor
+            # is already gone, so the kill ends the task at once.
+            host = socket.gethostname()
+            store.start(taskid, supervisor_pid=2**22, supervisor_ctime=1.0, host=host)
+            return cancel(taskid, who)
+
+        monkeypatch.setattr(store, "cancel_reservation", claimed_first)
+        (record,) = control.kill_tasks(store, [taskid], "tester", wait=5)
+    assert (record["taskid"], record["outcome"], record["killed_by"]) == (taskid, "LOST", "tester")
+
+
+def test_feedback_of_a_task_archived_while_reading(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    feedpath = tmp_path / "feedback.log"
+    feedpath.write_text("[progress]6\n")
+    with Store.open(db_path) as store:
+        taskid = store.reserve("ending")
+        store.start(taskid, host="elsewhere", has_feedback=True, feedpath=feedpath)
+        save = store.save_feedback
+
+        def archived_first(taskid: int, values: dict, state: bytes | None) -> None:
+            store.archive(taskid, outcome="COMPLETED", exitcode=0, feedback={"progress": "7"})
+            save(taskid, values, state)
+
+        monkeypatch.setattr(store, "save_feedback", archived_first)
+        assert control.current_feedback(store, taskid) == {"progress": "7"}
