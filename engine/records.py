@@ -47,7 +47,7 @@ def task_record(row: sqlite3.Row, now: float) -> dict[str, Any]:
 
 
 def history_record(row: sqlite3.Row) -> dict[str, Any]:
-    """A finished task as `twctl history --json` shows it, with its final feedback object."""
+    """A finished task as `twctl history --json` shows it; feedback is null for a task without."""
     return {
         "id": row["id"],
         "taskid": row["taskid"],

@@ -327,9 +327,13 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[float]:
-        """A short write transaction; BEGIN IMMEDIATE takes the write lock up front."""
-        now = self._clock()
+        """A short write transaction; BEGIN IMMEDIATE takes the write lock up front.
+
+        The clock is read once the lock is held, so a wait behind other writers does not
+        date the change in the past.
+        """
         self._execute("BEGIN IMMEDIATE")
+        now = self._clock()
         try:
             yield now
             self._execute("COMMIT")
@@ -394,7 +398,7 @@ class Store:
     ) -> Record:
         """Copy a live row to history with how it ended, then delete it and its feedback."""
         taskid = row["id"]
-        if feedback is None:
+        if feedback is None and row["feedback"]:  # a task without feedback keeps null
             feedback, _ = self.load_feedback(taskid)
         starttime = row["starttime"]
         kept = ("info1", "info2", "info3", "reservetime", "host", "pid", "timeout", "command")

@@ -153,7 +153,7 @@ def test_reservation_expires_at_its_ttl_on_the_next_write(short_ttl_store, clock
     record = short_ttl_store.history_of(taskid)
     assert record["outcome"] == Status.EXPIRED
     assert (record["starttime"], record["duration"], record["endtime"]) == (None, 0, T0 + 100)
-    assert record["info1"] == "i" and record["feedback"] == {}
+    assert record["info1"] == "i" and record["feedback"] is None
     assert "not launched within 100 s" in record["termerror"]
 
 
@@ -496,3 +496,12 @@ def test_reinitialize_never_reuses_task_ids(db_path):
         store.reinitialize()
         assert store.list_tasks() == []
         assert store.reserve("after") == first + 1
+
+
+def test_final_feedback_is_null_only_for_tasks_without_feedback(store):
+    quiet = started(store, "quiet", has_feedback=False)
+    store.archive(quiet, outcome=Status.COMPLETED)
+    talker = started(store, "talker")
+    store.archive(talker, outcome=Status.COMPLETED)
+    assert store.history_of(quiet)["feedback"] is None
+    assert store.history_of(talker)["feedback"] == {}
