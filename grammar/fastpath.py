@@ -38,7 +38,14 @@ class Matchers(NamedTuple):
 @functools.cache
 def matchers() -> Matchers:
     """Compose the line expressions from the grammar's terminals, mirroring its rules."""
-    term = {name: f"(?:{regexp})" for name, regexp in terminal_patterns().items()}
+    try:
+        return _compose(terminal_patterns())
+    except (KeyError, re.error):  # a damaged cache file: ask Lark itself again
+        return _compose(terminal_patterns(from_lark=True))
+
+
+def _compose(patterns: dict[str, str]) -> Matchers:
+    term = {name: f"(?:{regexp})" for name, regexp in patterns.items()}
     line_end = f"{term['_CR']}?(?={term['_LF']}|\\Z)"
 
     def statement_with(value: str) -> str:

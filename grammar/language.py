@@ -33,10 +33,13 @@ def feedback_parser() -> Lark:
 
 
 @functools.cache
-def terminal_patterns() -> dict[str, str]:
-    """Regular expressions of the grammar's terminals, as Lark compiled them, keyed by name."""
+def terminal_patterns(*, from_lark: bool = False) -> dict[str, str]:
+    """Regular expressions of the grammar's terminals, as Lark compiled them, keyed by name.
+
+    `from_lark` skips the cache file (and rewrites it), for a caller that found it unusable.
+    """
     cache = terminal_cache_path()
-    cached = _read_patterns(cache)
+    cached = None if from_lark else _read_patterns(cache)
     if cached is not None:
         return cached
     patterns = {

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from taskwatcher.grammar import Diagnostic, language, parse_feedback, validate_feedback
+from tests.helpers import BIN
 
 SPEC_EXAMPLE = """\
 [info]Starting test
@@ -258,6 +259,10 @@ def test_terminal_cache_holds_what_lark_compiled(tmp_path: Path) -> None:
     first, cache = patterns_in_fresh_process()
     assert first == from_lark and json.loads(cache.read_text()) == from_lark
     assert oct(cache.stat().st_mode & 0o777) == "0o600"
-    cache.write_text("{not json")
-    again, _ = patterns_in_fresh_process()
-    assert again == from_lark and json.loads(cache.read_text()) == from_lark
+    for damage in ("{not json", '{"KEYWORD": "x"}', json.dumps({**from_lark, "VALUE": "(["})):
+        cache.write_text(damage)
+        parsed = subprocess.run(
+            [BIN / "twparse", "-"], input="[k]v\n", env=env, capture_output=True, text=True
+        )
+        assert (parsed.returncode, parsed.stdout) == (0, '{"k":"v"}\n'), parsed.stderr
+        assert json.loads(cache.read_text()) == from_lark
