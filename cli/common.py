@@ -23,7 +23,14 @@ DB_HELP = "database file (default: $TASKWATCHER_DB, else $XDG_STATE_HOME/taskwat
 def add_db_option(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
     """Add --db; on a subcommand it must not overwrite a --db given before the subcommand."""
     default = argparse.SUPPRESS if inherited else None
-    parser.add_argument("--db", metavar="PATH", default=default, help=DB_HELP)
+    parser.add_argument("--db", type=db_path, metavar="PATH", default=default, help=DB_HELP)
+
+
+def db_path(text: str) -> str:
+    """argparse type: a database path; an empty one would silently mean the default."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path")
+    return text
 
 
 def open_store(db_option: str | None) -> Store:
@@ -109,3 +116,14 @@ def task_id(text: str) -> int:
 def silence_stdout() -> None:
     """Point stdout at /dev/null once its reader has gone, so exiting flushes nowhere."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a count of one or more (`--limit 0` or `-1` would mean nothing useful)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
+    return value

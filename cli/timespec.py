@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import time
 from collections.abc import Callable
@@ -18,9 +19,13 @@ def parse_when(text: str, *, clock: Callable[[], float] = time.time) -> float:
     if match := _AGO.fullmatch(text):
         return clock() - float(match[1]) * _UNITS[match[2]]
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise argparse.ArgumentTypeError(f"not a finite time: {text!r}")
+        return seconds
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from taskwatcher.cli.common import (
     add_db_option,
     fail,
     non_negative_seconds,
     open_store,
+    positive_int,
+    positive_seconds,
     setup_logging,
     silence_stdout,
     task_id,
@@ -28,7 +30,7 @@ from taskwatcher.cli.render import (
 from taskwatcher.cli.timespec import parse_when
 from taskwatcher.engine import control
 from taskwatcher.engine.errors import InvalidRequest, StoreError
-from taskwatcher.engine.machine import FINAL_STATUSES, LIVE_STATUSES
+from taskwatcher.engine.machine import FINAL_STATUSES, LIVE_STATUSES, Status
 from taskwatcher.engine.store import Store
 from taskwatcher.grammar.errors import TaskwatcherError
 
@@ -202,11 +204,18 @@ def _subcommand(
 
 
 def _seconds_option(
-    parser: argparse.ArgumentParser, flag: str, default: float, help_text: str
+    parser: argparse.ArgumentParser,
+    flag: str,
+    default: float,
+    help_text: str,
+    kind: Callable[[str], float] = non_negative_seconds,
 ) -> None:
-    parser.add_argument(
-        flag, type=non_negative_seconds, default=default, metavar="SECONDS", help=help_text
-    )
+    parser.add_argument(flag, type=kind, default=default, metavar="SECONDS", help=help_text)
+
+
+def _names(statuses: Iterable[Status]) -> list[str]:
+    """Plain strings for argparse choices, so an error lists RUNNING, not <Status.RUNNING>."""
+    return sorted(status.value for status in statuses)
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -246,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = _subcommand(sub, "list", _cmd_list, "show live tasks", "twctl list --json")
     listing.add_argument("--name", help="only tasks with this name")
-    listing.add_argument("--status", type=str.upper, choices=sorted(LIVE_STATUSES))
+    listing.add_argument("--status", type=str.upper, choices=_names(LIVE_STATUSES))
     _json_flag(listing)
 
     reserve = _subcommand(
@@ -281,14 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
         "twctl history --name nightly --since 7d --json",
     )
     history.add_argument("--name", help="only tasks with this name")
-    history.add_argument("--outcome", type=str.upper, choices=sorted(FINAL_STATUSES))
+    history.add_argument("--outcome", type=str.upper, choices=_names(FINAL_STATUSES))
     history.add_argument(
         "--since",
         type=parse_when,
         metavar="WHEN",
         help="ended at or after WHEN (2h, 7d, 2026-11-28, unix seconds)",
     )
-    history.add_argument("--limit", type=int, metavar="N", help="at most N rows")
+    history.add_argument("--limit", type=positive_int, metavar="N", help="at most N rows")
     _json_flag(history)
 
     clear = _subcommand(sub, "clear", _cmd_clear, "empty the history", "twctl clear --before 30d")
@@ -325,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "twctl watch",
     )
     watch.add_argument("--once", action="store_true", help="print one frame and exit")
-    _seconds_option(watch, "--interval", 1.0, "seconds between refreshes")
+    _seconds_option(watch, "--interval", 1.0, "seconds between refreshes", positive_seconds)
     return parser
 
 

@@ -47,3 +47,33 @@ def test_watch_title_shows_brackets_in_the_path(tmp_path: Path) -> None:
     result = run_cli("twctl", "--db", db, "watch", "--once")
     assert result.returncode == 0, result.stderr
     assert "a[/x].db" in "".join(result.stdout.split())  # a long title wraps
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["watch", "--interval", "0"], "must be above 0"),
+        (["history", "--limit", "-1"], "must be 1 or more"),
+        (["history", "--limit", "0"], "must be 1 or more"),
+        (["history", "--since", "inf"], "not a finite time"),
+        (["clear", "--before", "nan"], "not a finite time"),
+    ],
+)
+def test_meaningless_numbers_are_usage_errors(
+    db_path: Path, args: list[str], complaint: str
+) -> None:
+    assert complaint in usage_error("--db", db_path, *args)
+
+
+@pytest.mark.parametrize("args", [["list", "--status", "gone"], ["history", "--outcome", "x"]])
+def test_choice_errors_list_plain_names(db_path: Path, args: list[str]) -> None:
+    message = usage_error("--db", db_path, *args)
+    assert "RUNNING" in message or "COMPLETED" in message
+    assert "Status." not in message and "<" not in message
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_empty_db_path_is_a_usage_error(position: str, isolated_state: Path) -> None:
+    args = ["--db", "", "list"] if position == "before" else ["list", "--db", ""]
+    assert "empty path" in usage_error(*args)
+    assert not isolated_state.exists()
