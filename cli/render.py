@@ -160,4 +160,13 @@ def key_values(pairs: Iterable[tuple[str, Any]]) -> str:
     """`key: value` lines with aligned keys, for `twctl show`."""
     pairs = list(pairs)
     width = max((len(key) for key, _ in pairs), default=0)
-    return "\n".join(f"{key.ljust(width)}  {escape(value)}" for key, value in pairs)
+    return "\n".join(f"{key.ljust(width)}  {_shown(value)}" for key, value in pairs)
+
+
+def _shown(value: Any) -> str:
+    """A value as a user reads it: argv and feedback as JSON, flags as yes/no, never a repr."""
+    if isinstance(value, bool):
+        return yes_no(value)
+    if isinstance(value, list | dict):
+        return escape(orjson.dumps(value).decode())
+    return escape(value)

@@ -77,3 +77,15 @@ def test_empty_db_path_is_a_usage_error(position: str, isolated_state: Path) -> 
     args = ["--db", "", "list"] if position == "before" else ["list", "--db", ""]
     assert "empty path" in usage_error(*args)
     assert not isolated_state.exists()
+
+
+def test_show_prints_json_and_yes_no_not_python_reprs(db_path: Path) -> None:
+    run_cli("twrun", "--db", db_path, "--name", "argv", "--", "true", "a\x9bb")
+    finished = run_cli("twctl", "--db", db_path, "show", "1").stdout
+    assert '["true","a\\x9bb"]' in finished
+    run_cli("twctl", "--db", db_path, "reserve")
+    live = dict(
+        line.split(maxsplit=1)
+        for line in run_cli("twctl", "--db", db_path, "show", "2").stdout.splitlines()
+    )
+    assert (live["feedback"], live["unique"]) == ("no", "no")
