@@ -9,12 +9,10 @@ import os
 import sys
 from typing import NoReturn
 
-from taskwatcher.engine.errors import InvalidRequest
 from taskwatcher.engine.location import resolve_db_path
-from taskwatcher.engine.store import DEFAULT_RESERVATION_TTL, Store
+from taskwatcher.engine.settings import reservation_ttl_from_env
+from taskwatcher.engine.store import Store
 
-#: Seconds a reservation may wait for its launch before it expires.
-TTL_VARIABLE = "TASKWATCHER_RESERVATION_TTL"
 #: sqlite's largest INTEGER: a larger number cannot name a task, and sqlite would overflow on it.
 MAX_TASK_ID = 2**63 - 1
 DB_HELP = "database file (default: $TASKWATCHER_DB, else $XDG_STATE_HOME/taskwatcher/tasks.db)"
@@ -35,17 +33,7 @@ def db_path(text: str) -> str:
 
 def open_store(db_option: str | None) -> Store:
     """Open the database the options, the environment or the XDG default designate."""
-    return Store.open(resolve_db_path(db_option), reservation_ttl=_reservation_ttl())
-
-
-def _reservation_ttl() -> float:
-    configured = os.environ.get(TTL_VARIABLE)
-    if configured is None:
-        return DEFAULT_RESERVATION_TTL
-    try:
-        return positive_seconds(configured)
-    except argparse.ArgumentTypeError as error:
-        raise InvalidRequest(f"${TTL_VARIABLE}: {error}") from None
+    return Store.open(resolve_db_path(db_option), reservation_ttl=reservation_ttl_from_env())
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from taskwatcher.engine.errors import InvalidRequest
+from taskwatcher.engine.settings import reservation_ttl_from_env
+from taskwatcher.engine.store import DEFAULT_RESERVATION_TTL
 from tests.helpers import BIN, run_cli
 
 
@@ -89,3 +92,11 @@ def test_show_prints_json_and_yes_no_not_python_reprs(db_path: Path) -> None:
         for line in run_cli("twctl", "--db", db_path, "show", "2").stdout.splitlines()
     )
     assert (live["feedback"], live["unique"]) == ("no", "no")
+
+
+def test_reservation_ttl_is_read_by_the_engine() -> None:
+    assert reservation_ttl_from_env({}) == DEFAULT_RESERVATION_TTL
+    assert reservation_ttl_from_env({"TASKWATCHER_RESERVATION_TTL": "0.5"}) == 0.5
+    for bad in ("soon", "0", "-1", "inf", "nan", ""):
+        with pytest.raises(InvalidRequest, match="TASKWATCHER_RESERVATION_TTL"):
+            reservation_ttl_from_env({"TASKWATCHER_RESERVATION_TTL": bad})
