@@ -10,7 +10,6 @@ import sys
 from typing import NoReturn
 
 from taskwatcher.engine.location import resolve_db_path
-from taskwatcher.engine.settings import reservation_ttl_from_env
 from taskwatcher.engine.store import Store
 
 #: sqlite's largest INTEGER: a larger number cannot name a task, and sqlite would overflow on it.
@@ -33,7 +32,7 @@ def db_path(text: str) -> str:
 
 def open_store(db_option: str | None) -> Store:
     """Open the database the options, the environment or the XDG default designate."""
-    return Store.open(resolve_db_path(db_option), reservation_ttl=reservation_ttl_from_env())
+    return Store.open(resolve_db_path(db_option))
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -7,9 +7,9 @@ import os
 from collections.abc import Mapping
 
 from taskwatcher.engine.errors import InvalidRequest
-from taskwatcher.engine.store import DEFAULT_RESERVATION_TTL
 
-#: Seconds a reservation may wait for its launch before it expires.
+#: Seconds a reservation may wait for its launch before it expires, unless the variable says.
+DEFAULT_RESERVATION_TTL = 3600.0
 TTL_VARIABLE = "TASKWATCHER_RESERVATION_TTL"
 
 

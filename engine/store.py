@@ -27,10 +27,10 @@ from taskwatcher.engine.errors import (
 )
 from taskwatcher.engine.machine import FINAL_STATUSES, STARTED_STATUSES, Status
 from taskwatcher.engine.records import encode_command, history_record, task_record
+from taskwatcher.engine.settings import reservation_ttl_from_env
 from taskwatcher.grammar.errors import TaskwatcherError
 
 #: A reservation not started within this many seconds ends as EXPIRED.
-DEFAULT_RESERVATION_TTL = 3600.0
 _STALE_RESERVATIONS = "SELECT * FROM tasks WHERE status = 'RESERVED' AND reservetime <= ?"
 
 Clock = Callable[[], float]
@@ -54,11 +54,15 @@ class Store:
         path: str | Path,
         *,
         clock: Clock = time.time,
-        reservation_ttl: float = DEFAULT_RESERVATION_TTL,
+        reservation_ttl: float | None = None,
     ) -> Store:
-        """Open (creating on first use) and upgrade the database; StoreError if it is unusable."""
+        """Open (creating on first use) and upgrade the database; StoreError if it is unusable.
+
+        Without `reservation_ttl`, $TASKWATCHER_RESERVATION_TTL or the default applies.
+        """
         path = Path(path)
-        return cls(schema.open_database(path), path, clock, reservation_ttl)
+        ttl = reservation_ttl_from_env() if reservation_ttl is None else reservation_ttl
+        return cls(schema.open_database(path), path, clock, ttl)
 
     def close(self) -> None:
         self._db.close()

@@ -16,7 +16,8 @@ from taskwatcher.engine.errors import (
     UnknownTask,
 )
 from taskwatcher.engine.machine import Status
-from taskwatcher.engine.store import DEFAULT_RESERVATION_TTL, Store
+from taskwatcher.engine.settings import DEFAULT_RESERVATION_TTL
+from taskwatcher.engine.store import Store
 from tests.helpers import HISTORY_KEYS, LIST_KEYS
 
 T0 = 1_700_000_000.0

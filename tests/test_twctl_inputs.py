@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from taskwatcher.engine.errors import InvalidRequest
-from taskwatcher.engine.settings import reservation_ttl_from_env
-from taskwatcher.engine.store import DEFAULT_RESERVATION_TTL
+from taskwatcher.engine.settings import DEFAULT_RESERVATION_TTL, reservation_ttl_from_env
 from tests.helpers import BIN, run_cli
 
 
