@@ -223,8 +223,9 @@ def _cancel_reservation(store: Store, taskid: int, reason: str) -> None:
 def _feedback_file(store: Store, request: LaunchRequest, taskid: int) -> Path:
     """`FEEDPATH/feedback_<taskid>.log`: the only path twrun derives, from an integer id.
 
-    The default folder is created only for a task that writes feedback: one that does not
-    must not fail for a folder it never uses.
+    The default folder is required only for a task that writes feedback: for one that does
+    not it is made when it can be (its program may still use $TASKWATCHER_FEEDBACK), but a
+    folder it never needs must not stop it.
     """
     if request.feedpath is not None:
         folder = request.feedpath.absolute()
@@ -232,13 +233,13 @@ def _feedback_file(store: Store, request: LaunchRequest, taskid: int) -> Path:
             raise FeedpathMissing(f"feedback folder {folder} does not exist")
         return folder / f"feedback_{int(taskid)}.log"
     folder = default_feedpath(store.path)
-    if request.expects_feedback:
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as error:
-            raise FeedpathUnusable(
-                f"cannot create the feedback folder {folder}: {error.strerror}"
-            ) from None
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        message = f"cannot create the feedback folder {folder}: {error.strerror}"
+        if request.expects_feedback:
+            raise FeedpathUnusable(message) from None
+        log.info("%s (the task writes no feedback)", message)
     return folder / f"feedback_{int(taskid)}.log"
 
 
@@ -261,17 +262,20 @@ def _clear_leftover(row: TaskRow, feedback_file: Path) -> None:
 def feedback_elsewhere(argv: Sequence[str], feedback_file: Path) -> str | None:
     """The warning for a command told (`--feedback X`) to write where twrun does not look.
 
-    Such a task is healthy but times out. X is compared by path arithmetic against the
-    working directory only: a path from the command line never reaches the filesystem.
+    Such a task is healthy but times out. Only an X named like the watched file counts: a
+    value of another name may be no path at all (`--feedback` is also a bare marker). X is
+    compared by path arithmetic against the working directory only: a path from the command
+    line never reaches the filesystem.
     """
     target = _feedback_argument(argv)
-    if not target or Path(target).absolute() == feedback_file.absolute():
+    if not target or Path(target).name != feedback_file.name:
         return None
-    advice = "have it write to $TASKWATCHER_FEEDBACK"
-    if Path(target).name == feedback_file.name:
-        advice = f"pass --feedpath {Path(target).absolute().parent} or {advice}"
+    written = Path(target).absolute()
+    if written == feedback_file.absolute():
+        return None
     return (
-        f"the command writes its feedback to {target}, but twrun watches {feedback_file}: {advice}"
+        f"the command writes its feedback to {target}, but twrun watches {feedback_file}: "
+        f"pass --feedpath {written.parent} or have it write to $TASKWATCHER_FEEDBACK"
     )
 
 

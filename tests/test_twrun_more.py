@@ -41,7 +41,7 @@ def test_sighup_ignored_by_the_starter_stays_ignored(db_path: Path) -> None:
     assert (record["outcome"], record["termerror"]) == ("KILLED", "twrun received SIGTERM")
 
 
-def test_task_without_feedback_needs_no_feedback_folder(db_path: Path) -> None:
+def test_task_without_feedback_runs_without_its_feedback_folder(db_path: Path) -> None:
     (db_path.parent / "tasks-feedback").write_text("a file where the folder would go")
     result = run_cli("twrun", "--db", db_path, "--", "true")
     assert result.returncode == 0, result.stderr
@@ -132,10 +132,11 @@ def test_feedpath_of_the_epilog_example_matches_the_command(db_path: Path, tmp_p
     assert history(db_path, taskid)["feedback"] == {"k": "v"}
 
 
-def test_feedback_under_another_name_is_told_only_the_variable(tmp_path: Path) -> None:
-    warning = feedback_elsewhere(["run", "--feedback", "out.log"], tmp_path / "feedback_7.log")
-    assert warning is not None and warning.endswith(": have it write to $TASKWATCHER_FEEDBACK")
-    assert feedback_elsewhere(["run", "--feedback"], tmp_path / "feedback_7.log") is None
+def test_feedback_value_of_another_name_is_not_taken_for_a_path(tmp_path: Path) -> None:
+    watched = tmp_path / "feedback_7.log"
+    assert feedback_elsewhere(["run", "--feedback", "kill", "3"], watched) is None
+    assert feedback_elsewhere(["run", "--feedback"], watched) is None
+    assert feedback_elsewhere(["run", f"--feedback={watched}"], watched) is None
 
 
 @pytest.mark.parametrize(
