@@ -231,7 +231,10 @@ def test_folders_made_read_only_while_a_task_runs(
 
 
 def test_leftover_that_cannot_be_removed_launches_nothing(db_path: Path, tmp_path: Path) -> None:
-    """A feedback path that cannot be cleared could pose as a heartbeat: twrun refuses."""
+    """A feedback path that cannot be cleared could pose as a heartbeat: twrun launches nothing.
+
+    The reservation was already claimed, so the task ends in history as FAILED.
+    """
     taskid = reserve(db_path)
     (tmp_path / f"feedback_{taskid}.log").mkdir()
     marker = tmp_path / "launched"
@@ -242,4 +245,7 @@ def test_leftover_that_cannot_be_removed_launches_nothing(db_path: Path, tmp_pat
     assert result.returncode == 125
     assert "cannot remove the old feedback file" in assert_one_line(result.stderr, "twrun: ")
     assert not marker.exists()
-    assert live_row(db_path, taskid)["status"] == "RESERVED"
+    assert live_row(db_path, taskid) is None
+    (record,) = twctl_json(db_path, "history")
+    assert (record["taskid"], record["outcome"], record["exitcode"]) == (taskid, "FAILED", 125)
+    assert record["termerror"].startswith("cannot remove the old feedback file")

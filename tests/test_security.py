@@ -25,6 +25,8 @@ TERMINAL_ATTACK = "evil\x1b]0;pwned\x07\x1b[2J\rX\x9b2Jend"
 ESCAPED = "evil\\x1b]0;pwned\\x07\\x1b[2J\\rX\\x9b2Jend"
 FEEDBACK_ATTACK = TERMINAL_ATTACK.replace("\r", "")
 FEEDBACK_ESCAPED = ESCAPED.replace("\\r", "")
+#: `show` prints the feedback object as JSON, whose own escapes cover C0 controls.
+FEEDBACK_AS_JSON = FEEDBACK_ESCAPED.replace("\\x1b", "\\u001b").replace("\\x07", "\\u0007")
 RAW_PIECES = ["\x1b]0;", "\x07", "\x1b[2J", "\x9b"]
 
 
@@ -134,13 +136,14 @@ def test_control_characters_are_shown_escaped(db_path: Path, tmp_path: Path) -> 
     twctl_bin = BIN / "twctl"
     wide = {**os.environ, "COLUMNS": "250"}
     both = (ESCAPED, FEEDBACK_ESCAPED)
+    shown = (ESCAPED, FEEDBACK_AS_JSON)
     assert_escaped(twctl(db_path, "list"))
     assert_escaped(on_a_terminal(twctl_bin, "--db", db_path, "list"))
     assert_escaped(twctl(db_path, "watch", "--once", env=wide), *both)
     assert_escaped(on_a_terminal(twctl_bin, "--db", db_path, "watch", "--once"), *both)
-    assert_escaped(twctl(db_path, "show", str(taskid)), *both)
+    assert_escaped(twctl(db_path, "show", str(taskid)), *shown)
     assert_escaped(twctl(db_path, "kill", str(taskid)))
     runner.communicate(timeout=30)
     assert_escaped(twctl(db_path, "history"))
     assert_escaped(on_a_terminal(twctl_bin, "--db", db_path, "history"))
-    assert_escaped(twctl(db_path, "show", str(taskid)), *both)
+    assert_escaped(twctl(db_path, "show", str(taskid)), *shown)
