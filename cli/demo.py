@@ -52,14 +52,8 @@ def _run(*words: str, background: bool = False) -> str | subprocess.Popen:
 def main() -> int:
     """Walk through reserve, launch, list, watch, feedback and history on the default db."""
     taskid = _run("twctl", "reserve", "--name", "demo", "--info1", "make demo")
-    task = [
-        sys.executable,
-        "-m",
-        "taskwatcher.cli.demo",
-        "task",
-        "--feedback",
-        f"feedback_{taskid}.log",
-    ]
+    # `--feedback` marks a task that reports; it finds its file in $TASKWATCHER_FEEDBACK
+    task = [sys.executable, "-m", "taskwatcher.cli.demo", "task", "--feedback"]
     runner = _run("twrun", "--taskid", taskid, "--timeout", "5", "--", *task, background=True)
     time.sleep(1.5)
     _run("twctl", "list")
