@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from typing import NoReturn
 
@@ -98,11 +97,6 @@ def task_id(text: str) -> int:
     if not 1 <= value <= MAX_TASK_ID:
         raise argparse.ArgumentTypeError(f"not a task id (1 to {MAX_TASK_ID}): {text!r}")
     return value
-
-
-def silence_stdout() -> None:
-    """Point stdout at /dev/null once its reader has gone, so exiting flushes nowhere."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def positive_int(text: str) -> int:

@@ -5,6 +5,7 @@ Records come from the store as plain dicts; this module only decides how they lo
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -154,6 +155,11 @@ def print_json(value: Any, *, pretty: bool = False, out: TextIO | None = None) -
     """JSON on one line (or indented), through orjson, as the machine interface."""
     option = orjson.OPT_INDENT_2 if pretty else 0
     (out or sys.stdout).write(orjson.dumps(value, option=option).decode() + "\n")
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone, so exiting flushes nowhere."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def key_values(pairs: Iterable[tuple[str, Any]]) -> str:

@@ -14,7 +14,6 @@ from taskwatcher.cli.common import (
     positive_int,
     positive_seconds,
     setup_logging,
-    silence_stdout,
     task_id,
 )
 from taskwatcher.cli.render import (
@@ -24,6 +23,7 @@ from taskwatcher.cli.render import (
     print_json,
     print_records,
     seconds_column,
+    silence_stdout,
     time_column,
     yes_no,
 )

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from functools import partial
 
 import orjson
 
+from taskwatcher.cli.render import silence_stdout
 from taskwatcher.grammar.files import READ_CHUNK, open_regular
 from taskwatcher.grammar.stream import FeedbackStream
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
     except BrokenPipeError:
         # Whoever read the output stopped early (`twparse --check ... | head`): not our error.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        silence_stdout()
         return EXIT_OK
     return status
 
