@@ -22,30 +22,12 @@ from taskwatcher.cli.render import STATUS_STYLES, escape, human_duration
 from taskwatcher.engine import control
 from taskwatcher.engine.machine import Status
 from taskwatcher.engine.store import Store
-from taskwatcher.grammar import FeedbackReader
 
 #: Feedback keys shown beside the bar, first present wins each slot.
 DETAIL_KEYS = ("testcase_name", "testcase_id", "info", "step", "message", "status")
 QUIT_KEYS = {"q", "Q"}
 BAR_WIDTH = 10
 PROGRESS_WIDTH = BAR_WIDTH + 7  # the bar, a space and "100.0%"
-
-
-class FeedbackCache:
-    """One incremental reader per task, so each refresh parses only what files gained."""
-
-    def __init__(self) -> None:
-        self._readers: dict[int, FeedbackReader] = {}
-
-    def values(self, records: list[dict[str, Any]]) -> dict[int, dict[str, str]]:
-        """Current feedback of every live task that writes some; forgets ended tasks."""
-        live = {r["taskid"]: r for r in records if r["feedback"] and r.get("feedpath")}
-        for gone in self._readers.keys() - live.keys():
-            del self._readers[gone]
-        return {
-            taskid: self._readers.setdefault(taskid, FeedbackReader(record["feedpath"])).poll()
-            for taskid, record in live.items()
-        }
 
 
 def progress_of(feedback: dict[str, str]) -> float | None:
@@ -81,10 +63,13 @@ def _detail_cell(feedback: dict[str, str]) -> Text:
     return Text(" · ".join(shown[:2]))
 
 
-def render_frame(store: Store, cache: FeedbackCache, now: float | None = None) -> Table:
-    """One screen: every live task with status, heartbeat against timeout, progress, details."""
+def render_frame(store: Store, now: float | None = None) -> Table:
+    """One screen: every live task with status, heartbeat against timeout, progress, details.
+
+    Feedback is what each supervisor published in the database, never read from the files.
+    """
     records = store.list_tasks()
-    feedbacks = cache.values(records)
+    feedbacks = store.live_feedback()
     now = time.time() if now is None else now
     clock = time.strftime("%H:%M:%S", time.localtime(now))
     table = Table(
@@ -142,16 +127,15 @@ def _wait_for_key(fd: int | None, timeout: float) -> str | None:
 def watch(store: Store, *, once: bool = False, interval: float = 1.0) -> int:
     """Refresh the view every `interval` seconds until q or Ctrl-C; `once` prints one frame."""
     console = Console()
-    cache = FeedbackCache()
     if once:
-        console.print(render_frame(store, cache))
+        console.print(render_frame(store))
         return 0
-    live = Live(render_frame(store, cache), console=console, auto_refresh=False)
+    live = Live(render_frame(store), console=console, auto_refresh=False)
     with contextlib.suppress(KeyboardInterrupt), _keyboard() as fd, live:
         while True:
             key = _wait_for_key(fd, interval)
             if key and QUIT_KEYS & set(key):
                 break
             control.housekeep(store)
-            live.update(render_frame(store, cache), refresh=True)
+            live.update(render_frame(store), refresh=True)
     return 0

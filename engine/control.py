@@ -5,23 +5,22 @@
 
 from __future__ import annotations
 
-import getpass
 import logging
 import math
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
-from taskwatcher.engine import process
+from taskwatcher.engine import process, wakeup
 from taskwatcher.engine.errors import NotReserved, UnknownTask
+from taskwatcher.engine.leftovers import stop_leftovers
 from taskwatcher.engine.machine import Status
+from taskwatcher.engine.ownership import Owner, user_name
 from taskwatcher.engine.records import task_record
 from taskwatcher.engine.store import Store
-from taskwatcher.grammar import FeedbackReader, ReaderState
-from taskwatcher.grammar.errors import InvalidReaderState, TaskwatcherError
+from taskwatcher.grammar.errors import TaskwatcherError
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,13 @@ class LiveTasksExist(TaskwatcherError):
     """Re-initialising would drop live tasks; --force is needed."""
 
 
+class NotYourTask(TaskwatcherError, PermissionError):
+    """The task's supervisor is gone and its processes belong to another user."""
+
+
 def requester() -> str:
-    """Who is asking, as history's `killed_by` shows it."""
-    return f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()})"
+    """Who is asking, as history's `killed_by` shows it: the real user, not $USER."""
+    return f"{user_name()}@{socket.gethostname()} (pid {os.getpid()})"
 
 
 def live_task(store: Store, taskid: int) -> dict[str, Any] | None:
@@ -94,36 +97,54 @@ def is_ghost(row: dict[str, Any]) -> bool:
     return supervisor is None or not process.is_same_process(supervisor)
 
 
+def owner_of(row: dict[str, Any]) -> Owner | None:
+    """Whose task the row says it is; None for a row recorded without a token."""
+    return Owner.of_row(row.get("token_hash"), row.get("uid"))
+
+
 def housekeep(store: Store, *, grace: float = LOST_GRACE) -> list[dict[str, Any]]:
     """Expire stale reservations and archive tasks whose supervisor vanished as LOST.
 
-    What is left of a lost task's process group is stopped first (SIGTERM, then SIGKILL
-    after `grace`), and only after matching pid and create time. Returns the history
-    records written, so `twctl update` can say what it did.
+    What is left of a lost task is stopped first (SIGTERM, then SIGKILL after `grace`): the
+    processes that prove to be the task's by its token, never a pid read from the row. A
+    lost task of another user is left for that user or root (`ghosts_of_others`), who can
+    stop its processes. Returns the history records written, so `twctl update` can say
+    what it did.
     """
     ended = list(store.housekeep())
     for row in store.list_tasks():
-        if is_ghost(row):
+        if is_ghost(row) and _may_clean_up(row):
             lost = _archive_lost(store, row, grace)
             if lost is not None:
                 ended.append(lost)
     return ended
 
 
+def ghosts_of_others(store: Store) -> list[dict[str, Any]]:
+    """Lost tasks that housekeeping leaves alone: their processes belong to another user."""
+    return [row for row in store.list_tasks() if is_ghost(row) and not _may_clean_up(row)]
+
+
+def _may_clean_up(row: dict[str, Any]) -> bool:
+    owner = owner_of(row)
+    return owner is None or owner.caller_may_act()
+
+
 def _archive_lost(store: Store, row: dict[str, Any], grace: float) -> dict[str, Any] | None:
-    last_signal = None
-    leader = _recorded_identity(row.get("pid"), row.get("child_ctime"))
-    pgid = row.get("pgid")
-    if leader is not None and _is_pid(pgid) and process.remnants(leader, pgid):
-        last_signal = process.terminate_task(leader, pgid, grace=grace)
+    owner = owner_of(row)
+    stopped = None if owner is None else stop_leftovers(owner, grace)
+    reason = _lost_reason(row)
+    if stopped is not None and stopped.denied:
+        listed = ", ".join(map(str, stopped.denied))
+        reason += f"; could not stop pid {listed} (permission denied)"
+        log.warning("task %s: could not stop pid %s (permission denied)", row["taskid"], listed)
     try:
         return store.archive(
             row["taskid"],
             outcome=Status.LOST,
-            termsignal=last_signal,
-            termerror=_lost_reason(row),
-            exitcode=None,
-            feedback=_last_feedback(store, row),
+            termsignal=None if stopped is None else stopped.last_signal,
+            termerror=reason,
+            exitcode=None,  # the last feedback its supervisor published becomes the final one
         )
     except UnknownTask:
         return None  # its supervisor archived it between our read and our write
@@ -133,53 +154,22 @@ def _lost_reason(row: dict[str, Any]) -> str:
     """Why the task counts as lost, naming the recorded supervisor as the row has it."""
     pid = row.get("supervisor_pid")
     if supervisor_of(row) is None:
-        return (
+        reason = (
             f"supervisor unidentifiable (pid {pid!r}, create time {row.get('supervisor_ctime')!r})"
         )
-    return f"supervisor (pid {pid}) vanished"
-
-
-def _last_feedback(store: Store, row: dict[str, Any]) -> dict[str, str] | None:
-    """What the task last reported, read from its file where it still is."""
-    if not row.get("feedback"):
-        return None
-    return _poll_feedback(store, row, final=True)
-
-
-def _poll_feedback(store: Store, row: dict[str, Any], *, final: bool = False) -> dict[str, str]:
-    """Parse only what the file gained since the last call, and save where reading stopped.
-
-    `final` also takes an unterminated last line, for a task that will write no more.
-    """
-    _, saved = store.load_feedback(row["taskid"])
-    values, state = read_feedback(row["feedpath"], saved, final=final)
-    store.save_feedback(row["taskid"], values, state)
-    return values
-
-
-def read_feedback(
-    path: str | os.PathLike[str], saved_state: bytes | None, *, final: bool = False
-) -> tuple[dict[str, str], bytes]:
-    """Resume reading a feedback file where `saved_state` stopped; returns values and new state.
-
-    What the reader had to skip (an over-long line, a FIFO or device in the file's place) is
-    logged as a warning, so the user hears of it while the values still print. A saved state
-    that cannot be restored is dropped and the file read from its start.
-    """
-    try:
-        state = ReaderState.from_json(saved_state) if saved_state else None
-    except InvalidReaderState as error:
-        log.warning("%s: %s; reading from the start", path, error)
-        state = None
-    reader = FeedbackReader(path, state=state)
-    values = reader.poll(final=final)
-    for warning in reader.warnings:
-        log.warning("%s", warning)
-    return values, reader.state.to_json()
+    else:
+        reason = f"supervisor (pid {pid}) vanished"
+    if owner_of(row) is None:
+        reason += "; recorded without a task token, so no process was looked for"
+    return reason
 
 
 def current_feedback(store: Store, taskid: int) -> dict[str, str]:
-    """The task's feedback now: parsed incrementally while it runs, from history once ended."""
+    """The task's feedback now: as its supervisor last published it, from history once ended.
+
+    The file itself is never opened here: its path comes from the database, which anyone
+    able to write it could point at any file.
+    """
     row = live_task(store, taskid)
     if row is None:
         return _final_feedback(store, taskid)
@@ -188,7 +178,7 @@ def current_feedback(store: Store, taskid: int) -> dict[str, str]:
     if not row["feedback"]:
         raise NoFeedback(f"task {taskid} does not write feedback")
     try:
-        return _poll_feedback(store, row)
+        return store.load_feedback(taskid)
     except UnknownTask:
         return _final_feedback(store, taskid)  # archived while we read: history has the end
 
@@ -213,7 +203,7 @@ def describe(store: Store, taskid: int) -> dict[str, Any]:
     if row is None:
         return {"state": "finished", **_history_or_unknown(store, taskid)}
     if row["feedback"] and row["status"] != Status.RESERVED:
-        row["feedback_values"] = _poll_feedback(store, row)
+        row["feedback_values"] = store.load_feedback(taskid)
     return {"state": "live", **row}
 
 
@@ -233,10 +223,16 @@ def request_stop(store: Store, taskid: int, who: str) -> dict[str, Any] | None:
         raise ForeignTask(f"task {taskid} runs on host {row.get('host')!r}: stop it from there")
     store.request_kill(taskid, who)
     if is_ghost(row):
+        if not _may_clean_up(row):
+            owner = user_name(row["uid"])
+            who = owner if row["uid"] == 0 else f"{owner} or root"
+            raise NotYourTask(
+                f"task {taskid}: its supervisor is gone and its processes belong to "
+                f"{owner}: only {who} can stop them (twctl update)"
+            )
         return _archive_lost(store, row, LOST_GRACE)
-    supervisor = supervisor_of(row)
-    if supervisor is not None:
-        process.signal_identity(supervisor, signal.SIGUSR1)
+    if row.get("token_hash"):
+        wakeup.wake(row["token_hash"])
     return None
 
 

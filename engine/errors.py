@@ -40,3 +40,15 @@ class LaunchError(TaskwatcherError):
 
 class InvalidRequest(TaskwatcherError, ValueError):
     """The request cannot mean anything, e.g. a unique reservation without a name."""
+
+
+class ReservationRequired(TaskwatcherError):
+    """A task that writes feedback must be launched with a reserved task id."""
+
+
+class FeedpathMissing(TaskwatcherError, FileNotFoundError):
+    """The feedback folder given for a task does not exist."""
+
+
+class FeedpathUnusable(TaskwatcherError):
+    """The feedback folder or file cannot be made, or another user could tamper with it."""

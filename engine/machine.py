@@ -181,10 +181,14 @@ class TaskState:
         """When the grade next changes if no heartbeat comes, so the supervisor can sleep till then.
 
         None when nothing will change: not started, already final or timed out, or no timeout.
+        `now` itself when a grade was crossed since the last tick, which is then overdue (the
+        supervisor was busy past the crossing): a grade is never skipped.
         """
         if self.state not in STARTED_STATUSES or self.timeout is None:
             return None
         current = self.grade(now)
+        if current is not self.state:
+            return now
         for threshold, _ in THRESHOLDS:
             crossing = self._crossing(threshold)
             if crossing > now and self.grade(crossing) is not current:

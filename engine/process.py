@@ -36,6 +36,7 @@ __all__ = [
     "ChildWatch",
     "LaunchError",
     "ProcessIdentity",
+    "StopResult",
     "become_subreaper",
     "exit_status_to_code",
     "identity_of",
@@ -52,6 +53,18 @@ __all__ = [
 CREATE_TIME_TOLERANCE = 0.01
 #: Longest pause between two checks while waiting for processes to go.
 MAX_POLL_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """How stopping a task's processes went: the last signal needed, and who refused it.
+
+    `denied` lists the pids the kernel would not let the caller signal (a process that became
+    root through sudo, or another user's): they may still run, and the caller says so.
+    """
+
+    last_signal: str
+    denied: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,26 +151,27 @@ def terminate_task(
     first: int = signal.SIGTERM,
     *,
     adopter: int | None = None,
-) -> str:
+) -> StopResult:
     """Stop every remnant of the task: `first`, up to grace seconds, then SIGKILL for the rest.
 
-    Returns the name of the last signal needed ('SIGTERM' or 'SIGKILL' with the default
-    first); a task with nothing left counts as stopped by `first`. The remnants are listed
-    before any signal, so descendants are known before they get re-parented; the group is
-    signalled with one killpg(), which also reaches members forked since the listing.
-    Waiting ends after grace even for processes that cannot die (uninterruptible sleep).
-    The leader is never reaped here (see the module docstring); other exited children of
-    the caller among the remnants (orphans adopted by a subreaper) are.
+    The result names the last signal needed ('SIGTERM' or 'SIGKILL' with the default first);
+    a task with nothing left counts as stopped by `first`. The remnants are listed before any
+    signal, so descendants are known before they get re-parented; the group is signalled with
+    one killpg(), which also reaches members forked since the listing. A process the kernel
+    will not let us signal is reported in `denied` and not waited for; waiting ends after
+    grace even for processes that cannot die (uninterruptible sleep). The leader is never
+    reaped here (see the module docstring); other exited children of the caller among the
+    remnants (orphans adopted by a subreaper) are.
     """
     snapshot = _snapshot(leader, pgid, adopter)
-    _send(snapshot, first)
-    survivors = _wait_gone(snapshot.processes, grace, leader.pid)
+    denied = _send(snapshot, first)
+    survivors = _wait_gone(_without(snapshot.processes, denied), grace, leader.pid)
     rest = _snapshot(leader, pgid, adopter).including(survivors)
-    if not rest.processes:
-        return signal_name(first)
-    _send(rest, signal.SIGKILL)
-    _wait_gone(rest.processes, grace, leader.pid)
-    return signal_name(signal.SIGKILL)
+    if not _without(rest.processes, denied):
+        return StopResult(signal_name(first), tuple(sorted(denied)))
+    denied |= _send(rest, signal.SIGKILL, each=True)
+    _wait_gone(_without(rest.processes, denied), grace, leader.pid)
+    return StopResult(signal_name(signal.SIGKILL), tuple(sorted(denied)))
 
 
 def reap_adopted(keep: Collection[int] = ()) -> list[int]:
@@ -281,16 +295,31 @@ def _lookup(pids: Iterable[int]) -> list[psutil.Process]:
     return processes
 
 
-def _send(snapshot: _Snapshot, sig: int) -> None:
-    """killpg the group when that is safe; every other process individually, identity-checked."""
+def _send(snapshot: _Snapshot, sig: int, *, each: bool = False) -> set[int]:
+    """killpg the group when that is safe, every other process individually, identity-checked.
+
+    With `each`, the members are signalled one by one as well, so that one the kernel refuses
+    is known by pid. Returns the pids that refused.
+    """
     individually = snapshot.processes
     if snapshot.group is not None:
-        with suppress(ProcessLookupError):
+        with suppress(ProcessLookupError, PermissionError):  # EPERM: no member could be reached
             os.killpg(snapshot.group, sig)
-        individually = snapshot.outsiders
+        if not each:
+            individually = snapshot.outsiders
+    denied = set()
     for process in individually:
-        with suppress(psutil.NoSuchProcess):
+        try:
             signal_identity(ProcessIdentity.of(process), sig)
+        except psutil.NoSuchProcess:
+            continue
+        except PermissionError:
+            denied.add(process.pid)
+    return denied
+
+
+def _without(processes: list[psutil.Process], pids: Collection[int]) -> list[psutil.Process]:
+    return [process for process in processes if process.pid not in pids]
 
 
 def _wait_gone(

@@ -43,6 +43,8 @@ def task_record(row: sqlite3.Row, now: float) -> dict[str, Any]:
         "command": decode_command(row["command"]),
         "kill_request": row["kill_request"],
         "kill_requested_at": row["kill_requested_at"],
+        "uid": row["uid"],
+        "token_hash": row["token_hash"],
     }
 
 

@@ -88,8 +88,17 @@ _CREATE_V1 = (
     "CREATE INDEX history_outcome_end ON history (outcome, endtime)",
 )
 
+#: Version 2: what proves a process is the task's (its token's digest) and whose task it is;
+#: feedback is published by the supervisor alone.
+_OWNERSHIP_V2 = (
+    "ALTER TABLE tasks ADD COLUMN token_hash TEXT",  # SHA-256 of the child's TASKWATCHER_TOKEN
+    "ALTER TABLE tasks ADD COLUMN uid INTEGER",  # the supervisor's user id
+    # Only the supervisor reads a feedback file now, keeping its reader in memory.
+    "ALTER TABLE feedbacks DROP COLUMN reader_state",
+)
+
 #: MIGRATIONS[n] upgrades a database from version n to n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_CREATE_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_CREATE_V1, _OWNERSHIP_V2)
 LATEST_VERSION = len(MIGRATIONS)
 TABLES = ("tasks", "feedbacks", "history")
 

@@ -135,6 +135,8 @@ class Store:
         has_feedback: bool = False,
         feedpath: str | Path | None = None,
         command: Sequence[str] | None = None,
+        token_hash: str | None = None,
+        uid: int | None = None,
     ) -> None:
         """Claim a reservation for a launched process: RESERVED -> RUNNING, exactly once.
 
@@ -152,6 +154,8 @@ class Store:
                 "feedback": has_feedback,
                 "feedpath": None if feedpath is None else str(feedpath),
                 "command": encode_command(command),
+                "token_hash": token_hash,
+                "uid": uid,
                 "starttime": now,
                 "lastupdate": now,
             }
@@ -181,9 +185,17 @@ class Store:
             )
         self._update_started(taskid, "status = ?", status)
 
-    def record_heartbeat(self, taskid: int, when: float) -> None:
-        """Remember the latest feedback-file change; the timer counts from it (never backwards)."""
-        self._update_started(taskid, "heartbeat = max(coalesce(heartbeat, ?), ?)", when, when)
+    def record_heartbeat(
+        self, taskid: int, when: float, feedback: dict[str, Any] | None = None
+    ) -> None:
+        """Remember the latest feedback-file change (the timer counts from it, never backwards)
+        and, when given, the values the supervisor parsed from the file, in one transaction."""
+        with self._write() as now:
+            self._touch_started(
+                taskid, now, "heartbeat = max(coalesce(heartbeat, ?), ?)", when, when
+            )
+            if feedback is not None:
+                self._put_feedback(taskid, feedback, now)
 
     def request_kill(self, taskid: int, requester: str) -> Record:
         """Ask the task's supervisor to kill it; the first requester is the one remembered."""
@@ -243,18 +255,11 @@ class Store:
                 killed_by=row["kill_request"],
             )
 
-    def save_feedback(
-        self, taskid: int, feedback: dict[str, Any], reader_state: bytes | None
-    ) -> None:
-        """Keep the parsed feedback and where the reader stopped, so the next read resumes."""
+    def save_feedback(self, taskid: int, feedback: dict[str, Any]) -> None:
+        """Publish a live task's feedback, as its supervisor parsed it, for every reader."""
         with self._write() as now:
             self._live_row(taskid)
-            self._execute(
-                "INSERT INTO feedbacks (id, feedback, lastupdate, reader_state) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET feedback = excluded.feedback,"
-                " lastupdate = excluded.lastupdate, reader_state = excluded.reader_state",
-                (taskid, orjson.dumps(feedback), now, reader_state),
-            )
+            self._put_feedback(taskid, feedback, now)
 
     def clear_history(self, before: float | None = None) -> int:
         """Delete history rows that ended before `before` (all without it); returns how many."""
@@ -311,18 +316,16 @@ class Store:
         row = self._row("SELECT * FROM history WHERE taskid = ?", (taskid,))
         return None if row is None else history_record(row)
 
-    def load_feedback(self, taskid: int) -> tuple[dict[str, Any], bytes | None]:
-        """The live task's last saved feedback and reader state ({} and None before any)."""
-        row = self._row(
-            "SELECT f.feedback, f.reader_state FROM tasks AS t"
-            " LEFT JOIN feedbacks AS f ON f.id = t.id WHERE t.id = ?",
-            (taskid,),
-        )
-        if row is None:
+    def load_feedback(self, taskid: int) -> dict[str, Any]:
+        """The live task's feedback as its supervisor last published it ({} before any)."""
+        if self._row("SELECT id FROM tasks WHERE id = ?", (taskid,)) is None:
             raise self._unknown(taskid)
-        if row["feedback"] is None:
-            return {}, None
-        return orjson.loads(row["feedback"]), row["reader_state"]
+        return self._saved_feedback(taskid) or {}
+
+    def live_feedback(self) -> dict[int, dict[str, Any]]:
+        """The published feedback of every live task that has some, by task id."""
+        rows = self._rows("SELECT id, feedback FROM feedbacks")
+        return {row["id"]: orjson.loads(row["feedback"]) for row in rows}
 
     def live_count(self) -> int:
         return self._rows("SELECT count(*) FROM tasks")[0][0]
@@ -402,8 +405,8 @@ class Store:
     ) -> Record:
         """Copy a live row to history with how it ended, then delete it and its feedback."""
         taskid = row["id"]
-        if feedback is None and row["feedback"]:  # a task without feedback keeps null
-            feedback, _ = self.load_feedback(taskid)
+        if feedback is None:  # null for a task that published none
+            feedback = self._saved_feedback(taskid)
         starttime = row["starttime"]
         kept = ("info1", "info2", "info3", "reservetime", "host", "pid", "timeout", "command")
         historyid = self._insert(
@@ -439,15 +442,30 @@ class Store:
         return cursor.lastrowid
 
     def _update_started(self, taskid: int, assignment: str, *values: Any) -> None:
-        """Update one started task; a reservation or an unknown id is refused."""
+        """Update one started task in a transaction of its own."""
         with self._write() as now:
-            cursor = self._execute(
-                f"UPDATE tasks SET {assignment}, lastupdate = ?"
-                " WHERE id = ? AND status != 'RESERVED'",
-                (*values, now, taskid),
-            )
-            if cursor.rowcount == 0:
-                raise self._not_started(taskid, "start it first")
+            self._touch_started(taskid, now, assignment, *values)
+
+    def _touch_started(self, taskid: int, now: float, assignment: str, *values: Any) -> None:
+        """Update one started task; a reservation or an unknown id is refused."""
+        cursor = self._execute(
+            f"UPDATE tasks SET {assignment}, lastupdate = ? WHERE id = ? AND status != 'RESERVED'",
+            (*values, now, taskid),
+        )
+        if cursor.rowcount == 0:
+            raise self._not_started(taskid, "start it first")
+
+    def _put_feedback(self, taskid: int, feedback: dict[str, Any], now: float) -> None:
+        self._execute(
+            "INSERT INTO feedbacks (id, feedback, lastupdate) VALUES (?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET feedback = excluded.feedback,"
+            " lastupdate = excluded.lastupdate",
+            (taskid, orjson.dumps(feedback), now),
+        )
+
+    def _saved_feedback(self, taskid: int) -> dict[str, Any] | None:
+        row = self._row("SELECT feedback FROM feedbacks WHERE id = ?", (taskid,))
+        return None if row is None else orjson.loads(row["feedback"])
 
     def _check_name_free(
         self, name: str | None, *, unique: bool, other_than: int | None = None

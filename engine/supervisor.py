@@ -18,21 +18,33 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from taskwatcher.engine import process
-from taskwatcher.engine.control import read_feedback
-from taskwatcher.engine.errors import NotReserved, StoreError, UnknownTask
+from taskwatcher.engine import ownership, process
+from taskwatcher.engine.errors import (
+    FeedpathUnusable,
+    NotReserved,
+    ReservationRequired,
+    StoreError,
+    UnknownTask,
+)
+from taskwatcher.engine.feedbackfile import (
+    FEEDBACK_FLAG,
+    FeedbackFile,
+    default_folder,
+    feedback_elsewhere,
+    feedback_name,
+    given_folder,
+)
 from taskwatcher.engine.location import default_feedpath
 from taskwatcher.engine.machine import Status, TaskState, release
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox, watched_stop_signals
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED, StopReason, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.taskrow import TaskRow, archive
-from taskwatcher.grammar.errors import TaskwatcherError
+from taskwatcher.engine.wakeup import WakeSocket
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +52,6 @@ log = logging.getLogger(__name__)
 DEFAULT_GRACE = 5.0
 #: The feedback file's mtime is read at least this often; also the cap on heartbeat row writes.
 HEARTBEAT_CHECK_INTERVAL = 1.0
-#: The argv marker by which the spec recognises a program that writes feedback.
-FEEDBACK_FLAG = "--feedback"
-
-
-class ReservationRequired(TaskwatcherError):
-    """A task that writes feedback must be launched with a reserved --taskid."""
-
-
-class FeedpathMissing(TaskwatcherError, FileNotFoundError):
-    """The --feedpath folder does not exist."""
-
-
-class FeedpathUnusable(TaskwatcherError):
-    """The feedback folder cannot be created, or a leftover feedback file cannot be removed."""
 
 
 @dataclass(frozen=True)
@@ -94,24 +92,36 @@ class _Watch:
     """
 
     row: TaskRow
-    feedback_file: Path
+    feedback: FeedbackFile
+    reads_feedback: bool
+    wake: WakeSocket
     state: TaskState
     wall: Callable[[], float]
     monotonic: Callable[[], float]
     heartbeat: float | None = None  # the last mtime seen, unix seconds
-    heartbeat_written: float | None = None
+    last_look: float | None = None  # when the file was last stat'ed
+    heartbeat_recorded: float | None = None  # the mtime last written to the row
+    last_write: float | None = None  # when the heartbeat was last written
+    unpublished: dict[str, str] | None = None  # values parsed but not yet in the database
     last_request_check: float | None = None
     stop: StopReason | None = None
 
 
-def heartbeat_on_monotonic(mtime: float, wall_now: float, mono_now: float) -> float:
+def heartbeat_on_monotonic(
+    mtime: float,
+    wall_now: float,
+    mono_now: float,
+    since_last_look: float = HEARTBEAT_CHECK_INTERVAL,
+) -> float:
     """Place a newly seen feedback mtime on the monotonic timeline the deadlines use.
 
-    The file is stat'ed at least once per HEARTBEAT_CHECK_INTERVAL, so a genuine new write is
-    at most that old when first seen; clamping its apparent age to that bounds what a step of
-    the wall clock or an mtime in the future can do: neither kills nor shields a task.
+    A new write happened after the previous look at the file, so when first seen it is at
+    most that old: normally HEARTBEAT_CHECK_INTERVAL, longer after a pause of the supervisor
+    (SIGSTOP, a suspended machine). Clamping its apparent age to that bounds what a step of
+    the wall clock or an mtime in the future can do: neither kills nor shields a task, and a
+    write made long ago during a pause is judged by its real age.
     """
-    age = min(max(wall_now - mtime, 0.0), HEARTBEAT_CHECK_INTERVAL)
+    age = min(max(wall_now - mtime, 0.0), max(since_last_look, HEARTBEAT_CHECK_INTERVAL))
     return mono_now - age
 
 
@@ -131,37 +141,56 @@ def run_task(
     """
     reservation = _find_reservation(store, request)
     taskid = reservation.taskid
-    with SignalInbox([*watched_stop_signals(), KILL_REQUEST_SIGNAL]) as inbox:
-        row, feedback_file = _claim(store, request, reservation)
-        if request.expects_feedback:
-            _clear_leftover(row, feedback_file)
+    token = ownership.new_token()
+    with (
+        SignalInbox([*watched_stop_signals(), KILL_REQUEST_SIGNAL]) as inbox,
+        WakeSocket(ownership.token_digest(token)) as wake,
+    ):
+        row, feedback_file = _claim(store, request, reservation, token)
+        feedback = FeedbackFile(feedback_file)
+        _make_feedback_file(row, request, feedback)
         if warning := feedback_elsewhere(request.argv, feedback_file):
             log.warning("%s", warning)
         try:
-            child = process.spawn(request.argv, _child_env(request, taskid, feedback_file))
+            child = process.spawn(request.argv, _child_env(request, taskid, feedback_file, token))
         except process.LaunchError as error:
             archive(store, TaskEnd(taskid, Status.FAILED, error.exit_code, None, str(error)), None)
             raise
         leader = process.identity_of(child.pid)
         row.write(store.set_child, child.pid, leader and leader.create_time, child.pid)
         health = TaskState(taskid, request.heartbeat_timeout, request.expects_feedback)
-        watch = _Watch(row, feedback_file, health, clock, monotonic)
+        watch = _Watch(row, feedback, request.expects_feedback, wake, health, clock, monotonic)
         watch.state.start(monotonic())
         try:
             _supervise(child, inbox, watch)
         finally:  # whatever went wrong, none of the task's processes outlive supervision
-            last_signal = _stop_everything(child, leader, watch, request.grace)
+            stopped = _stop_everything(child, leader, watch, request.grace)
             release(watch.state)
         ended_at = clock()
         # Still inside the inbox: a stop or kill request that comes now, too late to matter,
         # must not kill twrun before the end it saw is recorded.
-        end = end_of_task(taskid, watch.stop, child.returncode, last_signal)
-        end = dataclasses.replace(end, endtime=ended_at)
-        feedback = _final_feedback(row, feedback_file) if request.expects_feedback else None
-        row.archive(end, feedback)  # when this fails the feedback file stays: all that is left
+        end = end_of_task(taskid, watch.stop, child.returncode, _last_signal(stopped, watch))
+        end = dataclasses.replace(end, endtime=ended_at, termerror=_with_denied(end, stopped))
+        final = feedback.final() if request.expects_feedback else None
+        row.archive(end, final)  # when this fails the feedback file stays: all that is left
     if not request.keep_feedback:
-        _remove(feedback_file)
+        feedback.remove()
     return end
+
+
+def _last_signal(stopped: process.StopResult | None, watch: _Watch) -> str | None:
+    """The signal history names for a task stopped on purpose; None for one that just ended."""
+    return stopped.last_signal if stopped is not None and watch.stop is not None else None
+
+
+def _with_denied(end: TaskEnd, stopped: process.StopResult | None) -> str | None:
+    """termerror, plus the processes of the task that could not be stopped, if any."""
+    if stopped is None or not stopped.denied:
+        return end.termerror
+    listed = ", ".join(map(str, stopped.denied))
+    log.warning("task %s: could not stop pid %s (permission denied)", end.taskid, listed)
+    note = f"could not stop pid {listed} (permission denied)"
+    return f"{end.termerror}; {note}" if end.termerror else note
 
 
 class _Reservation(NamedTuple):
@@ -194,17 +223,19 @@ def _find_reservation(store: Store, request: LaunchRequest) -> _Reservation:
     return _Reservation(request.taskid, request.name or row["name"] or name, made_here=False)
 
 
-def _claim(store: Store, request: LaunchRequest, reservation: _Reservation) -> tuple[TaskRow, Path]:
+def _claim(
+    store: Store, request: LaunchRequest, reservation: _Reservation, token: str
+) -> tuple[TaskRow, Path]:
     """Everything before the launch that may fail, ending with the claim of the reservation.
 
     A reservation twrun made itself is cancelled when this fails, so a run that launched
     nothing leaves nothing RESERVED behind; one the user made stays theirs to retry.
     """
     try:
-        feedback_file = _feedback_file(store, request, reservation.taskid)
+        feedback_file = _feedback_folder(store, request) / feedback_name(reservation.taskid)
         row = TaskRow(store, reservation.taskid, process.identity_of(os.getpid()))
         process.become_subreaper()
-        _claim_start(row, request, reservation.name, feedback_file)
+        _claim_start(row, request, reservation.name, feedback_file, token)
     except BaseException as error:
         if reservation.made_here:
             _cancel_reservation(store, reservation.taskid, str(error) or type(error).__name__)
@@ -220,93 +251,55 @@ def _cancel_reservation(store: Store, taskid: int, reason: str) -> None:
         log.warning("task %s: cannot cancel its reservation: %s", taskid, error)
 
 
-def _feedback_file(store: Store, request: LaunchRequest, taskid: int) -> Path:
-    """`FEEDPATH/feedback_<taskid>.log`: the only path twrun derives, from an integer id.
+def _feedback_folder(store: Store, request: LaunchRequest) -> Path:
+    """The folder of the task's feedback file: given, or the one beside the database.
 
     The default folder is required only for a task that writes feedback: for one that does
     not it is made when it can be (its program may still use $TASKWATCHER_FEEDBACK), but a
     folder it never needs must not stop it.
     """
     if request.feedpath is not None:
-        folder = request.feedpath.absolute()
-        if not folder.is_dir():
-            raise FeedpathMissing(f"feedback folder {folder} does not exist")
-        return folder / f"feedback_{int(taskid)}.log"
-    folder = default_feedpath(store.path)
+        return given_folder(request.feedpath)
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as error:
-        message = f"cannot create the feedback folder {folder}: {error.strerror}"
+        return default_folder(default_feedpath(store.path))
+    except FeedpathUnusable as error:
         if request.expects_feedback:
-            raise FeedpathUnusable(message) from None
-        log.info("%s (the task writes no feedback)", message)
-    return folder / f"feedback_{int(taskid)}.log"
+            raise
+        log.info("%s (the task writes no feedback)", error)
+        return default_feedpath(store.path)
 
 
-def _clear_leftover(row: TaskRow, feedback_file: Path) -> None:
-    """Remove an old file that would pose as a heartbeat, once the claim made the id ours.
+def _make_feedback_file(row: TaskRow, request: LaunchRequest, feedback: FeedbackFile) -> None:
+    """Create the file once the claim made the id ours, before anything is launched.
 
     Before the claim the file may be the live one of a twrun that won the same id. When it
-    cannot be removed the claimed task ends FAILED in history, with nothing launched.
+    cannot be made, a task that writes feedback ends FAILED in history, with nothing launched.
     """
     try:
-        feedback_file.unlink(missing_ok=True)
-    except OSError as error:
-        reason = f"cannot remove the old feedback file {feedback_file}: {error.strerror}"
-        archive(
-            row.store, TaskEnd(row.taskid, Status.FAILED, SUPERVISOR_FAILED, None, reason), None
-        )
-        raise FeedpathUnusable(reason) from None
-
-
-def feedback_elsewhere(argv: Sequence[str], feedback_file: Path) -> str | None:
-    """The warning for a command told (`--feedback X`) to write where twrun does not look.
-
-    Such a task is healthy but times out. Only an X named like the watched file counts: a
-    value of another name may be no path at all (`--feedback` is also a bare marker). X is
-    compared by path arithmetic against the working directory only: a path from the command
-    line never reaches the filesystem.
-    """
-    target = _feedback_argument(argv)
-    if not target or Path(target).name != feedback_file.name:
-        return None
-    written = Path(target).absolute()
-    if written == feedback_file.absolute():
-        return None
-    return (
-        f"the command writes its feedback to {target}, but twrun watches {feedback_file}: "
-        f"pass --feedpath {written.parent} or have it write to $TASKWATCHER_FEEDBACK"
-    )
-
-
-def _feedback_argument(argv: Sequence[str]) -> str | None:
-    """X of the first `--feedback X` or `--feedback=X`; None for a bare flag."""
-    for index, arg in enumerate(argv):
-        if arg.startswith(FEEDBACK_FLAG + "="):
-            return arg.removeprefix(FEEDBACK_FLAG + "=")
-        if arg == FEEDBACK_FLAG:
-            following = argv[index + 1] if index + 1 < len(argv) else ""
-            return None if following.startswith("-") else following
-    return None
-
-
-def _remove(feedback_file: Path) -> None:
-    """Tidy up after the task; failing to is worth a warning, not a failed task."""
-    try:
-        feedback_file.unlink()
-    except (FileNotFoundError, NotADirectoryError):
-        pass  # nothing to remove; a task without feedback may not even have the folder
-    except OSError as error:
-        log.warning("cannot remove the feedback file %s: %s", feedback_file, error.strerror)
+        feedback.create()
+    except FeedpathUnusable as error:
+        if not request.expects_feedback:
+            log.info("%s (the task writes no feedback)", error)
+            return
+        end = TaskEnd(row.taskid, Status.FAILED, SUPERVISOR_FAILED, None, str(error))
+        archive(row.store, end, None)
+        raise
 
 
 def _default_name(argv: Sequence[str]) -> str:
     return os.path.basename(argv[0]) if argv else "task"
 
 
-def _child_env(request: LaunchRequest, taskid: int, feedback_file: Path) -> dict[str, str]:
-    """The parent's environment plus where and how often the task should report."""
+def _child_env(
+    request: LaunchRequest, taskid: int, feedback_file: Path, token: str
+) -> dict[str, str]:
+    """The parent's environment plus where and how often the task should report.
+
+    The token is how every process of the task is recognised later, even after a crash of
+    this supervisor (see `ownership`).
+    """
     env = dict(os.environ)
+    env[ownership.TOKEN_VARIABLE] = token
     env["TASKWATCHER_TASKID"] = str(taskid)
     env["TASKWATCHER_FEEDBACK"] = str(feedback_file)
     timeout = request.heartbeat_timeout
@@ -314,7 +307,9 @@ def _child_env(request: LaunchRequest, taskid: int, feedback_file: Path) -> dict
     return env
 
 
-def _claim_start(row: TaskRow, request: LaunchRequest, name: str, feedback_file: Path) -> None:
+def _claim_start(
+    row: TaskRow, request: LaunchRequest, name: str, feedback_file: Path, token: str
+) -> None:
     """Mark the reservation RUNNING under this supervisor before anything is launched.
 
     Claiming first means a supervisor that dies between launch and record still leaves a
@@ -334,6 +329,8 @@ def _claim_start(row: TaskRow, request: LaunchRequest, name: str, feedback_file:
         has_feedback=request.expects_feedback,
         feedpath=str(feedback_file),
         command=list(request.argv),
+        token_hash=ownership.token_digest(token),
+        uid=os.geteuid(),
     )
 
 
@@ -343,6 +340,7 @@ def _supervise(child: subprocess.Popen, inbox: SignalInbox, watch: _Watch) -> No
     with process.ChildWatch(child) as child_watch:
         poller.register(child_watch, select.POLLIN)
         poller.register(inbox.fileno, select.POLLIN)
+        poller.register(watch.wake, select.POLLIN)
         while watch.stop is None:
             now = watch.monotonic()
             deadline = watch.state.next_deadline(now)
@@ -351,6 +349,8 @@ def _supervise(child: subprocess.Popen, inbox: SignalInbox, watch: _Watch) -> No
             if child.poll() is not None:
                 return
             process.reap_adopted(keep={child.pid})
+            if watch.wake.drain():
+                watch.last_request_check = None
             _read_signals(inbox, watch)
             _grade_heartbeat(watch)
             _check_kill_request(watch)
@@ -365,16 +365,21 @@ def _read_signals(inbox: SignalInbox, watch: _Watch) -> None:
 
 
 def _grade_heartbeat(watch: _Watch) -> None:
-    """Move the health state from the file's mtime; write the row only when something changed."""
-    try:
-        mtime = os.stat(watch.feedback_file).st_mtime
-    except OSError:
-        mtime = None  # a missing or deleted file is no heartbeat
-    previous = watch.state.state
+    """Move the health state from the file's mtime; write the row only when something changed.
+
+    The file is read when it changed, and its values published with the heartbeat, at most
+    once per HEARTBEAT_CHECK_INTERVAL.
+    """
     now = watch.monotonic()
+    since_last_look = HEARTBEAT_CHECK_INTERVAL if watch.last_look is None else now - watch.last_look
+    watch.last_look = now
+    mtime = watch.feedback.mtime()  # a missing or deleted file is no heartbeat
+    previous = watch.state.state
     if mtime is not None and mtime != watch.heartbeat:
         watch.heartbeat = mtime
-        watch.state.heartbeat(heartbeat_on_monotonic(mtime, watch.wall(), now))
+        watch.state.heartbeat(heartbeat_on_monotonic(mtime, watch.wall(), now, since_last_look))
+    if watch.reads_feedback and (values := watch.feedback.changes(watch.wall())) is not None:
+        watch.unpublished = values
     watch.state.tick(now)
     if watch.state.state == Status.TIMEOUT:
         watch.stop = StopReason.timeout(watch.state.timeout)
@@ -382,12 +387,13 @@ def _grade_heartbeat(watch: _Watch) -> None:
     store = watch.row.store
     if watch.state.state != previous:
         watch.row.write(store.set_status, watch.state.state)
-    due = (
-        watch.heartbeat_written is None or now - watch.heartbeat_written >= HEARTBEAT_CHECK_INTERVAL
-    )
-    if watch.heartbeat is not None and watch.heartbeat != watch.heartbeat_written and due:
-        watch.row.write(store.record_heartbeat, watch.heartbeat)
-        watch.heartbeat_written = now
+    due = watch.last_write is None or now - watch.last_write >= HEARTBEAT_CHECK_INTERVAL
+    news = watch.heartbeat != watch.heartbeat_recorded or watch.unpublished is not None
+    if watch.heartbeat is not None and news and due:
+        watch.row.write(store.record_heartbeat, watch.heartbeat, watch.unpublished)
+        watch.heartbeat_recorded = watch.heartbeat
+        watch.last_write = now
+        watch.unpublished = None
 
 
 def _check_kill_request(watch: _Watch) -> None:
@@ -402,28 +408,20 @@ def _check_kill_request(watch: _Watch) -> None:
         watch.stop = StopReason.requested(row["kill_request"])
 
 
-def _stop_everything(child, leader, watch: _Watch, grace: float) -> str | None:
-    """Stop the task when asked, and in every case leave none of its processes behind."""
-    last_signal = None
+def _stop_everything(
+    child: subprocess.Popen, leader: process.ProcessIdentity | None, watch: _Watch, grace: float
+) -> process.StopResult | None:
+    """Stop the task when asked, and in every case leave none of its processes behind.
+
+    Returns how stopping went, or None when nothing was left to stop.
+    """
+    stopped = None
     if leader is not None:
         first = watch.stop.first_signal if watch.stop else signal.SIGTERM
         if watch.stop is not None or process.remnants(leader, child.pid, adopter=os.getpid()):
-            last_signal = process.terminate_task(
+            stopped = process.terminate_task(
                 leader, child.pid, grace=grace, first=first, adopter=os.getpid()
             )
     child.wait()
     process.reap_adopted()
-    return last_signal if watch.stop else None
-
-
-def _final_feedback(row: TaskRow, feedback_file: Path) -> dict[str, str]:
-    """The feedback as the file stood at the end, continuing from twctl's saved reader state.
-
-    Without a saved state (none yet, or the row is no longer ours) the whole file is read.
-    """
-    saved_state = None
-    if row.current() is not None:
-        with suppress(StoreError, UnknownTask):
-            _, saved_state = row.store.load_feedback(row.taskid)
-    values, _ = read_feedback(feedback_file, saved_state, final=True)
-    return values
+    return stopped

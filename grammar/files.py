@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -39,13 +40,21 @@ class OpenedFile:
             yield data
 
 
-def open_regular(path: str | os.PathLike[str]) -> OpenedFile:
+def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> OpenedFile:
     """Open for reading; a FIFO or device opens without blocking and is refused after fstat.
 
-    Raises OSError (FileNotFoundError, PermissionError, ...) or NotARegularFile; callers show
-    `error.strerror or error` after the path.
+    Without `follow_symlinks`, a symbolic link in the file's place is refused too (a planted
+    link must not make a supervisor read another file). Raises OSError (FileNotFoundError,
+    PermissionError, ...) or NotARegularFile; callers show `error.strerror or error` after
+    the path.
     """
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as error:
+        if error.errno == errno.ELOOP and not follow_symlinks:
+            raise NotARegularFile("a symbolic link, not read") from None
+        raise
     try:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):

@@ -99,9 +99,11 @@ class FeedbackReader:
         state: ReaderState | None = None,
         *,
         chunk_size: int = READ_CHUNK,
+        follow_symlinks: bool = True,
     ) -> None:
         self.path = os.fspath(path)
         self.chunk_size = chunk_size
+        self.follow_symlinks = follow_symlinks
         self.warnings: list[str] = []
         self._hidden_warnings = 0
         self._restore(state or ReaderState())
@@ -130,7 +132,7 @@ class FeedbackReader:
         self.warnings = []
         self._hidden_warnings = 0
         try:
-            opened = open_regular(self.path)
+            opened = open_regular(self.path, follow_symlinks=self.follow_symlinks)
         except FileNotFoundError:
             self._restore(ReaderState())
             return {}

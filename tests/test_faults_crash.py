@@ -89,7 +89,7 @@ def test_archive_killed_at_every_statement_leaves_one_row(db_path: Path, tmp_pat
         def started_task() -> int:
             taskid = store.reserve("victim")
             store.start(taskid, pid=1, has_feedback=True)
-            store.save_feedback(taskid, {"step": "last"}, None)
+            store.save_feedback(taskid, {"step": "last"})
             return taskid
 
         def archive(taskid: int, kill_at: int) -> subprocess.CompletedProcess[str]:
@@ -112,7 +112,7 @@ def test_archive_killed_at_every_statement_leaves_one_row(db_path: Path, tmp_pat
         # Each task is still whole where it is: archiving it now completes it.
         for taskid in killed:
             if places(db_path, taskid) == (1, 0):
-                assert store.load_feedback(taskid)[0] == {"step": "last"}
+                assert store.load_feedback(taskid) == {"step": "last"}
                 store.archive(taskid, outcome="LOST")
             assert places(db_path, taskid) == (0, 1)
     assert query(db_path, "SELECT count(*) FROM feedbacks") == [(0,)]

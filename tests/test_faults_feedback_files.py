@@ -1,10 +1,10 @@
 """Hostile feedback files through the real commands: no hang, no traceback, bounded memory.
 
 The file a task reports in is written by the task, so it can hold anything, be swapped for a
-FIFO or a device, shrink, vanish. `twctl feedback` (and `show`, which reads the same way),
-`watch --once`, `twparse` and twrun's own final read must all come through: values where
-there are some, a warning on stderr where something had to be skipped (`twctl: warning:
-...`), exit 2 and one line from twparse for what is not a file at all.
+FIFO, a device or a symbolic link, shrink, vanish. Its one reader is the supervisor, which
+publishes the values for `twctl feedback`, `show` and `watch`; it and `twparse` must come
+through: values where there are some, a warning on stderr where something had to be skipped
+(`twrun: warning: ...`), exit 2 and one line from twparse for what is not a file at all.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -55,74 +56,99 @@ HOSTILE: dict[str, Callable[[Path], object]] = {
     "symlink to /dev/zero": lambda path: path.symlink_to("/dev/zero"),
     "FIFO": os.mkfifo,
 }
-NOT_A_FILE = {"symlink to /dev/zero", "FIFO"}
+#: What the supervisor says, once, of something that is not a regular file in the file's place.
+NOT_A_FILE = {
+    "symlink to /dev/zero": "a symbolic link, not read",
+    "FIFO": "not a regular file",
+}
+
+
+class HostileTask(NamedTuple):
+    db: Path
+    taskid: int
+    path: Path
+    supervisor_stderr: Path
 
 
 @pytest.fixture(scope="module")
-def task(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, Path]]:
-    """A running task whose feedback file the tests swap at will: (db, taskid, file)."""
+def task(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileTask]:
+    """A running task whose feedback file the tests swap at will; its supervisor's stderr."""
     folder = tmp_path_factory.mktemp("hostile")
     db = folder / "tasks.db"
     taskid = reserve(db, "--name", "hostile")
-    runner = twrun(
-        db, taskid, "--feedpath", folder, "--timeout", "600", "--grace", "1",
-        command=["sleep", "600"],
-    )  # fmt: skip
+    stderr = folder / "twrun.stderr"
+    with stderr.open("w") as errors:
+        runner = twrun(
+            db, taskid, "--feedpath", folder, "--timeout", "600", "--grace", "1",
+            command=["sleep", "600"], stderr=errors,
+        )  # fmt: skip
     wait_running(db, taskid)
-    yield db, taskid, folder / f"feedback_{taskid}.log"
+    yield HostileTask(db, taskid, folder / f"feedback_{taskid}.log", stderr)
     runner.send_signal(signal.SIGTERM)
     runner.communicate(timeout=20)
 
 
-def feedback(db: Path, taskid: int) -> tuple[dict[str, str], list[str]]:
-    """`twctl feedback`: its values, and its warnings, which must be all it says on stderr."""
+def feedback(db: Path, taskid: int) -> dict[str, str]:
+    """`twctl feedback`: the values the supervisor published; it never warns, it reads no file."""
     result = run_cli("twctl", "--db", db, "feedback", str(taskid), timeout=60)
-    assert result.returncode == 0, result.stderr
-    warnings = result.stderr.splitlines()
-    assert all(line.startswith("twctl: warning: ") for line in warnings), result.stderr
+    assert result.returncode == 0 and result.stderr == "", result.stderr
     values = json.loads(result.stdout)
     assert all(isinstance(v, str) for v in values.values())
-    return values, warnings
+    return values
+
+
+def published(db: Path, taskid: int, expected: dict[str, str]) -> None:
+    """Wait until the supervisor has published `expected` (it looks once a second)."""
+    wait_for(lambda: feedback(db, taskid) == expected)
+
+
+def supervisor_warnings(task: HostileTask) -> list[str]:
+    lines = task.supervisor_stderr.read_text().splitlines()
+    assert all(line.startswith("twrun: warning: ") for line in lines), lines
+    return lines
 
 
 @pytest.mark.parametrize("kind", HOSTILE)
-def test_hostile_file_through_every_reader(task: tuple[Path, int, Path], kind: str) -> None:
-    db, taskid, path = task
-    replace_with(path, HOSTILE[kind])
-    values, warnings = feedback(db, taskid)
+def test_hostile_file_through_every_reader(task: HostileTask, kind: str) -> None:
+    replace_with(task.path, lambda new: new.write_text("[before]1\n"))
+    published(task.db, task.taskid, {"before": "1"})
+    replace_with(task.path, HOSTILE[kind])
+    parsed = run_cli("twparse", task.path, timeout=60)
+    checked = run_cli("twparse", "--check", task.path, timeout=60)
     if kind in NOT_A_FILE:
-        assert warnings == [f"twctl: warning: {path}: not a regular file"]
-    assert "hostile" in twctl(db, "watch", "--once", timeout=60)
-    parsed = run_cli("twparse", path, timeout=60)
-    checked = run_cli("twparse", "--check", path, timeout=60)
-    if kind in NOT_A_FILE:
+        warning = f"twrun: warning: {task.path}: {NOT_A_FILE[kind]}"
+        wait_for(lambda: warning in supervisor_warnings(task))
+        assert feedback(task.db, task.taskid) == {"before": "1"}  # the last values read stay
+        assert "hostile" in twctl(task.db, "watch", "--once", timeout=60)
         for result in (parsed, checked):
             assert result.returncode == 2
             assert assert_one_line(result.stderr, "twparse: ").endswith("not a regular file")
         return
-    assert parsed.returncode == 0 and json.loads(parsed.stdout) == values
+    assert parsed.returncode == 0
+    values = json.loads(parsed.stdout)
+    wait_for(lambda: feedback(task.db, task.taskid) == values)
+    assert "hostile" in twctl(task.db, "watch", "--once", timeout=60)
     assert checked.returncode == 1 and "Traceback" not in checked.stderr
-    assert all(line.startswith(f"{path}:") for line in checked.stdout.splitlines())
+    assert all(line.startswith(f"{task.path}:") for line in checked.stdout.splitlines())
     if kind == "invalid UTF-8":
         assert values == {"a": "ok", "d": "fine"}
         assert [line.split(":")[1] for line in checked.stdout.splitlines()] == ["2", "3"]
     if kind == "NUL bytes":
         assert values["b"] == "ok"
-        assert checked.stdout.startswith(f"{path}:2:1: ")
+        assert checked.stdout.startswith(f"{task.path}:2:1: ")
 
 
-def test_50_mb_line_is_skipped_in_bounded_memory(task: tuple[Path, int, Path]) -> None:
+def test_50_mb_line_is_skipped_in_bounded_memory(task: HostileTask) -> None:
     """Each reader holds at most one chunk and 64 KiB of a line: the peak may not follow it."""
-    db, taskid, path = task
     readers = {
-        "twctl feedback": [BIN / "twctl", "--db", db, "feedback", str(taskid)],
-        "twparse": [BIN / "twparse", path],
-        "twparse --check": [BIN / "twparse", "--check", path],
+        "twparse": [BIN / "twparse", task.path],
+        "twparse --check": [BIN / "twparse", "--check", task.path],
     }
-    replace_with(path, lambda new: new.write_text("[a]before\n[b]after\n"))
+    replace_with(task.path, lambda new: new.write_text("[a]before\n[b]after\n"))
     baseline = {name: measured(argv)[1] for name, argv in readers.items()}
-    replace_with(path, lambda new: subprocess.run(["sh", "-c", f"{WRITE_HUGE_LINE} > {new}"]))
-    assert path.stat().st_size > HUGE_LINE
+    huge = f"{WRITE_HUGE_LINE} > {task.path}"
+    replace_with(task.path, lambda new: subprocess.run(["sh", "-c", huge], check=True))
+    assert task.path.stat().st_size > HUGE_LINE
     for name, argv in readers.items():
         result, peak = measured(argv)
         assert peak - baseline[name] < HUGE_LINE / MB / 2, f"{name}: {peak:.0f} MB"
@@ -130,6 +156,9 @@ def test_50_mb_line_is_skipped_in_bounded_memory(task: tuple[Path, int, Path]) -
         assert "line longer than 65536 bytes: skipped" in result.stderr + result.stdout
         if name != "twparse --check":
             assert json.loads(result.stdout) == {"a": "before", "b": "after"}
+    published(task.db, task.taskid, {"a": "before", "b": "after"})
+    warning = "line longer than 65536 bytes: skipped"
+    wait_for(lambda: any(warning in line for line in supervisor_warnings(task)))
 
 
 def test_50_mb_line_at_the_end_of_a_task(db_path: Path, tmp_path: Path) -> None:
@@ -149,23 +178,23 @@ def test_50_mb_line_at_the_end_of_a_task(db_path: Path, tmp_path: Path) -> None:
         assert record["feedback"] == {"a": "before", "b": "after"}
 
 
-def test_truncated_rewritten_and_replaced_between_two_reads(task: tuple[Path, int, Path]) -> None:
-    db, taskid, path = task
+def test_truncated_rewritten_and_replaced_between_two_reads(task: HostileTask) -> None:
+    db, taskid, path = task.db, task.taskid, task.path
     replace_with(path, lambda new: new.write_text("[a]1\n[b]2\n"))
-    assert feedback(db, taskid) == ({"a": "1", "b": "2"}, [])
+    published(db, taskid, {"a": "1", "b": "2"})
     with open(path, "r+") as same_file:  # shrunk in place: read again from the start
         same_file.truncate(0)
         same_file.write("[c]3\n")
-    assert feedback(db, taskid) == ({"c": "3"}, [])
+    published(db, taskid, {"c": "3"})
     path.write_text("[c]4\n")  # rewritten in place to the same size
-    assert feedback(db, taskid) == ({"c": "4"}, [])
+    published(db, taskid, {"c": "4"})
     replacement = path.with_name("replacement")
     replacement.write_text("[d]5\n")
     os.replace(replacement, path)
-    assert feedback(db, taskid) == ({"d": "5"}, [])
+    published(db, taskid, {"d": "5"})
     with open(path, "a") as same_file:
         same_file.write("[e]6\n")
-    assert feedback(db, taskid) == ({"d": "5", "e": "6"}, [])
+    published(db, taskid, {"d": "5", "e": "6"})
 
 
 #: Rewrites the file as fast as it can: shrinks, grows, replaces, appends, until killed.
@@ -192,8 +221,8 @@ CHURN = textwrap.dedent("""
 """)
 
 
-def test_file_churning_while_being_read(task: tuple[Path, int, Path], tmp_path: Path) -> None:
-    db, taskid, path = task
+def test_file_churning_while_being_read(task: HostileTask, tmp_path: Path) -> None:
+    db, taskid, path = task.db, task.taskid, task.path
     replace_with(path, lambda new: new.write_text("[start]1\n"))
     churn = tmp_path / "churn.py"
     churn.write_text(CHURN)
@@ -242,11 +271,11 @@ def test_task_ending_with_a_non_file_in_place(db_path: Path, tmp_path: Path, kin
     wait_running(db_path, taskid)
     path = tmp_path / f"feedback_{taskid}.log"
     path.write_text("[step]last good\n")
-    assert feedback(db_path, taskid)[0] == {"step": "last good"}
+    published(db_path, taskid, {"step": "last good"})
     replace_with(path, HOSTILE[kind])
     assert "KILLED" in twctl(db_path, "kill", str(taskid), "--wait", "20")
     _, stderr = runner.communicate(timeout=20)
-    assert stderr.splitlines() == [f"twrun: warning: {path}: not a regular file"]
+    assert stderr.splitlines() == [f"twrun: warning: {path}: {NOT_A_FILE[kind]}"]
     (record,) = twctl_json(db_path, "history")
     assert record["feedback"] == {"step": "last good"}
     assert not path.is_symlink() and not path.exists()

@@ -9,8 +9,6 @@ it received none of them.
 from __future__ import annotations
 
 import signal
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -28,15 +26,6 @@ from tests.fault_helpers import (
     wait_running,
 )
 from tests.helpers import wait_for
-
-
-@pytest.fixture
-def stranger() -> Iterator[psutil.Process]:
-    """An unrelated process, leader of its own group, alive until the test ends."""
-    child = subprocess.Popen(["sleep", "60"], process_group=0)
-    yield psutil.Process(child.pid)
-    child.kill()
-    child.wait()
 
 
 def orphaned_task(db: Path, name: str) -> tuple[int, dict]:

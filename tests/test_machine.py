@@ -235,6 +235,14 @@ def test_next_deadline_follows_the_thresholds(task):
     assert task.next_deadline(at(1.0)) is None
 
 
+def test_an_overdue_tick_is_due_now(task):
+    """Busy past a crossing, the supervisor must tick at once, not sleep until the next one."""
+    assert task.next_deadline(at(0.3)) == at(0.3)
+    task.tick(at(0.3))
+    assert task.state is Status.SILENT
+    assert task.next_deadline(at(0.3)) == at(0.5)
+
+
 def test_next_deadline_moves_with_a_heartbeat(task):
     task.tick(at(0.3))
     task.heartbeat(at(0.3))

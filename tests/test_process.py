@@ -96,7 +96,7 @@ me = os.getpid()
 report = {
     "adopted": psutil.Process(daemon.pid).ppid() == me,
     "found": daemon.pid in [p.pid for p in process.remnants(leader, child.pid, adopter=me)],
-    "last": process.terminate_task(leader, child.pid, grace=1, adopter=me),
+    "last": process.terminate_task(leader, child.pid, grace=1, adopter=me).last_signal,
     "gone": not process.is_same_process(daemon),
     "zombies": [p.pid for p in psutil.Process().children() if p.status() == "zombie"],
 }
@@ -222,7 +222,7 @@ def test_identity_follows_the_process_not_the_pid(launch) -> None:
     impostor = ProcessIdentity(child.pid, identity.create_time - 5)
     assert not is_same_process(impostor)
     assert not signal_identity(impostor, signal.SIGKILL)
-    assert terminate_task(impostor, child.pid, grace=0.2) == "SIGTERM"
+    assert terminate_task(impostor, child.pid, grace=0.2).last_signal == "SIGTERM"
     assert child.poll() is None and is_same_process(identity)
     assert remnants(impostor, child.pid) == []
 
@@ -262,7 +262,7 @@ def test_child_watch_wakes_on_exit_without_reaping(launch, use_pidfd: bool) -> N
 def test_cooperative_task_stops_with_sigterm(launch) -> None:
     child = launch(["sleep", "60"])
     leader = identity_of(child.pid)
-    assert terminate_task(leader, child.pid, grace=PATIENCE) == "SIGTERM"
+    assert terminate_task(leader, child.pid, grace=PATIENCE).last_signal == "SIGTERM"
     assert child.wait(timeout=PATIENCE) == -signal.SIGTERM  # the caller still gets the status
 
 
@@ -270,7 +270,7 @@ def test_task_ignoring_sigterm_gets_sigkill_after_grace(launch, tmp_path: Path) 
     ready = tmp_path / "ready"
     child = launch([PY, "-c", IGNORES_SIGTERM, str(ready)])
     published(ready)
-    assert terminate_task(identity_of(child.pid), child.pid, grace=0.3) == "SIGKILL"
+    assert terminate_task(identity_of(child.pid), child.pid, grace=0.3).last_signal == "SIGKILL"
     assert exit_status_to_code(child.wait(timeout=PATIENCE)) == (
         137,
         "SIGKILL",
@@ -284,7 +284,7 @@ def test_background_job_in_the_group_is_stopped_too(launch) -> None:
     wait_for(lambda: len(remnants(leader, child.pid)) >= 2, "the background sleep")
     task = [ProcessIdentity.of(process) for process in remnants(leader, child.pid)]
     assert {os.getpgid(identity.pid) for identity in task} == {child.pid}
-    assert terminate_task(leader, child.pid, grace=PATIENCE) == "SIGTERM"
+    assert terminate_task(leader, child.pid, grace=PATIENCE).last_signal == "SIGTERM"
     assert not any(is_same_process(identity) for identity in task)
 
 
@@ -295,7 +295,7 @@ def test_grandchild_in_its_own_session_is_found_and_stopped(launch, tmp_path: Pa
     grandchild = identity_of(int(published(pidfile)))
     assert os.getpgid(grandchild.pid) != child.pid
     assert grandchild.pid in [process.pid for process in remnants(leader, child.pid)]
-    assert terminate_task(leader, child.pid, grace=PATIENCE) == "SIGTERM"
+    assert terminate_task(leader, child.pid, grace=PATIENCE).last_signal == "SIGTERM"
     assert not is_same_process(grandchild)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from taskwatcher.engine.store import Store
 from tests.fault_helpers import reserve, twctl, twctl_json, twrun, wait_running
-from tests.helpers import BIN, run_cli
+from tests.helpers import BIN, run_cli, wait_for
 
 PATHLIKE_NAMES = ["../../x", "/tmp/x", "$(touch pwned)", "`touch pwned`", "; touch pwned", "-rf"]
 SQL_NAMES = ["Robert'); DROP TABLE tasks; --", 'x" OR "1"="1', "%"]
@@ -133,6 +133,7 @@ def test_control_characters_are_shown_escaped(db_path: Path, tmp_path: Path) -> 
         command=["sh", "-c", reports, "sh", FEEDBACK_ATTACK],
     )  # fmt: skip
     wait_running(db_path, taskid)
+    wait_for(lambda: "message" in twctl(db_path, "feedback", str(taskid)))  # published
     twctl_bin = BIN / "twctl"
     wide = {**os.environ, "COLUMNS": "250"}
     both = (ESCAPED, FEEDBACK_ESCAPED)

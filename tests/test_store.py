@@ -333,17 +333,18 @@ def test_kill_request_on_a_reservation_points_to_cancel(store):
 
 def test_feedback_round_trip(store):
     taskid = started(store)
-    assert store.load_feedback(taskid) == ({}, None)
-    store.save_feedback(taskid, {"progress": "10"}, b'{"offset": 12}')
-    store.save_feedback(taskid, {"progress": "20"}, b'{"offset": 24}')
-    assert store.load_feedback(taskid) == ({"progress": "20"}, b'{"offset": 24}')
+    assert store.load_feedback(taskid) == {}
+    store.save_feedback(taskid, {"progress": "10"})
+    store.record_heartbeat(taskid, T0 + 1, {"progress": "20"})
+    assert store.load_feedback(taskid) == {"progress": "20"}
+    assert store.live_feedback() == {taskid: {"progress": "20"}}
 
 
 def test_feedback_of_unknown_task(store):
     with pytest.raises(UnknownTask):
         store.load_feedback(5)
     with pytest.raises(UnknownTask):
-        store.save_feedback(5, {}, None)
+        store.save_feedback(5, {})
 
 
 # -- archive and history -----------------------------------------------------------------
@@ -351,7 +352,7 @@ def test_feedback_of_unknown_task(store):
 
 def test_archive_moves_the_task_to_history(store, clock):
     taskid = started(store, info3="x")
-    store.save_feedback(taskid, {"progress": "50"}, None)
+    store.save_feedback(taskid, {"progress": "50"})
     clock.now += 40
     record = store.archive(
         taskid, outcome=Status.FAILED, exitcode=3, termerror="exit status 3", feedback={"a": "1"}
@@ -375,8 +376,13 @@ def test_archive_moves_the_task_to_history(store, clock):
 
 def test_archive_keeps_the_last_saved_feedback_by_default(store):
     taskid = started(store)
-    store.save_feedback(taskid, {"progress": "99"}, b"state")
+    store.save_feedback(taskid, {"progress": "99"})
     assert store.archive(taskid, outcome=Status.COMPLETED)["feedback"] == {"progress": "99"}
+
+
+def test_archive_without_published_feedback_keeps_null(store):
+    taskid = started(store)
+    assert store.archive(taskid, outcome=Status.COMPLETED)["feedback"] is None
 
 
 def test_archive_takes_an_explicit_end_time(store):
@@ -397,7 +403,7 @@ def test_archive_refuses_live_statuses_and_unknown_tasks(store):
 def test_archive_is_one_transaction(store, db_path):
     """If the history row cannot be written, the task stays live with its feedback."""
     taskid = started(store)
-    store.save_feedback(taskid, {"k": "v"}, None)
+    store.save_feedback(taskid, {"k": "v"})
     with sqlite3.connect(db_path) as other:
         other.execute(
             "INSERT INTO history (taskid, endtime, duration, feedback, outcome)"
@@ -407,7 +413,7 @@ def test_archive_is_one_transaction(store, db_path):
     with pytest.raises(StoreError, match="UNIQUE constraint failed"):
         store.archive(taskid, outcome=Status.COMPLETED)
     assert store.get_task(taskid)["status"] == Status.RUNNING
-    assert store.load_feedback(taskid) == ({"k": "v"}, None)
+    assert store.load_feedback(taskid) == {"k": "v"}
 
 
 def test_task_ids_are_never_reused(store, db_path):
@@ -499,10 +505,14 @@ def test_reinitialize_never_reuses_task_ids(db_path):
         assert store.reserve("after") == first + 1
 
 
-def test_final_feedback_is_null_only_for_tasks_without_feedback(store):
+def test_final_feedback_is_null_only_for_tasks_that_published_none(store):
     quiet = started(store, "quiet", has_feedback=False)
     store.archive(quiet, outcome=Status.COMPLETED)
+    silent = started(store, "silent")
+    store.archive(silent, outcome=Status.COMPLETED)
     talker = started(store, "talker")
+    store.save_feedback(talker, {})  # a file with only comments: feedback, but no values
     store.archive(talker, outcome=Status.COMPLETED)
     assert store.history_of(quiet)["feedback"] is None
+    assert store.history_of(silent)["feedback"] is None
     assert store.history_of(talker)["feedback"] == {}

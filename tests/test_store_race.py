@@ -47,7 +47,7 @@ for _ in range(25):
     store.start(taskid, pid=os.getpid(), timeout=5, has_feedback=True)
     store.record_heartbeat(taskid, time.time())
     store.set_status(taskid, "SILENT")
-    store.save_feedback(taskid, {"pid": str(os.getpid())}, None)
+    store.save_feedback(taskid, {"pid": str(os.getpid())})
     store.archive(taskid, outcome="COMPLETED", exitcode=0)
 print("done")
 """

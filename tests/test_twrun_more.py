@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from taskwatcher.engine.errors import StoreError
+from taskwatcher.engine.feedbackfile import feedback_elsewhere
 from taskwatcher.engine.stopping import StopReason, end_of_task
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.supervisor import (
     HEARTBEAT_CHECK_INTERVAL,
     LaunchRequest,
-    feedback_elsewhere,
     heartbeat_on_monotonic,
     run_task,
 )

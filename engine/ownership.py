@@ -1,0 +1,149 @@
+"""Proof that a process is a task's, for every process whose identity comes from the database.
+
+Anyone who can write the database can forge a row, and a pid with its create time (both public
+in /proc) proves only that a process is alive, not that it is the task's. The proof a database
+writer cannot forge is the task's token: twrun puts a random token in its child's environment
+(inherited by everything the task starts) and keeps only the token's SHA-256 in the row. Only
+whoever starts a process chooses its environment, and `/proc/<pid>/environ` is readable only by
+the process's owner and root. On top of the token, a process is acted on for a row only when
+all its user ids are the uid twrun recorded and the caller is that user or root: a forger who
+starts a set-uid program with the token in its environment gets mixed user ids, never a match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import pwd
+import secrets
+import signal
+from dataclasses import dataclass
+from enum import Enum
+
+from taskwatcher.engine.childwatch import open_pidfd
+
+#: The variable that carries the token into the task's environment.
+TOKEN_VARIABLE = "TASKWATCHER_TOKEN"
+_TOKEN_PREFIX = TOKEN_VARIABLE.encode() + b"="
+#: Linux caps argv plus environment at a quarter of the stack limit; read no more than this.
+_ENVIRON_LIMIT = 8 * 1024 * 1024
+
+
+def new_token() -> str:
+    """A fresh secret for one task: 128 random bits, as hex."""
+    return secrets.token_hex(16)
+
+
+def token_digest(token: str | bytes) -> str:
+    """What the row keeps of a token: its SHA-256, from which the token cannot be recovered."""
+    return hashlib.sha256(token.encode() if isinstance(token, str) else token).hexdigest()
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Whose task a row says it is: the digest of its token and the uid of its supervisor."""
+
+    digest: str
+    uid: int
+
+    @classmethod
+    def of_row(cls, digest: object, uid: object) -> Owner | None:
+        """The owner a row records, or None for a row without one (or an edited one)."""
+        if not isinstance(digest, str) or len(digest) != 64 or type(uid) is not int or uid < 0:
+            return None
+        return cls(digest, uid)
+
+    def caller_may_act(self) -> bool:
+        """Only the task's own user, or root, may stop its processes or read its files."""
+        return os.geteuid() in (0, self.uid)
+
+    def proves(self, pid: int) -> bool:
+        """Whether the process holding pid now is one of this owner's task's processes."""
+        return user_ids(pid) == {self.uid} and carries_token(pid, self.digest)
+
+    def processes(self) -> list[int]:
+        """Every process, the caller excepted, that proves to be the task's: one pass over /proc.
+
+        Found this way are also those that left the task's process group and were re-parented
+        to init; not found are those that cleared or rewrote their environment.
+        """
+        me = os.getpid()
+        found = []
+        for name in os.listdir("/proc"):
+            if name.isdigit() and int(name) != me and self.proves(int(name)):
+                found.append(int(name))
+        return found
+
+
+def user_ids(pid: int) -> set[int] | None:
+    """The distinct real, effective, saved and filesystem uids of a process; None once gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Uid:"):
+                    return {int(field) for field in line.split()[1:]}
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def carries_token(pid: int, digest: str) -> bool:
+    """Whether the environment of pid holds a token whose digest is `digest`.
+
+    Unreadable (another user's process, a zombie, gone) means no proof.
+    """
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            entries = environ.read(_ENVIRON_LIMIT).split(b"\0")
+    except OSError:
+        return False
+    return any(
+        hmac.compare_digest(token_digest(entry[len(_TOKEN_PREFIX) :]), digest)
+        for entry in entries
+        if entry.startswith(_TOKEN_PREFIX)
+    )
+
+
+class Sent(Enum):
+    """What became of one signal meant for a proven process."""
+
+    DELIVERED = "delivered"
+    GONE = "gone"  # exited, or its pid now belongs to a process that is not the task's
+    DENIED = "denied"  # the kernel refused (another user's process, or a privileged one)
+
+
+def signal_proven(owner: Owner, pid: int, sig: int) -> Sent:
+    """Send sig to pid only if it proves to be the owner's task's, checked through a pidfd.
+
+    The pidfd is opened before the proof is read, so the signal reaches the process that was
+    proven, or nobody, even when the pid is recycled in between.
+    """
+    try:
+        pidfd = open_pidfd(pid)
+    except ProcessLookupError:
+        return Sent.GONE
+    try:
+        if not owner.proves(pid):
+            return Sent.GONE
+        if pidfd is None:
+            os.kill(pid, sig)
+        else:
+            signal.pidfd_send_signal(pidfd, sig)
+        return Sent.DELIVERED
+    except ProcessLookupError:
+        return Sent.GONE
+    except PermissionError:
+        return Sent.DENIED
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def user_name(uid: int | None = None) -> str:
+    """A uid as a user reads it: the passwd name, or `uid N` where there is none (containers)."""
+    uid = os.geteuid() if uid is None else uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"

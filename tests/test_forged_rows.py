@@ -1,0 +1,155 @@
+"""A database is data, not authority: a forged row never makes a command signal or read anything.
+
+Anyone who can write a database can forge a live row. Here the forger names processes the
+test started outside taskwatcher (a `sleep`, which SIGTERM, SIGKILL and SIGUSR1 would all
+end: still running afterwards means it received none of them) and a file only its owner may
+read. Every command that housekeeps, kills or reads feedback is run on that database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from taskwatcher.engine.ownership import Owner, token_digest
+from taskwatcher.engine.store import Store
+from tests.fault_helpers import query, runs, twctl, twctl_json
+
+#: A pid no process holds (Linux's PID_MAX_LIMIT - 1): a supervisor that has vanished.
+VANISHED = 2**22 - 1
+SECRET = "[password]hunter2\n"
+
+
+def forge(db: Path, name: str = "forged", **columns: object) -> int:
+    """Insert a live RUNNING row with plain SQL, the way a hostile writer would."""
+    with Store.open(db):
+        pass  # the schema, as any first command would create it
+    now = time.time()
+    row = {
+        "name": name,
+        "status": "RUNNING",
+        "feedback": 0,
+        "reservetime": now,
+        "starttime": now,
+        "lastupdate": now,
+        "host": socket.gethostname(),
+        "supervisor_pid": VANISHED,
+        "supervisor_ctime": 1.0,
+        "token_hash": hashlib.sha256(secrets.token_bytes(16)).hexdigest(),
+        "uid": 0,
+        **columns,
+    }
+    marks = ", ".join("?" * len(row))
+    query(db, f"INSERT INTO tasks ({', '.join(row)}) VALUES ({marks})", tuple(row.values()))
+    ((taskid,),) = query(db, "SELECT max(id) FROM tasks")
+    return taskid
+
+
+def naming(process: psutil.Process) -> dict[str, object]:
+    """Row columns that name a live process as the task's leader and group."""
+    return {"pid": process.pid, "pgid": process.pid, "child_ctime": process.create_time()}
+
+
+COMMANDS = {
+    "history": lambda taskid: ["history"],
+    "list": lambda taskid: ["list"],
+    "update": lambda taskid: ["update"],
+    "kill": lambda taskid: ["kill", str(taskid)],
+    "killall": lambda taskid: ["killall", "forged"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_forged_row_of_a_vanished_supervisor_signals_nobody(
+    db_path: Path, stranger: psutil.Process, command: str
+) -> None:
+    """pid and create time are public: matching them proves a process alive, not the task's."""
+    taskid = forge(db_path, **naming(stranger))
+    twctl(db_path, *COMMANDS[command](taskid))
+    assert runs(stranger)
+    (record,) = twctl_json(db_path, "history")
+    assert (record["taskid"], record["outcome"], record["termsignal"]) == (taskid, "LOST", None)
+
+
+def test_forged_row_naming_pid_1_as_leader_signals_nobody(db_path: Path) -> None:
+    """killpg(1) would reach every process: the row's pgid is never used to signal."""
+    init = psutil.Process(1)
+    forge(db_path, pid=1, pgid=1, child_ctime=init.create_time())
+    twctl(db_path, "update")
+    assert init.is_running()
+    assert twctl_json(db_path, "history")[0]["outcome"] == "LOST"
+
+
+def test_forged_row_naming_a_live_stranger_as_supervisor_gets_it_no_signal(
+    db_path: Path, stranger: psutil.Process
+) -> None:
+    """kill wakes a supervisor through its socket, never by signalling a recorded pid."""
+    taskid = forge(db_path, supervisor_pid=stranger.pid, supervisor_ctime=stranger.create_time())
+    result = twctl(db_path, "kill", str(taskid), "--wait", "1", code=1)
+    assert result == ""
+    assert runs(stranger)
+    (row,) = twctl_json(db_path, "list")
+    assert row["kill_request"]  # the request stays on the row, for a real supervisor to read
+
+
+READERS = {
+    "list": lambda taskid: ["list"],
+    "history": lambda taskid: ["history"],
+    "feedback": lambda taskid: ["feedback", str(taskid)],
+    "show": lambda taskid: ["show", str(taskid)],
+    "watch": lambda taskid: ["watch", "--once"],
+}
+
+
+@pytest.mark.parametrize("command", READERS)
+def test_forged_feedback_path_is_never_read(
+    db_path: Path, tmp_path: Path, stranger: psutil.Process, command: str
+) -> None:
+    """No command opens a path read from the database; only a supervisor reads its own file."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    secret = private / "feedback_1.log"
+    secret.write_text(SECRET)
+    secret.chmod(0o600)
+    alive = {"supervisor_pid": stranger.pid, "supervisor_ctime": stranger.create_time()}
+    live = forge(db_path, "live", feedback=1, feedpath=str(secret), **alive)
+    forge(db_path, "vanished", feedback=1, feedpath=str(secret))
+    assert "hunter2" not in twctl(db_path, *READERS[command](live))
+    dump = "\n".join(map(str, query(db_path, "SELECT * FROM history")))
+    dump += "\n".join(map(str, query(db_path, "SELECT * FROM feedbacks")))
+    assert "hunter2" not in dump
+
+
+def test_a_process_is_proven_only_by_its_token_and_its_user(tmp_path: Path) -> None:
+    """The token must be in the environment, and every user id must be the recorded one."""
+    token = secrets.token_hex(16)
+    env = {"PATH": "/usr/bin:/bin", "TASKWATCHER_TOKEN": token}
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    mixed = ["setpriv", "--ruid=65534"]  # real uid nobody, effective uid root: a set-uid program
+    started = {
+        "ours": subprocess.Popen(["sleep", "60"], env=env),
+        "no token": subprocess.Popen(["sleep", "60"], env={"PATH": env["PATH"]}),
+        "nobody's": subprocess.Popen([*nobody, "sleep", "60"], env=env),
+        "mixed": subprocess.Popen([*mixed, "sleep", "60"], env=env),
+    }
+    try:
+        time.sleep(0.2)  # let setpriv exec sleep, so each environment is the final one
+        as_root = Owner(token_digest(token), 0)
+        as_nobody = Owner(token_digest(token), 65534)
+        proven = {name: as_root.proves(child.pid) for name, child in started.items()}
+        assert proven == {"ours": True, "no token": False, "nobody's": False, "mixed": False}
+        assert as_nobody.proves(started["nobody's"].pid)
+        assert not as_nobody.proves(started["mixed"].pid)
+        assert Owner(token_digest("other"), 0).proves(started["ours"].pid) is False
+        assert sorted(as_root.processes()) == [started["ours"].pid]
+    finally:
+        for child in started.values():
+            child.kill()
+            child.wait()
