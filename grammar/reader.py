@@ -26,8 +26,10 @@ MAX_WARNINGS = 100
 class ReaderState:
     """Where a reader stopped: which file (device, inode), how far, the partial last line,
     whether it was skipping an over-long line, the lines consumed, the current values
-    (cleared keywords included as placeholders, so that the key order survives a restore)
-    and the file's modification time then (None in states saved before it was kept).
+    (cleared keywords included as placeholders, so that the key order survives a restore),
+    the file's modification time then (None in states saved before it was kept) and the rank
+    of each keyword's last statement, which decides what goes first past the caps (empty in
+    states saved before it was kept: the values' order stands for it).
     """
 
     device: int | None = None
@@ -38,6 +40,7 @@ class ReaderState:
     lines: int = 0
     values: dict[str, str] = field(default_factory=dict)
     mtime_ns: int | None = None
+    recency: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         """Serialise for storage between processes (the pending bytes as base64)."""
@@ -51,6 +54,7 @@ class ReaderState:
             "lines": self.lines,
             "values": self.values,
             "mtime_ns": self.mtime_ns,
+            "recency": self.recency,
         }
         return orjson.dumps(fields)
 
@@ -81,6 +85,8 @@ class ReaderState:
             and isinstance(self.values, dict)
             and isinstance(self.mtime_ns, int | None)
             and all(isinstance(item, str) for pair in self.values.items() for item in pair)
+            and isinstance(self.recency, dict)
+            and all(isinstance(rank, int) for rank in self.recency.values())
         )
 
 
@@ -119,6 +125,7 @@ class FeedbackReader:
             lines=self._stream.lines,
             values=dict(self._stream.values),
             mtime_ns=self._mtime_ns,
+            recency=dict(self._stream.recency),
         )
 
     def poll(self, *, final: bool = False) -> dict[str, str]:
@@ -129,22 +136,27 @@ class FeedbackReader:
         """
         self.warnings = []
         self._hidden_warnings = 0
+        self._read()
+        values = self._stream.current(final=final)
+        self._take_stream_diagnostics()
+        if self._hidden_warnings:
+            self.warnings.append(f"{self.path}: {self._hidden_warnings} more warnings")
+        return values
+
+    def _read(self) -> None:
         try:
             opened = open_regular(self.path)
         except FileNotFoundError:
             self._restore(ReaderState())
-            return {}
+            return
         except OSError as error:
             self._warn(f"{self.path}: {error.strerror or error}")
-            return self._stream.current(final=final)
+            return
         try:
             with opened:
                 self._read_appended(opened)
         except OSError as error:
             self._warn(f"{self.path}: {error.strerror or error}")
-        if self._hidden_warnings:
-            self.warnings.append(f"{self.path}: {self._hidden_warnings} more warnings")
-        return self._stream.current(final=final)
 
     def _read_appended(self, opened: OpenedFile) -> None:
         if not self._continues(opened):
@@ -162,6 +174,7 @@ class FeedbackReader:
         self._mtime_ns = state.mtime_ns
         self._stream = FeedbackStream(
             values=dict(state.values),
+            recency=dict(state.recency),
             pending=state.pending,
             skipping=state.skipping,
             lines=state.lines,
