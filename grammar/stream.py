@@ -76,6 +76,12 @@ class FeedbackStream:
             self._consume(block)
         self._hold(data[cut:])
 
+    def skip_line(self) -> None:
+        """Bytes were skipped before the next piece: drop the partial line, and skip the rest
+        of the line that piece starts in (up to its first newline)."""
+        self.pending = b""
+        self.skipping = True
+
     def finish(self) -> None:
         """The input is complete: its last line counts even without a newline."""
         if self.pending:
