@@ -165,7 +165,8 @@ class FeedbackReader:
 
         An unterminated last line waits for its newline, unless `final` says the writer is
         done, in which case it counts (without being consumed, should the file grow again),
-        provided the poll reached the end of the file. `incomplete` says whether it did.
+        provided the poll reached the end of the file: not when it ran out of time or a read
+        failed (`incomplete` then says so), as its partial line is then no last line.
         """
         self.warnings = []
         self.incomplete = None
@@ -214,7 +215,7 @@ class FeedbackReader:
         return False
 
     def _skip_to(self, offset: int) -> None:
-        """Jump ahead: the stream resumes after the first newline at `offset`."""
+        """Jump ahead: the stream resumes after the first newline from `offset` on."""
         skipped, budget = _size(offset - self._offset), _size(self.byte_budget)
         self._offset = offset
         self._stream.skip_line()
