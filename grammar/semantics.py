@@ -7,7 +7,9 @@ appearance since the last `[]`) does not depend on how the file was cut into rea
 Beside the values, a *recency* dict numbers every keyword by its last statement (a larger
 number is a later statement). A feedback holds at most MAX_KEYS keywords and MAX_HELD_BYTES of
 keywords and values together: past either, the least recently set keywords are dropped, so a
-task writing millions of distinct keys cannot make its readers hold them all.
+task writing millions of distinct keys cannot make its readers hold them all. A dropped
+keyword is forgotten: set again later, it takes its place at the end, so past the caps what a
+stream keeps may depend on where its reads were cut.
 """
 
 from __future__ import annotations
