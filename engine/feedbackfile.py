@@ -90,6 +90,8 @@ class FeedbackFile:
         self._seen: os.stat_result | None = None  # the file at the last look
         self._read_as: tuple[int, int, int] | None = None  # inode, size, mtime at the last read
         self._read_at = 0.0
+        self._following: tuple[int, int] | None = None  # the regular file being read
+        self._interrupted = False  # something else was seen in its place since
 
     def create(self) -> None:
         """Remove a leftover and make the file anew: 0600, ours, never through a link.
@@ -118,14 +120,32 @@ class FeedbackFile:
         try:
             status = os.lstat(self.path)
         except OSError:
-            self._seen = None
-            return None
+            status = None
+        self._follow(status)
         self._seen = status
+        if status is None:
+            return None
         if stat.S_ISREG(status.st_mode):
             return status.st_mtime
         kind = "a symbolic link, not read" if stat.S_ISLNK(status.st_mode) else "not a regular file"
         self._warn_once(f"{self.path}: {kind}")
         return None
+
+    def _follow(self, status: os.stat_result | None) -> None:
+        """Start reading afresh when a regular file is back after something else was there.
+
+        The new file may have the inode number of the one read before it (file systems
+        reuse them at once), which the reader alone would take for the same file grown.
+        Meanwhile (nothing, a link, a FIFO) the last values stand.
+        """
+        if status is None or not stat.S_ISREG(status.st_mode):
+            self._interrupted = True
+            return
+        identity = (status.st_dev, status.st_ino)
+        if self._interrupted or identity != self._following:
+            if self._following is not None:
+                self._reader = FeedbackReader(self.path, follow_symlinks=False)
+            self._following, self._interrupted = identity, False
 
     def changes(self, now: float) -> dict[str, str] | None:
         """The values when they differ from the last ones seen, reading only when due.
@@ -150,12 +170,14 @@ class FeedbackFile:
         self._published = values
         return values
 
-    def final(self) -> dict[str, str] | None:
-        """The values as the file stands at the end; None for a task that wrote nothing."""
+    def final(self) -> tuple[dict[str, str] | None, str | None]:
+        """The values as the file stands at the end (None for a task that wrote nothing), and
+        why they may miss something: a read that ran out of its budget or skipped part of the
+        file says so, for history's termerror; None when the whole file was read."""
         values = self._poll(final=True)
         if not values and self._published is None and not self._has_content():
-            return None
-        return values
+            return None, None
+        return values, self._reader.incomplete
 
     def remove(self) -> None:
         """Tidy up after the task; failing to is worth a warning, not a failed task."""

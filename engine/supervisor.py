@@ -170,8 +170,11 @@ def run_task(
         # Still inside the inbox: a stop or kill request that comes now, too late to matter,
         # must not kill twrun before the end it saw is recorded.
         end = end_of_task(taskid, watch.stop, child.returncode, _last_signal(stopped, watch))
-        end = dataclasses.replace(end, endtime=ended_at, termerror=_with_denied(end, stopped))
-        final = feedback.final() if request.expects_feedback else None
+        final, incomplete = feedback.final() if request.expects_feedback else (None, None)
+        notes = _denied(stopped)
+        if incomplete:
+            notes.append(f"final feedback incomplete: {incomplete}")
+        end = dataclasses.replace(end, endtime=ended_at, termerror=_noted(end.termerror, notes))
         row.archive(end, final)  # when this fails the feedback file stays: all that is left
     if not request.keep_feedback:
         feedback.remove()
@@ -183,14 +186,18 @@ def _last_signal(stopped: process.StopResult | None, watch: _Watch) -> str | Non
     return stopped.last_signal if stopped is not None and watch.stop is not None else None
 
 
-def _with_denied(end: TaskEnd, stopped: process.StopResult | None) -> str | None:
-    """termerror, plus the processes of the task that could not be stopped, if any."""
+def _denied(stopped: process.StopResult | None) -> list[str]:
+    """The processes of the task that could not be stopped, said once and kept for history."""
     if stopped is None or not stopped.denied:
-        return end.termerror
-    listed = ", ".join(map(str, stopped.denied))
-    log.warning("task %s: could not stop pid %s (permission denied)", end.taskid, listed)
-    note = f"could not stop pid {listed} (permission denied)"
-    return f"{end.termerror}; {note}" if end.termerror else note
+        return []
+    note = f"could not stop pid {', '.join(map(str, stopped.denied))} (permission denied)"
+    log.warning("%s", note)
+    return [note]
+
+
+def _noted(termerror: str | None, notes: list[str]) -> str | None:
+    """termerror with what else history should know of the end, after a semicolon."""
+    return "; ".join([termerror, *notes] if termerror else notes) or None
 
 
 class _Reservation(NamedTuple):

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .diagnostics import Diagnostic
     from .parser import parse_feedback, validate_feedback
     from .reader import FeedbackReader, ReaderState
+    from .semantics import MAX_HELD_BYTES, MAX_KEYS
     from .stream import MAX_LINE_BYTES
     from .writer import FeedbackWriter
 
@@ -22,11 +23,15 @@ _HOMES = {
     "validate_feedback": "parser",
     "FeedbackReader": "reader",
     "ReaderState": "reader",
+    "MAX_HELD_BYTES": "semantics",
+    "MAX_KEYS": "semantics",
     "MAX_LINE_BYTES": "stream",
     "FeedbackWriter": "writer",
 }
 
 __all__ = [
+    "MAX_HELD_BYTES",
+    "MAX_KEYS",
     "MAX_LINE_BYTES",
     "Diagnostic",
     "FeedbackReader",

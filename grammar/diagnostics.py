@@ -25,13 +25,20 @@ FOUND_WORDS = {" ": "a space", "\t": "a tab", "\r": "a carriage return"}
 
 @dataclass(frozen=True)
 class Diagnostic:
-    """One problem in a feedback file; line and column count from 1, columns in characters."""
+    """One problem in a feedback file; line and column count from 1, columns in characters.
 
-    line: int
-    column: int
+    A diagnostic about the whole file, not one line, has neither (None).
+    """
+
+    line: int | None
+    column: int | None
     message: str
 
     def __str__(self) -> str:
+        """`line:column: message`, or ` message` for the whole file: either way, what follows
+        `path:` in `f"{path}:{diagnostic}"`."""
+        if self.line is None:
+            return f" {self.message}"
         return f"{self.line}:{self.column}: {self.message}"
 
 

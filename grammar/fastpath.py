@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from itertools import chain, pairwise
+from itertools import chain, count, pairwise
 from typing import NamedTuple
 
 from .language import terminal_patterns
@@ -77,8 +77,18 @@ def _block_spans(framed: str, block_chars: int) -> list[tuple[int, int]]:
     return list(pairwise([*starts, len(framed)]))
 
 
-def apply_framed(values: dict[str, str], framed: str, block_chars: int = BLOCK_CHARS) -> None:
-    """Apply every line of a framed text to `values`, as if one statement at a time.
+def apply_framed(
+    values: dict[str, str],
+    recency: dict[str, int],
+    framed: str,
+    *,
+    serial: int = 0,
+    block_chars: int = BLOCK_CHARS,
+) -> None:
+    """Apply every line of a framed text to `values`, as if one statement at a time, and
+    rank in `recency` each keyword it sets or clears by its last statement: `serial` for the
+    earliest, counting up. That takes fewer numbers than the text has lines, so a caller
+    numbering text after text from its line count keeps later statements above earlier ones.
 
     Only the last statement about each keyword after the last `[]` matters, so the keywords
     of every line are collected cheaply, and values are captured only in the blocks where
@@ -87,26 +97,47 @@ def apply_framed(values: dict[str, str], framed: str, block_chars: int = BLOCK_C
     found = matchers()
     spans = _block_spans(framed, block_chars)
     keywords_by_block = [found.keywords.findall(framed, start, end) for start, end in spans]
-    first_block, first_entry = 0, 0
+    first_entry = 0
     if last_clear_all := _after_last_clear_all(keywords_by_block):
         first_block, first_entry = last_clear_all
+        spans = spans[first_block:]
+        keywords_by_block = keywords_by_block[first_block:]
+        keywords_by_block[0] = keywords_by_block[0][first_entry:]
         values.clear()
-    tail = [keywords_by_block[first_block][first_entry:], *keywords_by_block[first_block + 1 :]]
-    in_order = dict.fromkeys(chain.from_iterable(tail))
-    unresolved = set(in_order)
-    last_word: dict[str, str] = {}
-    for index in reversed(range(first_block, len(spans))):
-        if not unresolved:
-            break
-        if unresolved.isdisjoint(keywords_by_block[index]):
-            continue
-        entries = found.entries.findall(framed, *spans[index])
-        block_values = dict(entries[first_entry:] if index == first_block else entries)
-        settled = unresolved.intersection(block_values)
-        last_word.update((keyword, block_values[keyword]) for keyword in settled)
-        unresolved -= settled
+        recency.clear()
+    in_order = dict.fromkeys(chain.from_iterable(keywords_by_block))
+    last_word = _last_words(framed, spans, keywords_by_block, first_entry, set(in_order))
     for keyword in in_order:
         values[keyword] = last_word[keyword] or CLEARED
+    recency.update(zip(reversed(last_word), count(serial)))
+
+
+def _last_words(
+    framed: str,
+    spans: list[tuple[int, int]],
+    keywords_by_block: list[list[str]],
+    first_entry: int,
+    unresolved: set[str],
+) -> dict[str, str]:
+    """The last word ('' for a clear) on each unresolved keyword, latest statement first.
+
+    The entries of the first block start at `first_entry` (after a `[]`).
+    """
+    entries_pattern = matchers().entries
+    last_word: dict[str, str] = {}
+    for index in reversed(range(len(spans))):
+        if not unresolved:
+            break
+        keywords = keywords_by_block[index]
+        if unresolved.isdisjoint(keywords):
+            continue
+        entries = entries_pattern.findall(framed, *spans[index])
+        block_values = dict(entries[first_entry:] if index == 0 else entries)
+        last_place = dict(zip(keywords, count()))
+        settled = sorted(unresolved.intersection(keywords), key=last_place.__getitem__)
+        last_word.update((keyword, block_values[keyword]) for keyword in reversed(settled))
+        unresolved.difference_update(settled)
+    return last_word
 
 
 def _after_last_clear_all(keywords_by_block: list[list[str]]) -> tuple[int, int] | None:

@@ -6,13 +6,18 @@ from .diagnostics import Diagnostic
 from .fastpath import apply_framed, frame, matchers
 from .positions import LineNumbers
 from .reference import parse_line
-from .semantics import visible
+from .semantics import cap, visible
 
 
 def parse_feedback(text: str) -> dict[str, str]:
-    """Values of a feedback text; invalid lines are skipped, so a half-written file still reads."""
+    """Values of a feedback text; invalid lines are skipped, so a half-written file still reads.
+
+    Past the caps (semantics.MAX_KEYS, MAX_HELD_BYTES) the least recently set keys are dropped.
+    """
     values: dict[str, str] = {}
-    apply_framed(values, frame(text))
+    recency: dict[str, int] = {}
+    apply_framed(values, recency, frame(text))
+    cap(values, recency)
     return visible(values)
 
 

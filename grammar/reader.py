@@ -2,7 +2,8 @@
 
 A task appends to its feedback file while supervisors and `twctl` poll it, possibly from
 separate processes: `ReaderState` carries everything needed to resume where the previous
-reader stopped, so each poll costs what the file gained, not what it holds.
+reader stopped, so each poll costs what the file gained, not what it holds. And never more
+than a budget: a file that gained a terabyte (`truncate -s 1T`) costs one poll 16 MiB.
 """
 
 from __future__ import annotations
@@ -10,24 +11,32 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
 
+from .diagnostics import Diagnostic
 from .errors import InvalidReaderState
 from .files import READ_CHUNK, OpenedFile, open_regular
 from .stream import MAX_LINE_BYTES, FeedbackStream
 
 STATE_FORMAT = 1
 MAX_WARNINGS = 100
+BYTE_BUDGET = 16 * 1024 * 1024  # read by one poll at the most
+TIME_BUDGET = 1.0  # seconds: a poll stops at the first chunk boundary past it
 
 
 @dataclass(frozen=True)
 class ReaderState:
     """Where a reader stopped: which file (device, inode), how far, the partial last line,
     whether it was skipping an over-long line, the lines consumed, the current values
-    (cleared keywords included as placeholders, so that the key order survives a restore)
-    and the file's modification time then (None in states saved before it was kept).
+    (cleared keywords included as placeholders, so that the key order survives a restore),
+    the file's modification time then (None in states saved before it was kept) and the rank
+    of each keyword's last statement, which decides what goes first past the caps (empty in
+    states saved before it was kept: the values' order stands for it), and whether `lines`
+    still numbers the file's lines (not after a skip).
     """
 
     device: int | None = None
@@ -38,6 +47,8 @@ class ReaderState:
     lines: int = 0
     values: dict[str, str] = field(default_factory=dict)
     mtime_ns: int | None = None
+    recency: dict[str, int] = field(default_factory=dict)
+    lines_known: bool = True
 
     def to_json(self) -> bytes:
         """Serialise for storage between processes (the pending bytes as base64)."""
@@ -51,6 +62,8 @@ class ReaderState:
             "lines": self.lines,
             "values": self.values,
             "mtime_ns": self.mtime_ns,
+            "recency": self.recency,
+            "lines_known": self.lines_known,
         }
         return orjson.dumps(fields)
 
@@ -81,6 +94,9 @@ class ReaderState:
             and isinstance(self.values, dict)
             and isinstance(self.mtime_ns, int | None)
             and all(isinstance(item, str) for pair in self.values.items() for item in pair)
+            and isinstance(self.recency, dict)
+            and all(isinstance(rank, int) for rank in self.recency.values())
+            and isinstance(self.lines_known, bool)
         )
 
 
@@ -89,8 +105,22 @@ class FeedbackReader:
     or was replaced (other inode) is read again from the start; a FIFO, device or directory
     in its place is never read: it gives a warning and the last values.
 
+    Every poll is bounded, whatever the file: it reads at most `byte_budget` bytes, and stops
+    at the first chunk boundary after `time_budget` seconds of `clock`, keeping its offset for
+    the next poll. A reader further behind than the byte budget skips to the file's last
+    `byte_budget` bytes, resuming after the first newline there (the last value of a key
+    wins, so the end matters most): values read before are kept, keys set only in the
+    skipped part are lost, and line numbers are no longer known.
+
+    After each poll, `incomplete` is None when its values stand for the whole file, else why
+    not: the poll skipped (`skipped 1.0 TiB (more than 16 MiB behind); keys set only there
+    are lost`), ran out of time (`read for more than 1 s; 3.2 MiB left for the next poll`),
+    or could not read the file (`not a regular file`, `Permission denied`...); several
+    reasons are joined by "; ". Each reason is a warning too.
+
     `warnings` holds, after each poll, what that poll had to skip (over-long lines, a
-    non-regular or unreadable file), as "path:line:column: message" or "path: message".
+    non-regular or unreadable file, dropped keys, and the reasons above), as
+    "path:line:column: message" or "path: message".
     """
 
     def __init__(
@@ -99,12 +129,19 @@ class FeedbackReader:
         state: ReaderState | None = None,
         *,
         chunk_size: int = READ_CHUNK,
+        byte_budget: int = BYTE_BUDGET,
+        time_budget: float = TIME_BUDGET,
+        clock: Callable[[], float] = time.monotonic,
         follow_symlinks: bool = True,
     ) -> None:
         self.path = os.fspath(path)
         self.chunk_size = chunk_size
+        self.byte_budget = byte_budget
+        self.time_budget = time_budget
+        self.clock = clock
         self.follow_symlinks = follow_symlinks
         self.warnings: list[str] = []
+        self.incomplete: str | None = None
         self._hidden_warnings = 0
         self._restore(state or ReaderState())
 
@@ -121,49 +158,86 @@ class FeedbackReader:
             lines=self._stream.lines,
             values=dict(self._stream.values),
             mtime_ns=self._mtime_ns,
+            recency=dict(self._stream.recency),
+            lines_known=self._lines_known,
         )
 
     def poll(self, *, final: bool = False) -> dict[str, str]:
         """The current values, after reading what was appended since the previous poll.
 
         An unterminated last line waits for its newline, unless `final` says the writer is
-        done, in which case it counts (without being consumed, should the file grow again).
+        done, in which case it counts (without being consumed, should the file grow again),
+        provided the poll reached the end of the file: not when it ran out of time or a read
+        failed (`incomplete` then says so), as its partial line is then no last line.
         """
         self.warnings = []
+        self.incomplete = None
         self._hidden_warnings = 0
+        stopped_short = self._read(deadline=self.clock() + self.time_budget)
+        values = self._stream.current(final=final and not stopped_short)
+        self._take_stream_diagnostics()
+        if self._hidden_warnings:
+            self.warnings.append(f"{self.path}: {self._hidden_warnings} more warnings")
+        return values
+
+    def _read(self, deadline: float) -> bool:
+        """Read what the file gained, within the budgets; True if stopped short of its end."""
         try:
             opened = open_regular(self.path, follow_symlinks=self.follow_symlinks)
         except FileNotFoundError:
             self._restore(ReaderState())
-            return {}
+            return False
         except OSError as error:
-            self._warn(f"{self.path}: {error.strerror or error}")
-            return self._stream.current(final=final)
+            self._incomplete_because(error.strerror or str(error))
+            return False
         try:
             with opened:
-                self._read_appended(opened)
+                return self._read_appended(opened, deadline)
         except OSError as error:
-            self._warn(f"{self.path}: {error.strerror or error}")
-        if self._hidden_warnings:
-            self.warnings.append(f"{self.path}: {self._hidden_warnings} more warnings")
-        return self._stream.current(final=final)
+            self._incomplete_because(error.strerror or str(error))
+            return True
 
-    def _read_appended(self, opened: OpenedFile) -> None:
+    def _read_appended(self, opened: OpenedFile, deadline: float) -> bool:
         if not self._continues(opened):
             device, inode = opened.identity
             self._restore(ReaderState(device=device, inode=inode))
+        if opened.size - self._offset > self.byte_budget:
+            self._skip_to(opened.size - self.byte_budget)
+        self._mtime_ns = opened.mtime_ns
         for chunk in opened.read(self._offset, opened.size, self.chunk_size):
             self._offset += len(chunk)
             self._stream.feed(chunk)
             self._take_stream_diagnostics()
-        self._mtime_ns = opened.mtime_ns
+            if self._offset < opened.size and self.clock() >= deadline:
+                left = _size(opened.size - self._offset)
+                self._incomplete_because(
+                    f"read for more than {self.time_budget:g} s; {left} left for the next poll"
+                )
+                return True
+        return False
+
+    def _skip_to(self, offset: int) -> None:
+        """Jump ahead: the stream resumes after the first newline from `offset` on."""
+        skipped, budget = _size(offset - self._offset), _size(self.byte_budget)
+        self._offset = offset
+        self._stream.skip_line()
+        self._lines_known = False
+        self._incomplete_because(
+            f"skipped {skipped} (more than {budget} behind); keys set only there are lost"
+        )
+
+    def _incomplete_because(self, reason: str) -> None:
+        self._warn(f"{self.path}: {reason}")
+        self.incomplete = reason if self.incomplete is None else f"{self.incomplete}; {reason}"
 
     def _restore(self, state: ReaderState) -> None:
         self._identity = None if state.device is None else (state.device, state.inode)
         self._offset = state.offset
         self._mtime_ns = state.mtime_ns
+        self._lines_known = state.lines_known
         self._stream = FeedbackStream(
             values=dict(state.values),
+            recency=dict(state.recency),
             pending=state.pending,
             skipping=state.skipping,
             lines=state.lines,
@@ -188,7 +262,10 @@ class FeedbackReader:
 
     def _take_stream_diagnostics(self) -> None:
         for diagnostic in self._stream.diagnostics:
-            self._warn(f"{self.path}:{diagnostic}")
+            located = (
+                diagnostic if self._lines_known else Diagnostic(None, None, diagnostic.message)
+            )
+            self._warn(f"{self.path}:{located}")
         self._stream.diagnostics.clear()
 
     def _warn(self, message: str) -> None:
@@ -196,3 +273,15 @@ class FeedbackReader:
             self.warnings.append(message)
         else:
             self._hidden_warnings += 1
+
+
+def _size(count: int) -> str:
+    """A byte count as people read it: 100 bytes, 16 MiB, 3.2 MiB, 1.0 TiB."""
+    if count < 1024:
+        return f"{count} bytes"
+    value = float(count)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if value < 1000 or unit == "PiB":
+            break
+    return f"{value:.0f} {unit}" if value.is_integer() else f"{value:.1f} {unit}"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .diagnostics import Diagnostic, diagnostic_from_lark
 from .language import feedback_parser
-from .semantics import CLEARED, visible
+from .semantics import CLEARED, cap, visible
 
 if TYPE_CHECKING:
     from lark import Tree
@@ -26,27 +26,38 @@ def parse_line(line_text: str, line_number: int) -> Tree | Diagnostic:
 
 
 def parse_with_lark(text: str) -> tuple[dict[str, str], list[Diagnostic]]:
-    """Values and diagnostics of a whole text, one Lark parse per line."""
+    """Values and diagnostics of a whole text, one Lark parse per line, capped at the end."""
+    values, recency, diagnostics = collect_with_lark(text)
+    cap(values, recency)
+    return visible(values), diagnostics
+
+
+def collect_with_lark(text: str) -> tuple[dict[str, str], dict[str, int], list[Diagnostic]]:
+    """Values (with cleared placeholders), their recency (the line of each keyword's last
+    statement) and diagnostics of a whole text, uncapped."""
     values: dict[str, str] = {}
+    recency: dict[str, int] = {}
     diagnostics: list[Diagnostic] = []
     for line_number, line_text in enumerate(text.split("\n"), start=1):
         parsed = parse_line(line_text, line_number)
         if isinstance(parsed, Diagnostic):
             diagnostics.append(parsed)
         else:
-            _apply_line(values, parsed)
-    return visible(values), diagnostics
+            _apply_line(values, recency, parsed, line_number)
+    return values, recency, diagnostics
 
 
-def _apply_line(values: dict[str, str], tree: Tree) -> None:
-    """Run the statement of a parsed one-line text (feedback -> line -> statement?)."""
+def _apply_line(
+    values: dict[str, str], recency: dict[str, int], tree: Tree, line_number: int
+) -> None:
+    """Run the statement of a parsed one-line text (feedback -> line -> statement?); the line
+    number is the recency of the keyword it sets or clears."""
     (line,) = tree.children
     for statement in line.children:
-        if statement.data == "assignment":
-            keyword, value = statement.children
-            values[str(keyword)] = str(value)
-        elif statement.data == "clear_keyword":
-            (keyword,) = statement.children
-            values[str(keyword)] = CLEARED
-        elif statement.data == "clear_all":
+        if statement.data == "clear_all":
             values.clear()
+            recency.clear()
+        elif statement.data in ("assignment", "clear_keyword"):
+            keyword, *value = map(str, statement.children)
+            values[keyword] = value[0] if value else CLEARED
+            recency[keyword] = line_number

@@ -1,8 +1,9 @@
 """Feedback bytes arriving in pieces, turned into values one complete line at a time.
 
 Memory stays bounded whatever the input: a piece is consumed as soon as it arrives, only the
-unterminated last line is kept, and a line longer than MAX_LINE_BYTES is skipped and
-reported instead of being buffered. Bytes that are not UTF-8 make their line invalid.
+unterminated last line is kept, a line longer than MAX_LINE_BYTES is skipped and reported
+instead of being buffered, and the values are capped (semantics.MAX_KEYS, MAX_HELD_BYTES)
+after every run of lines applied. Bytes that are not UTF-8 make their line invalid.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .diagnostics import Diagnostic
 from .fastpath import apply_framed, frame
 from .parser import check_framed
 from .positions import LineNumbers
-from .semantics import visible
+from .semantics import CAPPED, MAX_HELD_BYTES, MAX_KEYS, cap, visible
 
 MAX_LINE_BYTES = 64 * 1024
 # Any line longer than MAX_LINE_BYTES covers at least one whole window of this size.
@@ -27,19 +28,37 @@ _UNDECODED = re.compile("[\ud800-\udfff]")
 
 @dataclass
 class FeedbackStream:
-    """The state between two pieces: values (with cleared placeholders), the partial last line,
-    whether an over-long line is being skipped, and how many complete lines were consumed.
+    """The state between two pieces: values (with cleared placeholders), the rank of each
+    keyword's last statement (`recency`), the partial last line, whether an over-long line is
+    being skipped, how many complete lines were consumed, and whether keys were ever dropped
+    to keep within the caps (`capped`).
 
     With `check`, every invalid line is also explained in `diagnostics` (validation mode);
-    otherwise only over-long lines are reported there. The owner drains `diagnostics`.
+    otherwise over-long lines are reported there, and once per stream that keys were
+    dropped. The owner drains `diagnostics`. Values given to the constructor are capped too;
+    keywords they hold without a recency (a state saved before it was kept) rank as older
+    than any other, in their order.
     """
 
     values: dict[str, str] = field(default_factory=dict)
+    recency: dict[str, int] = field(default_factory=dict)
     pending: bytes = b""
     skipping: bool = False
     lines: int = 0
     check: bool = False
+    capped: bool = False
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    # What the values may hold at most, in bytes: the exact size is counted only past the cap.
+    _held_at_most: int = field(init=False, repr=False, default=MAX_HELD_BYTES + 1)
+
+    def __post_init__(self) -> None:
+        # Keywords without a recency rank below every other (negative), in their order.
+        oldest = -len(self.values)
+        self.recency = {
+            keyword: self.recency.get(keyword, oldest + place)
+            for place, keyword in enumerate(self.values)
+        }
+        self._keep_within_caps(0)
 
     def feed(self, data: bytes) -> None:
         """Consume the complete lines that `data` finishes; keep the unterminated rest."""
@@ -57,6 +76,12 @@ class FeedbackStream:
             self._consume(block)
         self._hold(data[cut:])
 
+    def skip_line(self) -> None:
+        """Bytes were skipped before the next piece: drop the partial line, and skip the rest
+        of the line that piece starts in (up to its first newline)."""
+        self.pending = b""
+        self.skipping = True
+
     def finish(self) -> None:
         """The input is complete: its last line counts even without a newline."""
         if self.pending:
@@ -68,8 +93,12 @@ class FeedbackStream:
         """The visible values; with `final`, as if the input ended now (the state is kept)."""
         if not final or not self.pending:
             return visible(self.values)
-        finished = dataclasses.replace(self, values=dict(self.values), diagnostics=[])
+        finished = dataclasses.replace(
+            self, values=dict(self.values), recency=dict(self.recency), diagnostics=[]
+        )
         finished.finish()
+        if finished.capped:
+            self._note_capped()
         return visible(finished.values)
 
     def _hold(self, partial: bytes) -> None:
@@ -90,8 +119,27 @@ class FeedbackStream:
             self.diagnostics[already_reported:] = sorted(
                 self.diagnostics[already_reported:], key=lambda found: (found.line, found.column)
             )
-        apply_framed(self.values, framed)
+        apply_framed(self.values, self.recency, framed, serial=self.lines)
         self.lines += block.count(b"\n")
+        self._keep_within_caps(len(block))
+
+    def _keep_within_caps(self, added_bytes: int) -> None:
+        """Cap the values, counting what they hold only once a cheap upper bound (what they
+        held, plus every byte applied since) passes MAX_HELD_BYTES: near zero cost below it."""
+        self._held_at_most += added_bytes
+        if len(self.values) <= MAX_KEYS and self._held_at_most <= MAX_HELD_BYTES:
+            return
+        keys = len(self.values)
+        self._held_at_most = cap(self.values, self.recency)
+        if len(self.values) < keys:
+            self._note_capped()
+
+    def _note_capped(self) -> None:
+        """Say once that keys were dropped; a validation (`check`) reports only invalid lines."""
+        if not self.capped:
+            self.capped = True
+            if not self.check:
+                self._report(None, None, CAPPED)
 
     def _drop_long_lines(self, block: bytes) -> bytes:
         """Empty every line longer than MAX_LINE_BYTES, keeping its newline and the numbering."""
@@ -135,5 +183,5 @@ class FeedbackStream:
         kept.append(text[kept_from:])
         return "".join(kept)
 
-    def _report(self, line: int, column: int, message: str) -> None:
+    def _report(self, line: int | None, column: int | None, message: str) -> None:
         self.diagnostics.append(Diagnostic(line, column, message))

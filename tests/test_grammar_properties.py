@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskwatcher.grammar import parse_feedback, validate_feedback
-from taskwatcher.grammar.fastpath import apply_framed, frame
-from taskwatcher.grammar.reference import parse_with_lark
+from taskwatcher.grammar.fastpath import BLOCK_CHARS, apply_framed, frame
+from taskwatcher.grammar.reference import collect_with_lark, parse_with_lark
 from taskwatcher.grammar.semantics import visible
 from taskwatcher.grammar.stream import FeedbackStream
 
@@ -47,19 +47,21 @@ texts = st.builds(
 
 @settings(max_examples=400, deadline=None)
 @given(texts)
-def test_fast_path_and_lark_agree_on_values_order_and_invalid_lines(text: str) -> None:
+def test_fast_path_and_lark_agree_on_values_order_recency_and_invalid_lines(text: str) -> None:
     lark_values, lark_diagnostics = parse_with_lark(text)
     assert list(parse_feedback(text).items()) == list(lark_values.items())
     assert validate_feedback(text) == lark_diagnostics
+    all_values, recency, _ = collect_with_lark(text)
+    assert _collected(text) == (all_values, _ranked(recency))
 
 
 @settings(max_examples=200, deadline=None)
 @given(texts, st.integers(min_value=1, max_value=40))
 def test_the_block_size_of_the_fast_path_changes_nothing(text: str, block_chars: int) -> None:
-    values: dict[str, str] = {}
-    apply_framed(values, frame(text), block_chars)
+    values, recency = _collected(text, block_chars)
     assert visible(values) == parse_feedback(text)
     assert list(visible(values)) == list(parse_feedback(text))
+    assert recency == _collected(text)[1]
 
 
 @settings(max_examples=200, deadline=None)
@@ -76,6 +78,7 @@ def test_reading_in_pieces_gives_what_parsing_the_whole_text_gives(
     values_stream.finish()
     check_stream.finish()
     assert list(values_stream.current().items()) == list(parse_feedback(text).items())
+    assert _ranked(values_stream.recency) == _collected(text)[1]
     assert check_stream.diagnostics == validate_feedback(text)
 
 
@@ -102,3 +105,16 @@ def test_any_bytes_read_without_raising_into_printable_json(data: bytes, cuts: l
 def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
     bounds = [0, *sorted(min(cut, len(data)) for cut in cuts), len(data)]
     return [data[start:end] for start, end in pairwise(bounds)]
+
+
+def _collected(text: str, block_chars: int = BLOCK_CHARS) -> tuple[dict[str, str], list[str]]:
+    """The values of a text on the fast path, and its keywords ranked by last statement."""
+    values: dict[str, str] = {}
+    recency: dict[str, int] = {}
+    apply_framed(values, recency, frame(text), block_chars=block_chars)
+    assert recency.keys() == values.keys()
+    return values, _ranked(recency)
+
+
+def _ranked(recency: dict[str, int]) -> list[str]:
+    return sorted(recency, key=recency.__getitem__)

@@ -1,14 +1,23 @@
-"""FeedbackReader on real files: appends, partial lines, truncation, replacement, saved state."""
+"""FeedbackReader on real files: appends, partial lines, truncation, replacement, saved state,
+and the budgets that bound every poll."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
+from itertools import count
 from pathlib import Path
 
 import pytest
 
 from taskwatcher.grammar import MAX_LINE_BYTES, FeedbackReader, ReaderState, parse_feedback
 from taskwatcher.grammar.errors import InvalidReaderState, TaskwatcherError
+from taskwatcher.grammar.reader import BYTE_BUDGET
+
+TiB = 1024**4
+LOST = "keys set only there are lost"
 
 
 @pytest.fixture
@@ -236,6 +245,140 @@ def test_a_directory_is_refused(feedback: Path) -> None:
     reader = FeedbackReader(feedback)
     assert reader.poll() == {}
     assert reader.warnings == [f"{feedback}: not a regular file"]
+
+
+# Budgets: small ones, and a clock that moves on every reading, stand in for huge files and
+# slow disks; the terabyte is real, but sparse.
+
+
+def moving_clock(step: float) -> Callable[[], float]:
+    """A monotonic clock that moves `step` seconds every time it is read."""
+    ticks = count()
+    return lambda: next(ticks) * step
+
+
+def test_a_reader_far_behind_skips_to_the_last_budget_from_a_line_start(feedback: Path) -> None:
+    head = "[a]1\n[b]old\n" * 10
+    tail = "[x]yyyyyyyy\n[b]2\n[c]3\n"
+    append(feedback, head + tail)
+    reader = FeedbackReader(feedback, byte_budget=len(tail) - 3)  # from inside the [x] line
+    assert reader.poll() == {"b": "2", "c": "3"}
+    reason = f"skipped {len(head) + 3} bytes (more than {len(tail) - 3} bytes behind); {LOST}"
+    assert reader.incomplete == reason
+    assert reader.warnings == [f"{feedback}: {reason}"]
+    assert reader.state.offset == feedback.stat().st_size
+
+
+def test_values_read_before_a_skip_are_kept_and_the_partial_line_dropped(feedback: Path) -> None:
+    append(feedback, "[a]1\n[b]old\n[p]partial")
+    reader = FeedbackReader(feedback, byte_budget=100)
+    assert reader.poll() == {"a": "1", "b": "old"}
+    append(feedback, " line\n" + "[c]3\n" * 100 + "[b]2\n")
+    assert reader.poll(final=True) == {"a": "1", "b": "2", "c": "3"}
+    assert reader.incomplete is not None and reader.incomplete.startswith("skipped 4")
+    assert reader.poll() == {"a": "1", "b": "2", "c": "3"}
+    assert (reader.incomplete, reader.warnings) == (None, [])
+
+
+def test_a_window_without_a_newline_is_one_over_long_line(feedback: Path) -> None:
+    append(feedback, "[a]1\n")
+    reader = FeedbackReader(feedback, byte_budget=64)
+    reader.poll()
+    append(feedback, "x" * 1000)
+    assert reader.poll(final=True) == {"a": "1"}
+    assert reader.state.skipping
+    append(feedback, "x\n[b]2\n")
+    assert reader.poll() == {"a": "1", "b": "2"}
+    assert (reader.incomplete, reader.warnings) == (None, [])
+
+
+def test_after_a_skip_warnings_give_no_line_numbers_any_more(feedback: Path) -> None:
+    append(feedback, "[a]1\n" * 60_000)
+    reader = FeedbackReader(feedback, byte_budget=4 * MAX_LINE_BYTES)
+    reader.poll()
+    assert not reader.state.lines_known
+    append(feedback, "[big]" + "x" * MAX_LINE_BYTES + "\n[b]2\n")
+    resumed = FeedbackReader(feedback, state=ReaderState.from_json(reader.state.to_json()))
+    assert resumed.poll() == {"a": "1", "b": "2"}
+    assert resumed.warnings == [f"{feedback}: line longer than 65536 bytes: skipped"]
+    assert resumed.incomplete is None
+
+
+def test_a_poll_out_of_time_stops_at_a_chunk_boundary(feedback: Path) -> None:
+    text = "[a]1\n[b]2\n[c]3\n[d]4\n[e]55\n[f]6\n"
+    append(feedback, text)
+    # Read at the start and after each 8-byte chunk: past the 1 s budget after the third.
+    reader = FeedbackReader(feedback, chunk_size=8, clock=moving_clock(0.4))
+    # "[e]5" ends the third chunk: not the file's last line, so not taken even when final.
+    assert reader.poll(final=True) == {"a": "1", "b": "2", "c": "3", "d": "4"}
+    left = len(text) - 24
+    assert reader.incomplete == f"read for more than 1 s; {left} bytes left for the next poll"
+    assert reader.warnings == [f"{feedback}: {reader.incomplete}"]
+    assert (reader.state.offset, reader.state.pending) == (24, b"[e]5")
+
+
+def test_the_next_poll_resumes_where_time_ran_out(feedback: Path) -> None:
+    append(feedback, "".join(f"[k{index}]{index}\n" for index in range(10)))
+    reader = FeedbackReader(feedback, chunk_size=8, clock=moving_clock(0.4))
+    values = reader.poll(final=True)
+    polls = 1
+    while reader.incomplete is not None:
+        assert reader.incomplete.startswith("read for more than 1 s;")
+        saved = ReaderState.from_json(reader.state.to_json())
+        reader = FeedbackReader(feedback, saved, chunk_size=8, clock=moving_clock(0.4))
+        values = reader.poll(final=True)
+        polls += 1
+    assert values == {f"k{index}": str(index) for index in range(10)}
+    assert polls == -(-feedback.stat().st_size // 24)  # three chunks a poll
+
+
+def test_a_poll_that_cannot_read_the_file_is_incomplete(feedback: Path) -> None:
+    append(feedback, "[a]1\n")
+    reader = FeedbackReader(feedback)
+    assert (reader.poll(), reader.incomplete) == ({"a": "1"}, None)
+    feedback.unlink()
+    os.mkfifo(feedback)
+    assert reader.poll() == {"a": "1"}
+    assert reader.incomplete == "not a regular file"
+    feedback.unlink()
+    assert (reader.poll(), reader.incomplete, reader.warnings) == ({}, None, [])
+
+
+def test_a_sparse_terabyte_is_read_within_the_budget(feedback: Path) -> None:
+    append(feedback, "[a]1\n[p]partial")
+    reader = FeedbackReader(feedback)
+    assert reader.poll() == {"a": "1"}
+    os.truncate(feedback, TiB)
+    append(feedback, "\n[b]2\n")  # NUL bytes up to here: one over-long line
+    assert reader.poll(final=True) == {"a": "1", "b": "2"}
+    assert reader.incomplete == f"skipped 1.0 TiB (more than 16 MiB behind); {LOST}"
+    assert reader.warnings == [f"{feedback}: {reader.incomplete}"]
+    assert reader.state.offset == TiB + len("\n[b]2\n")
+
+
+#: A fresh reader's final read, as twrun's at the end of a task: values, then `incomplete`.
+FINAL_READ = """
+import sys
+from taskwatcher.grammar import FeedbackReader
+reader = FeedbackReader(sys.argv[1])
+print(reader.poll(final=True))
+print(reader.incomplete)
+"""
+
+
+def test_a_sparse_terabyte_in_another_process(feedback: Path) -> None:
+    feedback.touch()
+    os.truncate(feedback, TiB)
+    append(feedback, "\n[b]2")  # the last line, unterminated: the final read takes it
+    result = subprocess.run(
+        [sys.executable, "-c", FINAL_READ, feedback], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    skipped = TiB + len("\n[b]2") - BYTE_BUDGET
+    assert result.stdout.splitlines() == [
+        "{'b': '2'}",
+        f"skipped {skipped / TiB:.1f} TiB (more than 16 MiB behind); {LOST}",
+    ]
 
 
 def _rewrite_first_byte_after_bracket(path: Path, replacement: bytes) -> None:
