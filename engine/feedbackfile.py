@@ -19,11 +19,15 @@ from pathlib import Path
 from taskwatcher.engine.errors import FeedpathMissing, FeedpathUnusable
 from taskwatcher.engine.ownership import user_name
 from taskwatcher.grammar import FeedbackReader
+from taskwatcher.grammar.reader import TIME_BUDGET
 
 log = logging.getLogger(__name__)
 
 #: The argv marker by which the spec recognises a program that writes feedback.
 FEEDBACK_FLAG = "--feedback"
+#: Seconds a read of the file may take inside the supervision loop, whose deadlines must not
+#: wait on a file's size; the final read has the reader's full budget.
+LOOP_READ_BUDGET = 0.2
 #: Writes this close to a read may share the file's modification time with it.
 _SAME_TICK = 1.0
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -84,7 +88,7 @@ class FeedbackFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._reader = FeedbackReader(path, follow_symlinks=False)
+        self._reader = _reader(path)
         self._published: dict[str, str] | None = None
         self._warned: set[str] = set()
         self._seen: os.stat_result | None = None  # the file at the last look
@@ -144,7 +148,7 @@ class FeedbackFile:
         identity = (status.st_dev, status.st_ino)
         if self._interrupted or identity != self._following:
             if self._following is not None:
-                self._reader = FeedbackReader(self.path, follow_symlinks=False)
+                self._reader = _reader(self.path)
             self._following, self._interrupted = identity, False
 
     def changes(self, now: float) -> dict[str, str] | None:
@@ -174,6 +178,7 @@ class FeedbackFile:
         """The values as the file stands at the end (None for a task that wrote nothing), and
         why they may miss something: a read that ran out of its budget or skipped part of the
         file says so, for history's termerror; None when the whole file was read."""
+        self._reader.time_budget = TIME_BUDGET
         values = self._poll(final=True)
         if not values and self._published is None and not self._has_content():
             return None, None
@@ -204,6 +209,11 @@ class FeedbackFile:
             return os.lstat(self.path).st_size > 0
         except OSError:
             return False
+
+
+def _reader(path: Path) -> FeedbackReader:
+    """The file's reader: never through a link, with the loop's time budget."""
+    return FeedbackReader(path, follow_symlinks=False, time_budget=LOOP_READ_BUDGET)
 
 
 def feedback_elsewhere(argv: Sequence[str], feedback_file: Path) -> str | None:
