@@ -1,7 +1,7 @@
 """Where the database lives, and making sure a path can hold it before sqlite touches it.
 
-sqlite happily turns any path into a database and rewrites headers when asked for WAL; these
-checks run first so a wrong path fails with one clear line and leaves the file untouched.
+sqlite happily turns any path into a database, a device included, and puts its journal beside
+it; these checks run first so a wrong path fails with one clear line and leaves the file untouched.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def prepare_db_file(path: Path) -> None:
     _ensure_folder(path.parent)
     if path.is_dir():
         raise StoreError(f"{path}: is a folder, not a database file")
+    if path.exists() and not path.is_file():  # /dev/null, a FIFO: sqlite would add a journal
+        raise StoreError(f"{path}: not a regular file, cannot hold a database")
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:

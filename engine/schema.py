@@ -7,14 +7,11 @@ The spec's columns keep their names; the columns after them serve the supervisor
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.location import prepare_db_file
-
-#: How long a writer waits for the others before giving up (100 concurrent writers must queue).
-BUSY_TIMEOUT = 10.0
+from taskwatcher.engine.settings import busy_timeout
 
 _CREATE_V1 = (
     """
@@ -104,19 +101,18 @@ TABLES = ("tasks", "feedbacks", "history")
 
 
 def open_database(path: Path) -> sqlite3.Connection:
-    """One connection to a checked, upgraded database in WAL mode; StoreError if unusable.
+    """One connection to a checked, upgraded database; StoreError if unusable.
 
     Nothing is written before the file is known to be an sqlite database of a known version.
     """
     prepare_db_file(path)
     try:
-        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        connection = sqlite3.connect(path, timeout=busy_timeout(), isolation_level=None)
     except sqlite3.Error as error:
         raise StoreError(f"{path}: cannot open the database ({error})") from None
     try:
         check_usable(connection, path)
-        _use_wal(connection)
-        connection.execute("PRAGMA synchronous = NORMAL")  # WAL keeps it consistent on a crash
+        _use_rollback_journal(connection)
         migrate(connection)
     except sqlite3.OperationalError as error:
         connection.close()
@@ -175,22 +171,21 @@ def recreate(connection: sqlite3.Connection) -> None:
     connection.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('tasks', ?)", (last_id,))
 
 
-def _use_wal(connection: sqlite3.Connection) -> None:
-    """Switch to WAL once; the switch needs the file to itself, so racing first openers retry.
+def _use_rollback_journal(connection: sqlite3.Connection) -> None:
+    """A rollback journal (TRUNCATE), with every commit synced (synchronous = FULL).
 
-    sqlite does not wait on the busy timeout for this one, hence the explicit loop.
+    Not WAL: in WAL mode every connection maps the `-shm` file into memory, and a truncated
+    or damaged `-shm` then kills the process with SIGBUS, which Python cannot catch; for a
+    supervisor that would mean a healthy task killed with it. A rollback journal maps
+    nothing: damaged files give errors, which the supervisor survives. A database still in
+    WAL (made by an older version) leaves it once no other connection has it open.
     """
-    deadline = time.monotonic() + BUSY_TIMEOUT
-    while True:
-        try:
-            if connection.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
-                return
-        except sqlite3.OperationalError as error:
-            if error.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                raise
-        if time.monotonic() > deadline:
-            raise sqlite3.OperationalError("could not switch to WAL: database is locked")
-        time.sleep(0.005)
+    try:
+        connection.execute("PRAGMA journal_mode = TRUNCATE").fetchone()
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise  # busy: another connection still uses WAL; this one does too, for now
+    connection.execute("PRAGMA synchronous = FULL")
 
 
 def _upgrade(connection: sqlite3.Connection, version: int) -> None:

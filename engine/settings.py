@@ -13,15 +13,29 @@ DEFAULT_RESERVATION_TTL = 3600.0
 TTL_VARIABLE = "TASKWATCHER_RESERVATION_TTL"
 
 
+#: How long a writer waits for the others before giving up (100 concurrent writers must queue).
+DEFAULT_BUSY_TIMEOUT = 10.0
+BUSY_TIMEOUT_VARIABLE = "TASKWATCHER_BUSY_TIMEOUT"
+
+
 def reservation_ttl_from_env(environ: Mapping[str, str] = os.environ) -> float:
     """$TASKWATCHER_RESERVATION_TTL in seconds, else the default; InvalidRequest if unusable."""
-    configured = environ.get(TTL_VARIABLE)
+    return _seconds_from_env(environ, TTL_VARIABLE, DEFAULT_RESERVATION_TTL)
+
+
+def busy_timeout(environ: Mapping[str, str] = os.environ) -> float:
+    """$TASKWATCHER_BUSY_TIMEOUT in seconds, else the default; InvalidRequest if unusable."""
+    return _seconds_from_env(environ, BUSY_TIMEOUT_VARIABLE, DEFAULT_BUSY_TIMEOUT)
+
+
+def _seconds_from_env(environ: Mapping[str, str], variable: str, default: float) -> float:
+    configured = environ.get(variable)
     if configured is None:
-        return DEFAULT_RESERVATION_TTL
+        return default
     try:
         seconds = float(configured)
     except ValueError:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
-        raise InvalidRequest(f"${TTL_VARIABLE}: not a number of seconds above 0: {configured!r}")
+        raise InvalidRequest(f"${variable}: not a number of seconds above 0: {configured!r}")
     return seconds

@@ -66,8 +66,8 @@ def test_database_deleted_while_a_task_runs(
 ) -> None:
     go = tmp_path / "go"
     taskid, runner, row = gated_task(db_path, go, request=request)
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db_path}{suffix}").unlink()
+    for suffix in ("", "-journal"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
     go.touch()
     assert not_recorded(runner, taskid, "COMPLETED").endswith("was deleted or replaced")
     assert group_members(row["pgid"]) == []
@@ -77,14 +77,13 @@ def test_database_deleted_while_a_task_runs(
 def test_database_replaced_while_a_task_runs(
     db_path: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """Replaced the way a backup is restored: the file and its -wal/-shm companions."""
+    """Replaced the way a backup is restored: the file, its journal dropped."""
     backup = tmp_path / "backup.db"
     restored = history_before_the_fault(backup)
     go = tmp_path / "go"
     taskid, runner, row = gated_task(db_path, go, request=request)
     os.replace(backup, db_path)
-    for suffix in ("-wal", "-shm"):
-        Path(f"{db_path}{suffix}").unlink()
+    Path(f"{db_path}-journal").unlink(missing_ok=True)
     go.touch()
     assert not_recorded(runner, taskid, "COMPLETED").endswith("was deleted or replaced")
     assert group_members(row["pgid"]) == []
@@ -249,3 +248,48 @@ def test_leftover_that_cannot_be_removed_launches_nothing(db_path: Path, tmp_pat
     (record,) = twctl_json(db_path, "history")
     assert (record["taskid"], record["outcome"], record["exitcode"]) == (taskid, "FAILED", 125)
     assert record["termerror"].startswith("cannot remove the old feedback file")
+
+
+def _truncate(path: Path) -> None:
+    os.truncate(path, 0)
+
+
+def _garble(path: Path) -> None:
+    path.write_bytes(os.urandom(max(path.stat().st_size, 4096)))
+
+
+def _make_immutable(path: Path) -> None:
+    subprocess.run(["chattr", "+i", path], check=True, capture_output=True)
+
+
+DAMAGE = {"truncated": _truncate, "garbled": _garble, "immutable": _make_immutable}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_database_files_never_kill_a_healthy_task(
+    db_path: Path, tmp_path: Path, damage: str, request: pytest.FixtureRequest
+) -> None:
+    """Every file of the database (`-shm` too, where WAL would map one) damaged under twrun.
+
+    The task must go on to its own end: twrun exits with its status, or 125 saying how it
+    ended when that could not be recorded; never a signal of its own (SIGBUS).
+    """
+    if damage == "immutable" and shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    go, finished = tmp_path / "go", tmp_path / "finished"
+    taskid = reserve(db_path, "--name", "healthy")
+    script = f"while [ ! -e {go} ]; do sleep 0.05; done; touch {finished}"
+    runner = twrun(db_path, taskid, "--grace", "1", command=["sh", "-c", script])
+    kill_at_end(request, wait_running(db_path, taskid)["pid"])
+    files = [path for path in tmp_path.glob("tasks.db*") if path.is_file()]
+    assert db_path in files
+    request.addfinalizer(lambda: subprocess.run(["chattr", "-i", *files], capture_output=True))
+    for path in files:
+        DAMAGE[damage](path)
+    go.touch()
+    _, stderr = runner.communicate(timeout=30)
+    assert "Traceback" not in stderr
+    assert runner.returncode in (0, 125), stderr
+    assert finished.exists()  # the task was never killed
+    if runner.returncode == 125:
+        assert stderr.splitlines()[-1].startswith(f"twrun: task {taskid} ended COMPLETED ")

@@ -55,13 +55,19 @@ def test_first_use_creates_a_private_folder_and_file(isolated_state):
     assert mode(path) == 0o600
 
 
-def test_wal_and_shm_files_are_private(db_path):
+def test_the_journal_is_private(db_path):
     with Store.open(db_path) as store:
         store.reserve("x")
-        companions = [Path(f"{db_path}-wal"), Path(f"{db_path}-shm")]
-        assert all(companion.exists() for companion in companions)
-        for companion in companions:
-            assert mode(companion) & 0o077 == 0, companion
+        journal = Path(f"{db_path}-journal")  # kept, empty, between transactions (TRUNCATE)
+        assert journal.exists()
+        assert mode(journal) & 0o077 == 0
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/zero"])
+def test_a_device_is_refused_before_sqlite_touches_it(device):
+    with pytest.raises(StoreError, match="not a regular file"):
+        Store.open(device)
+    assert not Path(f"{device}-journal").exists()
 
 
 def test_explicit_path_in_missing_folders_creates_them_private(tmp_path):

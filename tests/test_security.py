@@ -51,7 +51,8 @@ def test_names_and_info_never_reach_the_filesystem(tmp_path: Path) -> None:
     assert [r["taskname"] for r in reversed(twctl_json(db, "history"))] == PATHLIKE_NAMES
     assert list(work.iterdir()) == []
     feedback_files = {f"deep/er/tasks-feedback/feedback_{n}.log" for n in range(1, 7)}
-    database_files = {"deep", "deep/er", "deep/er/tasks.db", "deep/er/tasks-feedback"}
+    database_files = {"deep", "deep/er", "deep/er/tasks.db", "deep/er/tasks.db-journal"}
+    database_files.add("deep/er/tasks-feedback")
     assert files_under(tmp_path) - {"work"} == database_files | feedback_files
 
 
@@ -77,7 +78,7 @@ def test_database_and_feedback_folder_are_private_whatever_the_umask(
     folder = isolated_state / "taskwatcher"
     wait_running(folder / "tasks.db", taskid)
     assert mode(isolated_state) == mode(folder) == mode(folder / "tasks-feedback") == 0o700
-    for name in ("tasks.db", "tasks.db-wal", "tasks.db-shm"):
+    for name in ("tasks.db", "tasks.db-journal"):
         assert mode(folder / name) == 0o600, name
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import orjson
@@ -60,10 +61,33 @@ def test_empty_file_gets_the_schema(db_path):
     assert user_version(db_path) == schema.LATEST_VERSION
 
 
-def test_database_is_in_wal_mode(db_path):
-    Store.open(db_path).close()
-    with sqlite3.connect(db_path) as connection:
-        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+def journal_mode(connection: sqlite3.Connection) -> str:
+    return connection.execute("PRAGMA journal_mode").fetchone()[0]
+
+
+def test_database_uses_a_synced_rollback_journal(db_path):
+    """Not WAL, whose memory-mapped -shm kills a process with SIGBUS once damaged."""
+    with Store.open(db_path) as store:
+        store.reserve("x")
+        assert journal_mode(store._db) == "truncate"
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert not Path(f"{db_path}-wal").exists() and not Path(f"{db_path}-shm").exists()
+
+
+def test_a_wal_database_of_an_older_version_leaves_wal_once_nobody_holds_it(db_path):
+    with Store.open(db_path) as store:
+        store.reserve("kept")
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as old:
+        assert journal_mode(old) == "delete"  # rollback: TRUNCATE is each connection's own
+        old.execute("PRAGMA journal_mode = WAL")
+        old.execute("SELECT count(*) FROM tasks").fetchone()  # an older twrun, still open
+        with Store.open(db_path) as store:  # works beside it, in WAL for now
+            assert journal_mode(store._db) == "wal"
+            store.reserve("beside")
+    with Store.open(db_path) as store:
+        assert journal_mode(store._db) == "truncate"
+        assert [task["name"] for task in store.list_tasks()] == ["kept", "beside"]
+    assert not Path(f"{db_path}-wal").exists()
 
 
 def test_reopening_keeps_the_data(db_path):
@@ -114,8 +138,8 @@ def test_another_applications_database_is_refused_untouched(db_path):
     assert_refused_untouched(db_path, "not a taskwatcher database (unversioned, has other tables)")
 
 
-def test_refused_database_gets_no_wal_header(db_path):
-    """Asking for WAL rewrites the header: it must never happen to a refused file."""
+def test_refused_database_keeps_its_header(db_path):
+    """Changing the journal mode may rewrite the header: never for a refused file."""
     make_sqlite(db_path, "PRAGMA user_version = 99")
     before = db_path.read_bytes()[18:20]
     with pytest.raises(StoreError):
