@@ -60,7 +60,7 @@ class Store:
 
         Without `reservation_ttl`, $TASKWATCHER_RESERVATION_TTL or the default applies.
         """
-        path = Path(path)
+        path = Path(path).absolute()  # every path stored or handed to a task is absolute
         ttl = reservation_ttl_from_env() if reservation_ttl is None else reservation_ttl
         return cls(schema.open_database(path), path, clock, ttl)
 

@@ -199,3 +199,22 @@ def test_huge_taskid_is_a_usage_error(db_path: Path) -> None:
     assert result.returncode == 125
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].startswith("twrun: argument --taskid: not a task id")
+
+
+def test_a_relative_database_path_hands_the_task_absolute_paths(tmp_path: Path) -> None:
+    """A task that changes folder still finds its feedback file, and so does twctl elsewhere."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    reports = (
+        f'cd {elsewhere}; for i in 1 2 3 4 5 6 7 8; do echo "[step]$i" >> "$TASKWATCHER_FEEDBACK";'
+        " sleep 0.25; done"
+    )
+    taskid = run_cli("twctl", "--db", "t.db", "reserve", cwd=tmp_path).stdout.strip()
+    result = run_cli(
+        "twrun", "--db", "t.db", "--taskid", taskid, "--timeout", "1",
+        "--", "sh", "-c", reports, "--feedback", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shown = run_cli("twctl", "--db", tmp_path / "t.db", "feedback", taskid, cwd=elsewhere)
+    assert shown.stdout == '{"step":"8"}\n'
+    assert history(tmp_path / "t.db", taskid)["outcome"] == "COMPLETED"
