@@ -129,9 +129,22 @@ def _cmd_history(store: Store, args: argparse.Namespace) -> int:
 
 
 def _cmd_clear(store: Store, args: argparse.Namespace) -> int:
-    removed = store.clear_history(before=args.before)
+    removed = store.clear_history(before=args.before, progress=_progress_notice("removed"))
+    if sys.stderr.isatty() and removed:
+        print(file=sys.stderr)  # end the progress line
     print(f"{removed} history row(s) removed")
     return 0
+
+
+def _progress_notice(verb: str) -> Callable[[int], None] | None:
+    """On a terminal, a line on stderr that counts what a long change has done so far."""
+    if not sys.stderr.isatty():
+        return None
+
+    def notice(done: int) -> None:
+        print(f"\r{verb} {done} row(s)...", end="", file=sys.stderr, flush=True)
+
+    return notice
 
 
 def _cmd_kill(store: Store, args: argparse.Namespace) -> int:

@@ -30,8 +30,14 @@ from taskwatcher.engine.records import encode_command, history_record, task_reco
 from taskwatcher.engine.settings import reservation_ttl_from_env
 from taskwatcher.grammar.errors import TaskwatcherError
 
-#: A reservation not started within this many seconds ends as EXPIRED.
-_STALE_RESERVATIONS = "SELECT * FROM tasks WHERE status = 'RESERVED' AND reservetime <= ?"
+_STALE_RESERVATIONS = (
+    "SELECT * FROM tasks WHERE status = 'RESERVED' AND reservetime <= ? ORDER BY id LIMIT ?"
+)
+#: Rows a bulk change touches per transaction, so that no writer waits long behind it
+#: (about 10 ms a batch here; a task ending meanwhile waits one batch, not the whole change).
+BATCH_ROWS = 1000
+#: Stale reservations every write expires on the way; housekeep() takes the rest in batches.
+_EXPIRED_PER_WRITE = 50
 
 Clock = Callable[[], float]
 Record = dict[str, Any]
@@ -110,12 +116,13 @@ class Store:
         """Expire reservations older than the time-to-live; returns their history records.
 
         Looks first without the write lock, so the common case (nothing stale) never waits
-        behind other writers.
+        behind other writers; many stale ones are expired a batch per transaction.
         """
-        if not self._rows(_STALE_RESERVATIONS + " LIMIT 1", (self._stale_before(self._clock()),)):
-            return []
-        with self._transaction() as now:
-            return self._expire_reservations(now)
+        expired: list[Record] = []
+        while self._rows(_STALE_RESERVATIONS, (self._stale_before(self._clock()), 1)):
+            with self._transaction() as now:
+                expired += self._expire_reservations(now, BATCH_ROWS)
+        return expired
 
     def start(
         self,
@@ -261,15 +268,39 @@ class Store:
             self._live_row(taskid)
             self._put_feedback(taskid, feedback, now)
 
-    def clear_history(self, before: float | None = None) -> int:
-        """Delete history rows that ended before `before` (all without it); returns how many."""
-        with self._write():
-            if before is None:
-                return self._execute("DELETE FROM history").rowcount
-            return self._execute("DELETE FROM history WHERE endtime < ?", (before,)).rowcount
+    def clear_history(
+        self, before: float | None = None, *, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Delete history rows that ended before `before` (all without it); returns how many.
+
+        In batches of BATCH_ROWS, each its own transaction, so tasks ending meanwhile are
+        recorded between two batches. Not one transaction, then: interrupted, it leaves
+        history consistent with part of the rows gone, and running it again finishes.
+        `progress` hears the running total after each batch.
+        """
+        condition, params = ("", ()) if before is None else ("WHERE endtime < ?", (before,))
+        batch = f"DELETE FROM history WHERE id IN (SELECT id FROM history {condition} LIMIT ?)"
+        removed = 0
+        while True:
+            started = time.monotonic()
+            with self._transaction():
+                deleted = self._execute(batch, (*params, BATCH_ROWS)).rowcount
+            removed += deleted
+            if progress is not None and deleted:
+                progress(removed)
+            if deleted < BATCH_ROWS:
+                return removed
+            # sqlite's lock is not fair: a waiting writer retries after sleeping, so leave the
+            # lock free as long as a batch held it, and the writer finds it free soon enough.
+            time.sleep(time.monotonic() - started)
 
     def reinitialize(self) -> None:
-        """Drop every table and start afresh; the caller decides whether live tasks may be lost."""
+        """Drop every table and start afresh; the caller decides whether live tasks may be lost.
+
+        History is emptied in batches first, so the transaction that rebuilds the schema is
+        short however long the history was.
+        """
+        self.clear_history()
         with self._transaction(), self._sqlite_errors():
             schema.recreate(self._db)
 
@@ -353,7 +384,7 @@ class Store:
     def _write(self) -> Iterator[float]:
         """Every write first expires stale reservations: one indexed query when there are none."""
         with self._transaction() as now:
-            self._expire_reservations(now)
+            self._expire_reservations(now, _EXPIRED_PER_WRITE)
             yield now
 
     @contextmanager
@@ -379,8 +410,8 @@ class Store:
     def _stale_before(self, now: float) -> float:
         return now - self.reservation_ttl
 
-    def _expire_reservations(self, now: float) -> list[Record]:
-        stale = self._rows(_STALE_RESERVATIONS, (self._stale_before(now),))
+    def _expire_reservations(self, now: float, at_most: int) -> list[Record]:
+        stale = self._rows(_STALE_RESERVATIONS, (self._stale_before(now), at_most))
         return [
             self._archive_row(
                 row,

@@ -516,3 +516,36 @@ def test_final_feedback_is_null_only_for_tasks_that_published_none(store):
     assert store.history_of(quiet)["feedback"] is None
     assert store.history_of(silent)["feedback"] is None
     assert store.history_of(talker)["feedback"] == {}
+
+
+# -- bulk changes ------------------------------------------------------------------------
+
+
+def fill_history(db_path, rows: int) -> None:
+    """A large history, written fast with plain sqlite3 (the store's schema already there)."""
+    with sqlite3.connect(db_path) as raw:
+        raw.executemany(
+            "INSERT INTO history (taskid, endtime, duration, feedback, outcome)"
+            " VALUES (?, ?, 0, 'null', 'COMPLETED')",
+            ((taskid, float(taskid)) for taskid in range(1, rows + 1)),
+        )
+
+
+def test_clear_goes_in_batches_and_says_how_far_it_got(store, db_path):
+    fill_history(db_path, 2500)
+    seen = []
+    assert store.clear_history(before=2001.0, progress=seen.append) == 2000
+    assert seen == [1000, 2000]
+    assert len(store.history()) == 500
+    assert store.clear_history() == 500
+
+
+def test_many_stale_reservations_expire_in_batches(db_path):
+    with Store.open(db_path, reservation_ttl=1.0) as store:
+        with sqlite3.connect(db_path) as raw:
+            raw.executemany(
+                "INSERT INTO tasks (name, reservetime, lastupdate) VALUES ('old', 0, 0)",
+                [()] * 2100,
+            )
+        assert len(store.housekeep()) == 2100
+        assert store.live_count() == 0
