@@ -112,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TaskwatcherError as error:
         code = getattr(error, "exit_code", SUPERVISOR_FAILED)
         fail(f"twrun: {error}", code)
+    except OSError as error:  # the system refused twrun itself something (no task runs)
+        fail(f"twrun: {error.strerror or error}", SUPERVISOR_FAILED)
     return end.exit_code
 
 

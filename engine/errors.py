@@ -52,3 +52,7 @@ class FeedpathMissing(TaskwatcherError, FileNotFoundError):
 
 class FeedpathUnusable(TaskwatcherError):
     """The feedback folder or file cannot be made, or another user could tamper with it."""
+
+
+class SupervisorUnusable(TaskwatcherError):
+    """twrun cannot supervise here (too few file descriptors, no pipe or socket to be had)."""

@@ -16,7 +16,14 @@ ENV_VAR = "TASKWATCHER_DB"
 
 def default_db_path() -> Path:
     """The XDG state location used when neither --db nor $TASKWATCHER_DB is given."""
-    state_home = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    state_home = os.environ.get("XDG_STATE_HOME")
+    if not state_home:
+        try:
+            state_home = Path.home() / ".local" / "state"
+        except RuntimeError:  # no $HOME and no passwd entry, as in some containers
+            raise StoreError(
+                f"no home folder for the default database: give --db PATH or set ${ENV_VAR}"
+            ) from None
     return Path(state_home) / "taskwatcher" / "tasks.db"
 
 

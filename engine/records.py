@@ -5,6 +5,7 @@ Durations and timers are computed here from stored times, so nobody rewrites row
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import Any
 
@@ -76,7 +77,27 @@ def history_record(row: sqlite3.Row) -> dict[str, Any]:
 
 def encode_command(command: list[str] | tuple[str, ...] | None) -> str | None:
     """argv is stored as a JSON array so arguments with spaces survive the round trip."""
-    return None if command is None else orjson.dumps(list(command)).decode()
+    return None if command is None else orjson.dumps([storable(arg) for arg in command]).decode()
+
+
+#: Lone surrogates: how Python holds the bytes of an argument or path that are not UTF-8.
+_UNDECODED = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """Text as the database and JSON keep it: valid UTF-8, every byte that was not shown as
+    `\\xNN`, as `ls -b` prints it (`caf\\xe9.txt`); anything else unchanged.
+
+    The task itself gets its argv byte for byte; only the record uses this form.
+    """
+    if text.isascii():
+        return text
+    return _UNDECODED.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def decode_command(stored: str | None) -> list[str] | None:

@@ -26,7 +26,7 @@ from taskwatcher.engine.errors import (
     UnknownTask,
 )
 from taskwatcher.engine.machine import FINAL_STATUSES, STARTED_STATUSES, Status
-from taskwatcher.engine.records import encode_command, history_record, task_record
+from taskwatcher.engine.records import encode_command, history_record, storable, task_record
 from taskwatcher.engine.settings import reservation_ttl_from_env
 from taskwatcher.grammar.errors import TaskwatcherError
 
@@ -397,15 +397,13 @@ class Store:
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         with self._sqlite_errors():
-            return self._db.execute(sql, params)
+            return self._db.execute(sql, _storable_params(params))
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._sqlite_errors():
-            return self._db.execute(sql, params).fetchall()
+        return self._execute(sql, params).fetchall()
 
     def _row(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        with self._sqlite_errors():
-            return self._db.execute(sql, params).fetchone()
+        return self._execute(sql, params).fetchone()
 
     def _stale_before(self, now: float) -> float:
         return now - self.reservation_ttl
@@ -531,6 +529,11 @@ class Store:
         if ended is None:
             return UnknownTask(f"no task {taskid}")
         return UnknownTask(f"task {taskid} has already ended ({ended['outcome']})")
+
+
+def _storable_params(params: Sequence[Any]) -> tuple[Any, ...]:
+    """Every text bound to a statement in the one form the database keeps (records.storable)."""
+    return tuple(storable(value) if isinstance(value, str) else value for value in params)
 
 
 def _status(value: Status | str) -> Status:

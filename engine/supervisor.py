@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import resource
 import select
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -25,9 +27,11 @@ from typing import NamedTuple
 from taskwatcher.engine import ownership, process
 from taskwatcher.engine.errors import (
     FeedpathUnusable,
+    LaunchError,
     NotReserved,
     ReservationRequired,
     StoreError,
+    SupervisorUnusable,
     UnknownTask,
 )
 from taskwatcher.engine.feedbackfile import (
@@ -45,9 +49,13 @@ from taskwatcher.engine.stopping import SUPERVISOR_FAILED, StopReason, TaskEnd, 
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.taskrow import TaskRow, archive
 from taskwatcher.engine.wakeup import WakeSocket
+from taskwatcher.grammar.errors import TaskwatcherError
 
 log = logging.getLogger(__name__)
 
+#: File descriptors a supervisor may hold at once (database and journal, signal pipe, wake
+#: socket, pidfds, the feedback file, /proc entries, the launch's pipe), with a margin.
+DESCRIPTORS_NEEDED = 10
 #: Seconds between SIGTERM and SIGKILL when a task is stopped (supervisord's stopwaitsecs idea).
 DEFAULT_GRACE = 5.0
 #: The feedback file's mtime is read at least this often; also the cap on heartbeat row writes.
@@ -139,23 +147,17 @@ def run_task(
     as FAILED. Once the child runs, database trouble is logged and never leaves it unsupervised;
     NotRecorded at the end says the task ended but history could not be told.
     """
+    check_descriptors()
     reservation = _find_reservation(store, request)
     taskid = reservation.taskid
     token = ownership.new_token()
-    with (
-        SignalInbox([*watched_stop_signals(), KILL_REQUEST_SIGNAL]) as inbox,
-        WakeSocket(ownership.token_digest(token)) as wake,
-    ):
-        row, feedback_file = _claim(store, request, reservation, token)
+    with ExitStack() as resources:
+        row, feedback_file, inbox, wake = _claim(store, request, reservation, token, resources)
         feedback = FeedbackFile(feedback_file)
         _make_feedback_file(row, request, feedback)
         if warning := feedback_elsewhere(request.argv, feedback_file):
             log.warning("%s", warning)
-        try:
-            child = process.spawn(request.argv, _child_env(request, taskid, feedback_file, token))
-        except process.LaunchError as error:
-            archive(store, TaskEnd(taskid, Status.FAILED, error.exit_code, None, str(error)), None)
-            raise
+        child = _launch(row, request, _child_env(request, taskid, feedback_file, token))
         leader = process.identity_of(child.pid)
         row.write(store.set_child, child.pid, leader and leader.create_time, child.pid)
         health = TaskState(taskid, request.heartbeat_timeout, request.expects_feedback)
@@ -231,23 +233,66 @@ def _find_reservation(store: Store, request: LaunchRequest) -> _Reservation:
 
 
 def _claim(
-    store: Store, request: LaunchRequest, reservation: _Reservation, token: str
-) -> tuple[TaskRow, Path]:
+    store: Store,
+    request: LaunchRequest,
+    reservation: _Reservation,
+    token: str,
+    resources: ExitStack,
+) -> tuple[TaskRow, Path, SignalInbox, WakeSocket]:
     """Everything before the launch that may fail, ending with the claim of the reservation.
 
-    A reservation twrun made itself is cancelled when this fails, so a run that launched
+    The signal inbox and the wake socket live in `resources` until the task is archived. A
+    reservation twrun made itself is cancelled when this fails, so a run that launched
     nothing leaves nothing RESERVED behind; one the user made stays theirs to retry.
     """
     try:
+        inbox = resources.enter_context(SignalInbox([*watched_stop_signals(), KILL_REQUEST_SIGNAL]))
+        wake = resources.enter_context(WakeSocket(ownership.token_digest(token)))
         feedback_file = _feedback_folder(store, request) / feedback_name(reservation.taskid)
         row = TaskRow(store, reservation.taskid, process.identity_of(os.getpid()))
         process.become_subreaper()
         _claim_start(row, request, reservation.name, feedback_file, token)
     except BaseException as error:
         if reservation.made_here:
-            _cancel_reservation(store, reservation.taskid, str(error) or type(error).__name__)
+            reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+            _cancel_reservation(store, reservation.taskid, reason)
+        if isinstance(error, OSError) and not isinstance(error, TaskwatcherError):
+            raise SupervisorUnusable(f"cannot prepare the supervision: {error.strerror}") from None
         raise
-    return row, feedback_file
+    return row, feedback_file, inbox, wake
+
+
+def _launch(row: TaskRow, request: LaunchRequest, env: dict[str, str]) -> subprocess.Popen:
+    """Start the command; a command that cannot start is archived FAILED before raising.
+
+    LaunchError says 126 or 127 for the command's own fault, 125 when twrun could not even
+    fork (too many processes or descriptors).
+    """
+    try:
+        return process.spawn(request.argv, env)
+    except process.LaunchError as error:
+        failure = error
+    except OSError as error:
+        failure = LaunchError(f"cannot start the command: {error.strerror}", SUPERVISOR_FAILED)
+    end = TaskEnd(row.taskid, Status.FAILED, failure.exit_code, None, str(failure))
+    archive(row.store, end, None)
+    raise failure
+
+
+def check_descriptors(limits: tuple[int, int] | None = None) -> None:
+    """Refuse to start with too few free file descriptors, before anything is reserved.
+
+    Short of them mid-way, a supervisor could neither watch its task nor record its end.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE) if limits is None else limits
+    if soft == resource.RLIM_INFINITY:
+        return
+    used = len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
+    if soft - used < DESCRIPTORS_NEEDED:
+        raise SupervisorUnusable(
+            f"too few file descriptors: the limit (ulimit -n) is {soft} and {used} are open;"
+            f" twrun needs {DESCRIPTORS_NEEDED} free"
+        )
 
 
 def _cancel_reservation(store: Store, taskid: int, reason: str) -> None:

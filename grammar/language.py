@@ -39,24 +39,34 @@ def terminal_patterns(*, from_lark: bool = False) -> dict[str, str]:
     `from_lark` skips the cache file (and rewrites it), for a caller that found it unusable.
     """
     cache = terminal_cache_path()
-    cached = None if from_lark else _read_patterns(cache)
+    cached = None if from_lark or cache is None else _read_patterns(cache)
     if cached is not None:
         return cached
     patterns = {
         terminal.name: terminal.pattern.to_regexp() for terminal in feedback_parser().terminals
     }
-    _write_patterns(cache, patterns)
+    if cache is not None:
+        _write_patterns(cache, patterns)
     return patterns
 
 
-def terminal_cache_path() -> Path:
-    """Where the compiled terminals are kept; the name changes with the grammar or with lark."""
+def terminal_cache_path() -> Path | None:
+    """Where the compiled terminals are kept; the name changes with the grammar or with lark.
+
+    None without a cache folder (no $XDG_CACHE_HOME and no home folder, as in some
+    containers): the terminals then come from Lark each time.
+    """
     grammar = Path(__file__).with_name(GRAMMAR_FILE).read_bytes()
     lark_spec = importlib.util.find_spec("lark")
     lark_file = os.stat(lark_spec.origin) if lark_spec and lark_spec.origin else None
     lark_id = f"{lark_spec.origin}:{lark_file.st_size}:{lark_file.st_mtime_ns}" if lark_file else ""
     key = hashlib.sha256(grammar + b"\0" + lark_id.encode()).hexdigest()[:24]
-    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    cache_home = os.environ.get("XDG_CACHE_HOME")
+    if not cache_home:
+        try:
+            cache_home = Path.home() / ".cache"
+        except RuntimeError:  # no $HOME and no passwd entry
+            return None
     return Path(cache_home) / "taskwatcher" / f"feedback-terminals-{key}.json"
 
 
