@@ -188,3 +188,65 @@ def test_another_users_lost_task_is_left_to_its_owner(
     assert runs(leftover)
     assert f"task {taskid} (roots): LOST" in twctl(shared_db, "update")
     wait_for(lambda: gone(leftover.pid))
+
+
+def test_a_link_planted_in_a_shared_folder_never_redirects_the_feedback(
+    reachable: Path, request: pytest.FixtureRequest
+) -> None:
+    """In a sticky shared folder another user plants `feedback_<id>.log` (ids are predictable)
+    while the task runs: the file twrun made first is in the way, and stays the task's."""
+    shared = reachable / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    victim = reachable / "root-only"
+    victim.write_text("[secret]kept\n")
+    victim.chmod(0o600)
+    db = reachable / "tasks.db"
+    taskid = reserve(db)
+    go = reachable / "go"
+    writes = (
+        f'while [ ! -e {go} ]; do sleep 0.05; done; echo "[step]mine" >> "$TASKWATCHER_FEEDBACK"'
+    )
+    runner = twrun(db, taskid, "--feedpath", shared, command=["sh", "-c", writes])
+    kill_at_end(request, wait_running(db, taskid)["pid"])
+    plant = [*NOBODY, "ln", "-s", "--", victim, shared / f"feedback_{taskid}.log"]
+    planted = subprocess.run(plant, capture_output=True, text=True, timeout=60)
+    assert "File exists" in planted.stderr  # taken, by a file only its owner may replace
+    go.touch()
+    assert runner.wait(timeout=30) == 0
+    assert victim.read_text() == "[secret]kept\n"
+    (record,) = twctl_json(db, "history")
+    assert record["feedback"] == {"step": "mine"}
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770])
+def test_a_feedback_folder_others_may_write_is_refused(
+    db_path: Path, tmp_path: Path, mode: int
+) -> None:
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(mode)
+    marker = tmp_path / "ran"
+    taskid = reserve(db_path)
+    result = subprocess.run(
+        [BIN / "twrun", "--db", db_path, "--taskid", str(taskid), "--feedpath", folder,
+         "--", "touch", marker],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 125
+    assert "is writable by other users" in assert_one_line(result.stderr, "twrun: ")
+    assert not marker.exists()
+
+
+def test_a_feedback_folder_of_another_user_is_refused(db_path: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "nobodys"
+    folder.mkdir(mode=0o755)
+    os.chown(folder, 65534, 65534)
+    taskid = reserve(db_path)
+    result = subprocess.run(
+        [BIN / "twrun", "--db", db_path, "--taskid", str(taskid), "--feedpath", folder,
+         "--", "true"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 125
+    assert "belongs to nobody" in assert_one_line(result.stderr, "twrun: ")
