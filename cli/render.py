@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, TextIO
 
 import orjson
@@ -98,24 +99,112 @@ def time_column(header: str, key: str) -> Column:
     return Column(header, key, human_time, _plain_time)
 
 
-def plain_table(records: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
-    """Aligned columns for pipes: stable, greppable, no colour, no truncation."""
-    rows = [[column.header for column in columns]]
-    rows += [[column.plain(record.get(column.key)) for column in columns] for record in records]
-    widths = [max(len(row[index]) for row in rows) for index in range(len(columns))]
-    lines = (
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-        for row in rows
-    )
-    return "\n".join(line.rstrip() for line in lines)
+#: Rows per rich table: a long listing on a terminal is printed as tables of this many rows,
+#: since rich measures every row of a table before it prints any.
+RICH_BATCH = 1000
 
 
-def rich_table(records: Sequence[dict[str, Any]], columns: Sequence[Column], title: str | None):
+def print_records(
+    records: Iterable[dict[str, Any]],
+    columns: Sequence[Column],
+    *,
+    as_json: bool,
+    empty: str,
+    title: str | None = None,
+    caption: str | None = None,
+    out: TextIO | None = None,
+) -> None:
+    """Print records the way the reader needs them: JSON, rich tables, or plain text.
+
+    The records are streamed (rich holds RICH_BATCH of them at a time). Plain text walks them
+    twice (the column widths, then the lines): `records` must yield the same rows each time,
+    as a list does.
+    """
+    out = out or sys.stdout
+    if as_json:
+        print_json_array(records, out)
+    elif out.isatty():
+        _print_rich(records, columns, title, caption, empty, out)
+    else:
+        _print_plain(records, columns, empty, out)
+
+
+def print_json_array(records: Iterable[Any], out: TextIO) -> None:
+    """A JSON array written as it goes (`[`, the items, `]`): one item in memory at a time."""
+    out.write("[")
+    separator = ""
+    for record in records:
+        out.write(separator + orjson.dumps(record).decode())
+        separator = ","
+    out.write("]\n")
+
+
+def _print_plain(
+    records: Iterable[dict[str, Any]], columns: Sequence[Column], empty: str, out: TextIO
+) -> None:
+    """Aligned columns for pipes: stable, greppable, no colour; widths from a first walk."""
+    widths = [len(column.header) for column in columns]
+    rows = 0
+    for record in records:
+        rows += 1
+        cells = _plain_cells(record, columns)
+        widths = [max(width, len(cell)) for width, cell in zip(widths, cells, strict=True)]
+    if not rows:
+        print(empty, file=out)
+        return
+    _print_aligned([column.header for column in columns], widths, out)
+    for record in records:
+        _print_aligned(_plain_cells(record, columns), widths, out)
+
+
+def _plain_cells(record: dict[str, Any], columns: Sequence[Column]) -> list[str]:
+    return [column.plain(record.get(column.key)) for column in columns]
+
+
+def _print_aligned(cells: Sequence[str], widths: Sequence[int], out: TextIO) -> None:
+    line = "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+    out.write(line.rstrip() + "\n")
+
+
+def _print_rich(
+    records: Iterable[dict[str, Any]],
+    columns: Sequence[Column],
+    title: str | None,
+    caption: str | None,
+    empty: str,
+    out: TextIO,
+) -> None:
+    """Rich tables of RICH_BATCH rows; the title goes on the first, the caption on the last."""
+    from rich.console import Console
+
+    console = Console(file=out)
+    batches = _batches(records, RICH_BATCH)
+    batch = next(batches, None)
+    if batch is None:
+        print(empty, file=out)
+    while batch is not None:
+        following = next(batches, None)
+        console.print(rich_table(batch, columns, title, None if following else caption))
+        title, batch = None, following
+
+
+def _batches(records: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(records)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def rich_table(
+    records: Sequence[dict[str, Any]],
+    columns: Sequence[Column],
+    title: str | None,
+    caption: str | None = None,
+):
     """A rich Table for terminals: human times, coloured statuses, cells never read as markup."""
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, header_style="bold", expand=False)
+    table = Table(title=title, caption=caption, header_style="bold", expand=False)
     for column in columns:
         table.add_column(column.header, overflow="fold")
     for record in records:
@@ -126,29 +215,6 @@ def rich_table(records: Sequence[dict[str, Any]], columns: Sequence[Column], tit
             cells.append(Text(column.human(value), style=style))
         table.add_row(*cells)
     return table
-
-
-def print_records(
-    records: Sequence[dict[str, Any]],
-    columns: Sequence[Column],
-    *,
-    as_json: bool,
-    empty: str,
-    title: str | None = None,
-    out: TextIO | None = None,
-) -> None:
-    """Print records the way the reader needs them: JSON, a rich table, or plain text."""
-    out = out or sys.stdout
-    if as_json:
-        print_json(records, out=out)
-    elif not records:
-        print(empty, file=out)
-    elif out.isatty():
-        from rich.console import Console
-
-        Console(file=out).print(rich_table(records, columns, title))
-    else:
-        print(plain_table(records, columns), file=out)
 
 
 def print_json(value: Any, *, pretty: bool = False, out: TextIO | None = None) -> None:

@@ -5,8 +5,6 @@ or the terminal. (That a signal needs pid and create time to match is test_fault
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -15,7 +13,7 @@ import pytest
 
 from taskwatcher.engine.store import Store
 from tests.fault_helpers import reserve, twctl, twctl_json, twrun, wait_running
-from tests.helpers import BIN, run_cli
+from tests.helpers import BIN, on_a_terminal, run_cli
 
 PATHLIKE_NAMES = ["../../x", "/tmp/x", "$(touch pwned)", "`touch pwned`", "; touch pwned", "-rf"]
 SQL_NAMES = ["Robert'); DROP TABLE tasks; --", 'x" OR "1"="1', "%"]
@@ -106,23 +104,6 @@ def assert_escaped(output: str, *shown: str) -> None:
         assert text in output, output
     for piece in RAW_PIECES:
         assert piece not in output, repr(piece)
-
-
-def on_a_terminal(*argv: str | Path) -> str:
-    """What a command prints on a terminal: run it in a pseudo-terminal made by script(1)."""
-    if shutil.which("script") is None:
-        pytest.skip("script(1) is not installed")
-    command = shlex.join(map(str, argv))
-    result = subprocess.run(
-        ["script", "-qec", command, "/dev/null"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "COLUMNS": "250", "TERM": "xterm"},
-    )
-    assert result.returncode == 0, result.stdout
-    return result.stdout
 
 
 def test_control_characters_are_shown_escaped(db_path: Path, tmp_path: Path) -> None:
