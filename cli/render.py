@@ -22,6 +22,10 @@ _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, *ran
     ord("\t"): "\\t",
 }
 
+#: The longest value a table cell or a `show` line prints, in characters; a longer one is cut
+#: to MAX_CELL - 1 and an ellipsis. JSON keeps every value whole.
+MAX_CELL = 80
+
 STATUS_STYLES = {
     "RESERVED": "cyan",
     "RUNNING": "green",
@@ -41,6 +45,14 @@ def escape(value: object) -> str:
     if value is None:
         return "-"
     return str(value).translate(_CONTROL_ESCAPES)
+
+
+def cell(value: object) -> str:
+    """A value escaped and cut to MAX_CELL characters: one huge field cannot flood a screen."""
+    if isinstance(value, str) and len(value) > MAX_CELL:
+        value = value[: MAX_CELL + 1]  # escape only what can be shown, and still see it is cut
+    shown = escape(value)
+    return shown if len(shown) <= MAX_CELL else shown[: MAX_CELL - 1] + "…"
 
 
 def human_duration(seconds: float | None) -> str:
@@ -77,8 +89,8 @@ class Column:
 
     header: str
     key: str
-    human: Callable[[Any], str] = escape
-    plain: Callable[[Any], str] = escape
+    human: Callable[[Any], str] = cell
+    plain: Callable[[Any], str] = cell
 
 
 def _plain_seconds(value: float | None) -> str:
@@ -240,5 +252,5 @@ def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return yes_no(value)
     if isinstance(value, list | dict):
-        return escape(orjson.dumps(value).decode())
-    return escape(value)
+        return cell(orjson.dumps(value).decode())
+    return cell(value)

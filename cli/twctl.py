@@ -19,7 +19,7 @@ from taskwatcher.cli.common import (
 )
 from taskwatcher.cli.render import (
     Column,
-    escape,
+    cell,
     key_values,
     print_json,
     print_records,
@@ -99,7 +99,7 @@ def _cmd_init(store: Store, args: argparse.Namespace) -> int:
 def _cmd_update(store: Store, args: argparse.Namespace) -> int:
     ended = control.housekeep(store, grace=args.grace)
     for record in ended:
-        why = f": {escape(record['termerror'])}" if record.get("termerror") else ""
+        why = f": {cell(record['termerror'])}" if record.get("termerror") else ""
         print(f"{_ended(record)}{why}")
     print(f"{len(ended)} task(s) archived, {store.live_count()} live")
     return 0
@@ -212,8 +212,8 @@ def _report_ended(records: Sequence[dict]) -> None:
 
 
 def _ended(record: dict) -> str:
-    """`task 3 (nightly): KILLED`, the name escaped like every other cell."""
-    return f"task {record['taskid']} ({escape(record['taskname'])}): {record['outcome']}"
+    """`task 3 (nightly): KILLED`, the name escaped and cut like every other cell."""
+    return f"task {record['taskid']} ({cell(record['taskname'])}): {record['outcome']}"
 
 
 def _cmd_show(store: Store, args: argparse.Namespace) -> int:

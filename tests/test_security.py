@@ -128,3 +128,46 @@ def test_control_characters_are_shown_escaped(db_path: Path, tmp_path: Path) -> 
     assert_escaped(twctl(db_path, "history"))
     assert_escaped(on_a_terminal(twctl_bin, "--db", db_path, "history"))
     assert_escaped(twctl(db_path, "show", str(taskid)), *shown)
+
+
+HUGE = "x" * 128 * 1024
+#: A cut cell: MAX_CELL (80) characters, the last one an ellipsis.
+CUT = "x" * 79 + "…"
+
+
+@pytest.fixture
+def huge_fields(db_path: Path) -> list[int]:
+    """Five live and five finished tasks whose info1 is 128 KiB."""
+    with Store.open(db_path) as store:
+        taskids = [store.reserve("huge", info1=HUGE) for _ in range(10)]
+        for taskid in taskids[5:]:
+            store.cancel_reservation(taskid, "tester")
+    return taskids
+
+
+@pytest.mark.parametrize("command", ["list", "history"])
+def test_long_cells_are_cut_in_tables(db_path: Path, huge_fields: list[int], command: str) -> None:
+    plain = twctl(db_path, command)
+    assert plain.count(CUT + " ") == 5 and "x" * 80 not in plain
+    rich = on_a_terminal(BIN / "twctl", "--db", db_path, command)
+    assert rich.count(CUT) == 5 and "x" * 80 not in rich
+    (whole, *_) = twctl_json(db_path, command)
+    assert whole["info1"] == HUGE
+
+
+@pytest.mark.parametrize("which", [0, 9])
+def test_show_cuts_long_values_except_in_json(
+    db_path: Path, huge_fields: list[int], which: int
+) -> None:
+    taskid = str(huge_fields[which])
+    lines = twctl(db_path, "show", taskid).splitlines()
+    assert [line.split() for line in lines if line.startswith("info1")] == [["info1", CUT]]
+    assert max(map(len, lines)) < 120
+    assert twctl_json(db_path, "show", taskid)["info1"] == HUGE
+
+
+def test_watch_cuts_long_names(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.reserve(HUGE)
+    frame = twctl(db_path, "watch", "--once", env={**os.environ, "COLUMNS": "250"})
+    assert "…" in frame and "x" * 80 not in frame and len(frame.splitlines()) < 20
