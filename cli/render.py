@@ -6,6 +6,7 @@ Records come from the store as plain dicts; this module only decides how they lo
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,6 +22,12 @@ _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, *ran
     ord("\r"): "\\r",
     ord("\t"): "\\t",
 }
+#: Bidirectional controls: they reorder what follows them, so a name could hide or fake text.
+_BIDI_CONTROLS = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_CONTROL_ESCAPES |= {code: f"\\u{code:04x}" for code in _BIDI_CONTROLS}
+#: A C1 control in orjson's UTF-8 output: 0xc2 never continues a character, and C1 controls
+#: can only stand inside strings, so replacing these two bytes keeps the JSON exact.
+_C1_IN_UTF8 = re.compile(b"\xc2[\x80-\x9f]")
 
 #: The longest value a table cell or a `show` line prints, in characters; a longer one is cut
 #: to MAX_CELL - 1 and an ellipsis. JSON keeps every value whole.
@@ -146,7 +153,7 @@ def print_json_array(records: Iterable[Any], out: TextIO) -> None:
     out.write("[")
     separator = ""
     for record in records:
-        out.write(separator + orjson.dumps(record).decode())
+        out.write(separator + json_bytes(record).decode())
         separator = ","
     out.write("]\n")
 
@@ -231,8 +238,20 @@ def rich_table(
 
 def print_json(value: Any, *, pretty: bool = False, out: TextIO | None = None) -> None:
     """JSON on one line (or indented), through orjson, as the machine interface."""
-    option = orjson.OPT_INDENT_2 if pretty else 0
-    (out or sys.stdout).write(orjson.dumps(value, option=option).decode() + "\n")
+    (out or sys.stdout).write(json_bytes(value, pretty=pretty).decode() + "\n")
+
+
+def json_bytes(value: Any, *, pretty: bool = False) -> bytes:
+    """orjson's JSON with C1 controls escaped too (`\\u009b`), as orjson escapes C0 ones.
+
+    Raw, a C1 control such as U+009B (CSI) drives a terminal that shows the JSON.
+    """
+    data = orjson.dumps(value, option=orjson.OPT_INDENT_2 if pretty else 0)
+    return _C1_IN_UTF8.sub(_escaped_c1, data)
+
+
+def _escaped_c1(match: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % match[0][1]  # b"\xc2\x9b" is U+009B
 
 
 def silence_stdout() -> None:

@@ -11,9 +11,7 @@ import sys
 from collections.abc import Iterator
 from functools import partial
 
-import orjson
-
-from taskwatcher.cli.render import silence_stdout
+from taskwatcher.cli.render import json_bytes, silence_stdout
 from taskwatcher.grammar.files import READ_CHUNK, open_regular
 from taskwatcher.grammar.stream import FeedbackStream
 
@@ -83,8 +81,7 @@ def print_values(source: str, pretty: bool) -> int:
     _log_skipped(source, stream)
     values = stream.current()
     log.debug("%s: %d lines, %d keywords", _name(source), stream.lines, len(values))
-    option = orjson.OPT_INDENT_2 if pretty else 0
-    sys.stdout.buffer.write(orjson.dumps(values, option=option) + b"\n")
+    sys.stdout.buffer.write(json_bytes(values, pretty=pretty) + b"\n")
     return EXIT_OK
 
 
