@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from taskwatcher.cli import interruptible
 from taskwatcher.cli.common import (
     add_db_option,
     fail,
@@ -403,6 +404,7 @@ def expand_aliases(argv: Sequence[str]) -> list[str]:
     return words
 
 
+@interruptible
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `twctl` console script."""
     args = build_parser().parse_args(expand_aliases(sys.argv[1:] if argv is None else argv))

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from functools import partial
 
+from taskwatcher.cli import interruptible
 from taskwatcher.cli.render import json_bytes, silence_stdout
 from taskwatcher.grammar.files import READ_CHUNK, open_regular
 from taskwatcher.grammar.stream import FeedbackStream
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `twparse` console script; returns the exit status."""
     parser = build_parser()
