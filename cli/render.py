@@ -167,7 +167,7 @@ def _print_plain(
     for record in records:
         rows += 1
         cells = _plain_cells(record, columns)
-        widths = [max(width, len(cell)) for width, cell in zip(widths, cells, strict=True)]
+        widths = [max(width, len(text)) for width, text in zip(widths, cells, strict=True)]
     if not rows:
         print(empty, file=out)
         return
@@ -181,7 +181,7 @@ def _plain_cells(record: dict[str, Any], columns: Sequence[Column]) -> list[str]
 
 
 def _print_aligned(cells: Sequence[str], widths: Sequence[int], out: TextIO) -> None:
-    line = "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+    line = "  ".join(text.ljust(width) for text, width in zip(cells, widths, strict=True))
     out.write(line.rstrip() + "\n")
 
 
