@@ -1,1 +1,83 @@
-"""Command-line front ends: twparse, twrun, twctl. Parsing, formatting, exit codes only."""
+"""Command-line front ends: twparse, twrun, twctl. Parsing, formatting, exit codes only.
+
+Every console script imports this package first, so it arranges how a command starts.
+Until the command's main() runs, a Ctrl-C ends it quietly with status 130 instead of a
+traceback from whatever module was loading. orjson is imported with SIGINT blocked: a
+SIGINT during its import crashes the interpreter (SIGSEGV, orjson 3.10 to 3.13). A Ctrl-C
+that lands in a weakref callback or a destructor (each import runs some), where Python would
+print and carry on, ends the command there, with the same status.
+"""
+
+# The handlers come first, so that a Ctrl-C finds them: _signal is built in, while signal
+# would first build its enums.
+import _signal
+import os
+import sys
+
+#: The status of a command ended by Ctrl-C, as a shell reports one killed by SIGINT.
+EXIT_INTERRUPTED = 128 + _signal.SIGINT
+
+
+def _exit_interrupted(signum: int, frame: object) -> None:
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+def _exit_on_swallowed_interrupts(unraisable: object) -> None:
+    """sys.unraisablehook: a Ctrl-C that Python could only report ends the command (130).
+
+    Raising it again would run the handler inside this hook, which Python swallows too.
+    """
+    error = getattr(unraisable, "exc_value", None)
+    if not isinstance(error, KeyboardInterrupt) and not (
+        isinstance(error, SystemExit) and error.code == EXIT_INTERRUPTED
+    ):
+        _report_unraisable(unraisable)
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105  (contextlib may not be imported yet)
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or file: nothing more to say there
+            pass
+    os._exit(EXIT_INTERRUPTED)
+
+
+_report_unraisable = sys.unraisablehook
+# A SIGINT its starter ignored (`nohup`, a background job) stays ignored.
+if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+    _signal.signal(_signal.SIGINT, _exit_interrupted)
+    sys.unraisablehook = _exit_on_swallowed_interrupts
+
+import functools  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+def _import_orjson() -> None:
+    held = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
+    try:
+        import orjson  # noqa: F401  (a SIGINT meanwhile waits until the import is done)
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, held)
+
+
+def interruptible(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate a console script's main: in it Ctrl-C is a KeyboardInterrupt again (which
+    `twctl watch` and twrun's supervision handle), and one left over ends it with 130."""
+
+    @functools.wraps(main)
+    def run(*args: Any, **kwargs: Any) -> int:
+        quiet_start = _signal.getsignal(_signal.SIGINT) is _exit_interrupted
+        try:
+            if quiet_start:
+                _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+            return main(*args, **kwargs)
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        finally:
+            if quiet_start:  # quiet again on the way out, through the interpreter's exit
+                _signal.signal(_signal.SIGINT, _exit_interrupted)
+
+    return run
+
+
+_import_orjson()

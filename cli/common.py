@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import sys
 from typing import NoReturn
 
@@ -13,6 +14,9 @@ from taskwatcher.engine.store import Store
 
 #: sqlite's largest INTEGER: a larger number cannot name a task, and sqlite would overflow on it.
 MAX_TASK_ID = 2**63 - 1
+#: Numbers as users type them: ASCII digits only (`[0-9]`, unlike `\d`, matches no others).
+_WHOLE = re.compile(r"-?[0-9]+")
+_DECIMAL = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
 DB_HELP = "database file (default: $TASKWATCHER_DB, else $XDG_STATE_HOME/taskwatcher/tasks.db)"
 
 
@@ -63,10 +67,9 @@ class _PrefixedFormatter(logging.Formatter):
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    value = decimal(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"not a finite number of seconds: {text!r}")
     return value
@@ -90,21 +93,35 @@ def non_negative_seconds(text: str) -> float:
 
 def task_id(text: str) -> int:
     """argparse type: a task id, checked here so a huge number is a usage error, not a crash."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a task id: {text!r}") from None
-    if not 1 <= value <= MAX_TASK_ID:
+    value = _whole(text)
+    if value is None or not 1 <= value <= MAX_TASK_ID:
         raise argparse.ArgumentTypeError(f"not a task id (1 to {MAX_TASK_ID}): {text!r}")
     return value
 
 
 def positive_int(text: str) -> int:
     """argparse type: a count of one or more (`--limit 0` or `-1` would mean nothing useful)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    value = _whole(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
     return value
+
+
+def decimal(text: str) -> float | None:
+    """A number in ASCII digits (`90`, `-1.5`, `2e3`), else None.
+
+    float() and int() also take `٣`, `1_0`, `+3` and spaces around, which on a command line
+    are typos, or text meant to look like another number.
+    """
+    return float(text) if _DECIMAL.fullmatch(text) else None
+
+
+def _whole(text: str) -> int | None:
+    if not _WHOLE.fullmatch(text):
+        return None
+    try:
+        return int(text)
+    except ValueError:  # more digits than int() converts
+        return None

@@ -6,10 +6,12 @@ Records come from the store as plain dicts; this module only decides how they lo
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, TextIO
 
 import orjson
@@ -20,6 +22,16 @@ _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, *ran
     ord("\r"): "\\r",
     ord("\t"): "\\t",
 }
+#: Bidirectional controls: they reorder what follows them, so a name could hide or fake text.
+_BIDI_CONTROLS = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_CONTROL_ESCAPES |= {code: f"\\u{code:04x}" for code in _BIDI_CONTROLS}
+#: A C1 control in orjson's UTF-8 output: 0xc2 never continues a character, and C1 controls
+#: can only stand inside strings, so replacing these two bytes keeps the JSON exact.
+_C1_IN_UTF8 = re.compile(b"\xc2[\x80-\x9f]")
+
+#: The longest value a table cell or a `show` line prints, in characters; a longer one is cut
+#: to MAX_CELL - 1 and an ellipsis. JSON keeps every value whole.
+MAX_CELL = 80
 
 STATUS_STYLES = {
     "RESERVED": "cyan",
@@ -40,6 +52,14 @@ def escape(value: object) -> str:
     if value is None:
         return "-"
     return str(value).translate(_CONTROL_ESCAPES)
+
+
+def cell(value: object) -> str:
+    """A value escaped and cut to MAX_CELL characters: one huge field cannot flood a screen."""
+    if isinstance(value, str) and len(value) > MAX_CELL:
+        value = value[: MAX_CELL + 1]  # escape only what can be shown, and still see it is cut
+    shown = escape(value)
+    return shown if len(shown) <= MAX_CELL else shown[: MAX_CELL - 1] + "…"
 
 
 def human_duration(seconds: float | None) -> str:
@@ -76,8 +96,8 @@ class Column:
 
     header: str
     key: str
-    human: Callable[[Any], str] = escape
-    plain: Callable[[Any], str] = escape
+    human: Callable[[Any], str] = cell
+    plain: Callable[[Any], str] = cell
 
 
 def _plain_seconds(value: float | None) -> str:
@@ -98,24 +118,112 @@ def time_column(header: str, key: str) -> Column:
     return Column(header, key, human_time, _plain_time)
 
 
-def plain_table(records: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
-    """Aligned columns for pipes: stable, greppable, no colour, no truncation."""
-    rows = [[column.header for column in columns]]
-    rows += [[column.plain(record.get(column.key)) for column in columns] for record in records]
-    widths = [max(len(row[index]) for row in rows) for index in range(len(columns))]
-    lines = (
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-        for row in rows
-    )
-    return "\n".join(line.rstrip() for line in lines)
+#: Rows per rich table: a long listing on a terminal is printed as tables of this many rows,
+#: since rich measures every row of a table before it prints any.
+RICH_BATCH = 1000
 
 
-def rich_table(records: Sequence[dict[str, Any]], columns: Sequence[Column], title: str | None):
+def print_records(
+    records: Iterable[dict[str, Any]],
+    columns: Sequence[Column],
+    *,
+    as_json: bool,
+    empty: str,
+    title: str | None = None,
+    caption: str | None = None,
+    out: TextIO | None = None,
+) -> None:
+    """Print records the way the reader needs them: JSON, rich tables, or plain text.
+
+    The records are streamed (rich holds RICH_BATCH of them at a time). Plain text walks them
+    twice (the column widths, then the lines): `records` must yield the same rows each time,
+    as a list does.
+    """
+    out = out or sys.stdout
+    if as_json:
+        print_json_array(records, out)
+    elif out.isatty():
+        _print_rich(records, columns, title, caption, empty, out)
+    else:
+        _print_plain(records, columns, empty, out)
+
+
+def print_json_array(records: Iterable[Any], out: TextIO) -> None:
+    """A JSON array written as it goes (`[`, the items, `]`): one item in memory at a time."""
+    out.write("[")
+    separator = ""
+    for record in records:
+        out.write(separator + json_bytes(record).decode())
+        separator = ","
+    out.write("]\n")
+
+
+def _print_plain(
+    records: Iterable[dict[str, Any]], columns: Sequence[Column], empty: str, out: TextIO
+) -> None:
+    """Aligned columns for pipes: stable, greppable, no colour; widths from a first walk."""
+    widths = [len(column.header) for column in columns]
+    rows = 0
+    for record in records:
+        rows += 1
+        cells = _plain_cells(record, columns)
+        widths = [max(width, len(text)) for width, text in zip(widths, cells, strict=True)]
+    if not rows:
+        print(empty, file=out)
+        return
+    _print_aligned([column.header for column in columns], widths, out)
+    for record in records:
+        _print_aligned(_plain_cells(record, columns), widths, out)
+
+
+def _plain_cells(record: dict[str, Any], columns: Sequence[Column]) -> list[str]:
+    return [column.plain(record.get(column.key)) for column in columns]
+
+
+def _print_aligned(cells: Sequence[str], widths: Sequence[int], out: TextIO) -> None:
+    line = "  ".join(text.ljust(width) for text, width in zip(cells, widths, strict=True))
+    out.write(line.rstrip() + "\n")
+
+
+def _print_rich(
+    records: Iterable[dict[str, Any]],
+    columns: Sequence[Column],
+    title: str | None,
+    caption: str | None,
+    empty: str,
+    out: TextIO,
+) -> None:
+    """Rich tables of RICH_BATCH rows; the title goes on the first, the caption on the last."""
+    from rich.console import Console
+
+    console = Console(file=out)
+    batches = _batches(records, RICH_BATCH)
+    batch = next(batches, None)
+    if batch is None:
+        print(empty, file=out)
+    while batch is not None:
+        following = next(batches, None)
+        console.print(rich_table(batch, columns, title, None if following else caption))
+        title, batch = None, following
+
+
+def _batches(records: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(records)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def rich_table(
+    records: Sequence[dict[str, Any]],
+    columns: Sequence[Column],
+    title: str | None,
+    caption: str | None = None,
+):
     """A rich Table for terminals: human times, coloured statuses, cells never read as markup."""
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, header_style="bold", expand=False)
+    table = Table(title=title, caption=caption, header_style="bold", expand=False)
     for column in columns:
         table.add_column(column.header, overflow="fold")
     for record in records:
@@ -128,33 +236,22 @@ def rich_table(records: Sequence[dict[str, Any]], columns: Sequence[Column], tit
     return table
 
 
-def print_records(
-    records: Sequence[dict[str, Any]],
-    columns: Sequence[Column],
-    *,
-    as_json: bool,
-    empty: str,
-    title: str | None = None,
-    out: TextIO | None = None,
-) -> None:
-    """Print records the way the reader needs them: JSON, a rich table, or plain text."""
-    out = out or sys.stdout
-    if as_json:
-        print_json(records, out=out)
-    elif not records:
-        print(empty, file=out)
-    elif out.isatty():
-        from rich.console import Console
-
-        Console(file=out).print(rich_table(records, columns, title))
-    else:
-        print(plain_table(records, columns), file=out)
-
-
 def print_json(value: Any, *, pretty: bool = False, out: TextIO | None = None) -> None:
     """JSON on one line (or indented), through orjson, as the machine interface."""
-    option = orjson.OPT_INDENT_2 if pretty else 0
-    (out or sys.stdout).write(orjson.dumps(value, option=option).decode() + "\n")
+    (out or sys.stdout).write(json_bytes(value, pretty=pretty).decode() + "\n")
+
+
+def json_bytes(value: Any, *, pretty: bool = False) -> bytes:
+    """orjson's JSON with C1 controls escaped too (`\\u009b`), as orjson escapes C0 ones.
+
+    Raw, a C1 control such as U+009B (CSI) drives a terminal that shows the JSON.
+    """
+    data = orjson.dumps(value, option=orjson.OPT_INDENT_2 if pretty else 0)
+    return _C1_IN_UTF8.sub(_escaped_c1, data)
+
+
+def _escaped_c1(match: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % match[0][1]  # b"\xc2\x9b" is U+009B
 
 
 def silence_stdout() -> None:
@@ -174,5 +271,5 @@ def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return yes_no(value)
     if isinstance(value, list | dict):
-        return escape(orjson.dumps(value).decode())
-    return escape(value)
+        return cell(orjson.dumps(value).decode())
+    return cell(value)

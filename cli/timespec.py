@@ -9,20 +9,18 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from taskwatcher.cli.common import decimal
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_AGO = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_AGO = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhdw])")
 
 
 def parse_when(text: str, *, clock: Callable[[], float] = time.time) -> float:
     """A unix time from an age (`90m`, `7d`), an ISO date or date-time (local), or seconds."""
-    text = text.strip()
     if match := _AGO.fullmatch(text):
         return clock() - float(match[1]) * _UNITS[match[2]]
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
+    seconds = decimal(text)
+    if seconds is not None:
         if not math.isfinite(seconds):
             raise argparse.ArgumentTypeError(f"not a finite time: {text!r}")
         return seconds

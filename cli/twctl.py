@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
+from taskwatcher.cli import interruptible
 from taskwatcher.cli.common import (
     add_db_option,
     fail,
@@ -18,7 +20,7 @@ from taskwatcher.cli.common import (
 )
 from taskwatcher.cli.render import (
     Column,
-    escape,
+    cell,
     key_values,
     print_json,
     print_records,
@@ -49,6 +51,9 @@ ALIASES = {
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+#: `history` on a terminal shows this many rows unless told --all or --limit N.
+PAGE = 50
 
 #: Commands that skip the housekeeping every other command does first: `init` and `update`
 #: decide for themselves, and `kill`/`killall` archive a target whose supervisor vanished on
@@ -95,7 +100,7 @@ def _cmd_init(store: Store, args: argparse.Namespace) -> int:
 def _cmd_update(store: Store, args: argparse.Namespace) -> int:
     ended = control.housekeep(store, grace=args.grace)
     for record in ended:
-        why = f": {escape(record['termerror'])}" if record.get("termerror") else ""
+        why = f": {cell(record['termerror'])}" if record.get("termerror") else ""
         print(f"{_ended(record)}{why}")
     print(f"{len(ended)} task(s) archived, {store.live_count()} live")
     return 0
@@ -121,11 +126,50 @@ def _cmd_feedback(store: Store, args: argparse.Namespace) -> int:
 
 
 def _cmd_history(store: Store, args: argparse.Namespace) -> int:
-    records = store.history(
-        name=args.name, outcome=args.outcome, since=args.since, limit=args.limit
+    filters = {"name": args.name, "outcome": args.outcome, "since": args.since}
+    records: Iterable[dict] = _HistoryWalk(store, filters, args.limit)
+    caption = None
+    if args.limit is None and not (args.all or args.json) and sys.stdout.isatty():
+        records, caption = _terminal_page(store, filters)
+    print_records(
+        records,
+        HISTORY_COLUMNS,
+        as_json=args.json,
+        empty="No history.",
+        title="History",
+        caption=caption,
     )
-    print_records(records, HISTORY_COLUMNS, as_json=args.json, empty="No history.", title="History")
     return 0
+
+
+def _terminal_page(store: Store, filters: dict[str, Any]) -> tuple[list[dict], str | None]:
+    """The PAGE most recent rows, and a caption saying how to see more when there are more."""
+    records = list(store.iter_history(**filters, limit=PAGE + 1))
+    if len(records) <= PAGE:
+        return records, None
+    return records[:PAGE], f"showing the {PAGE} most recent; --all or --limit N for more"
+
+
+class _HistoryWalk:
+    """The history rows asked for, walkable twice (plain text measures, then prints).
+
+    A later walk stops at the newest row the first one met, so both show the same rows
+    even while tasks keep ending.
+    """
+
+    def __init__(self, store: Store, filters: dict[str, Any], limit: int | None) -> None:
+        self._store = store
+        self._filters = filters
+        self._limit = limit
+        self._max_id: int | None = None
+
+    def __iter__(self) -> Iterator[dict]:
+        newest = 0
+        walk = self._store.iter_history(**self._filters, limit=self._limit, max_id=self._max_id)
+        for record in walk:
+            newest = max(newest, record["id"])
+            yield record
+        self._max_id = newest
 
 
 def _cmd_clear(store: Store, args: argparse.Namespace) -> int:
@@ -182,8 +226,8 @@ def _report_ended(records: Sequence[dict]) -> None:
 
 
 def _ended(record: dict) -> str:
-    """`task 3 (nightly): KILLED`, the name escaped like every other cell."""
-    return f"task {record['taskid']} ({escape(record['taskname'])}): {record['outcome']}"
+    """`task 3 (nightly): KILLED`, the name escaped and cut like every other cell."""
+    return f"task {record['taskid']} ({cell(record['taskname'])}): {record['outcome']}"
 
 
 def _cmd_show(store: Store, args: argparse.Namespace) -> int:
@@ -310,7 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WHEN",
         help="ended at or after WHEN (2h, 7d, 2026-11-28, unix seconds)",
     )
-    history.add_argument("--limit", type=positive_int, metavar="N", help="at most N rows")
+    count = history.add_mutually_exclusive_group()
+    count.add_argument("--limit", type=positive_int, metavar="N", help="at most N rows")
+    count.add_argument(
+        "--all", action="store_true", help=f"every row (on a terminal the default is {PAGE})"
+    )
     _json_flag(history)
 
     clear = _subcommand(sub, "clear", _cmd_clear, "empty the history", "twctl clear --before 30d")
@@ -369,6 +417,7 @@ def expand_aliases(argv: Sequence[str]) -> list[str]:
     return words
 
 
+@interruptible
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `twctl` console script."""
     args = build_parser().parse_args(expand_aliases(sys.argv[1:] if argv is None else argv))

@@ -11,9 +11,8 @@ import sys
 from collections.abc import Iterator
 from functools import partial
 
-import orjson
-
-from taskwatcher.cli.render import silence_stdout
+from taskwatcher.cli import interruptible
+from taskwatcher.cli.render import json_bytes, silence_stdout
 from taskwatcher.grammar.files import READ_CHUNK, open_regular
 from taskwatcher.grammar.stream import FeedbackStream
 
@@ -48,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `twparse` console script; returns the exit status."""
     parser = build_parser()
@@ -83,8 +83,7 @@ def print_values(source: str, pretty: bool) -> int:
     _log_skipped(source, stream)
     values = stream.current()
     log.debug("%s: %d lines, %d keywords", _name(source), stream.lines, len(values))
-    option = orjson.OPT_INDENT_2 if pretty else 0
-    sys.stdout.buffer.write(orjson.dumps(values, option=option) + b"\n")
+    sys.stdout.buffer.write(json_bytes(values, pretty=pretty) + b"\n")
     return EXIT_OK
 
 

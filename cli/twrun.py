@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from taskwatcher.cli import interruptible
 from taskwatcher.cli.common import (
     add_db_option,
     fail,
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@interruptible
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `twrun` console script."""
     args = build_parser().parse_args(argv)

@@ -18,7 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from taskwatcher.cli.render import STATUS_STYLES, escape, human_duration
+from taskwatcher.cli.render import STATUS_STYLES, cell, escape, human_duration
 from taskwatcher.engine import control
 from taskwatcher.engine.machine import Status
 from taskwatcher.engine.store import Store
@@ -59,7 +59,7 @@ def _progress_cell(feedback: dict[str, str]) -> Any:
 
 
 def _detail_cell(feedback: dict[str, str]) -> Text:
-    shown = [escape(feedback[key]) for key in DETAIL_KEYS if feedback.get(key)]
+    shown = [cell(feedback[key]) for key in DETAIL_KEYS if feedback.get(key)]
     return Text(" · ".join(shown[:2]))
 
 
@@ -90,9 +90,9 @@ def render_frame(store: Store, now: float | None = None) -> Table:
         feedback = feedbacks.get(record["taskid"], {})
         table.add_row(
             str(record["taskid"]),
-            Text(escape(record["name"])),
+            Text(cell(record["name"])),
             Text(record["status"], style=STATUS_STYLES.get(record["status"], "")),
-            escape(record["pid"]),
+            cell(record["pid"]),
             human_duration(record["duration"]),
             _heartbeat_cell(record),
             _progress_cell(feedback),

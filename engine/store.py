@@ -330,17 +330,64 @@ class Store:
         limit: int | None = None,
     ) -> list[Record]:
         """Finished tasks, newest first; `since` is inclusive, `before` exclusive (on endtime)."""
+        filters = {"name": name, "outcome": outcome, "since": since, "before": before}
+        return list(self.iter_history(**filters, limit=limit))
+
+    def iter_history(
+        self,
+        *,
+        name: str | None = None,
+        outcome: Status | str | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        limit: int | None = None,
+        page: int = 500,
+        max_id: int | None = None,
+    ) -> Iterator[Record]:
+        """The records of history(), same order, fetched `page` rows at a time.
+
+        For outputs too large to hold: each page is one short query that resumes after the
+        last row seen (keyset pagination), so no read stays open between pages to block a
+        writer. Only rows with an id up to `max_id` (default: the largest when the walk
+        starts) are walked: rows archived meanwhile do not slip in, and a second walk given
+        the first one's largest id sees the same rows.
+        """
+        if page < 1:
+            raise InvalidRequest(f"a history page holds 1 row or more, not {page}")
+        if max_id is None:
+            max_id = self._rows("SELECT coalesce(max(id), 0) FROM history")[0][0]
         where, params = _filters(
             ("taskname = ?", name),
             ("outcome = ?", outcome),
             ("endtime >= ?", since),
             ("endtime < ?", before),
+            ("id <= ?", max_id),
         )
-        rows = self._rows(
+        left = float("inf") if limit is None else limit
+        after: tuple[Any, ...] = ()
+        while left > 0:
+            size = min(page, left)
+            rows = self._history_page(where, params, size, after)
+            yield from map(history_record, rows)
+            if len(rows) < size:
+                return
+            left -= size
+            after = (rows[-1]["endtime"], rows[-1]["id"])
+
+    def _history_page(
+        self, where: str, params: tuple[Any, ...], size: int, after: tuple[Any, ...]
+    ) -> list[sqlite3.Row]:
+        """One page of history, newest first, after the (endtime, id) `after` if given.
+
+        `(endtime, id) < (?, ?)` means `endtime < ? OR (endtime = ? AND id < ?)`; written as a
+        row value, sqlite seeks the endtime index instead of scanning it from the top.
+        """
+        if after:
+            where, params = f"{where} AND (endtime, id) < (?, ?)", (*params, *after)
+        return self._rows(
             f"SELECT * FROM history{where} ORDER BY endtime DESC, id DESC LIMIT ?",
-            (*params, -1 if limit is None else limit),
+            (*params, size),
         )
-        return [history_record(row) for row in rows]
 
     def history_of(self, taskid: int) -> Record | None:
         """The history record of one finished task, or None if it has not finished."""

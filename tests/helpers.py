@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BIN = Path(sys.executable).parent
 
@@ -80,3 +84,20 @@ def start_cli(command: str, *args: str | os.PathLike, **kwargs) -> subprocess.Po
         text=True,
         **kwargs,
     )
+
+
+def on_a_terminal(*argv: str | Path) -> str:
+    """What a command prints on a terminal: run it in a pseudo-terminal made by script(1)."""
+    if shutil.which("script") is None:
+        pytest.skip("script(1) is not installed")
+    command = shlex.join(map(str, argv))
+    result = subprocess.run(
+        ["script", "-qec", command, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "250", "TERM": "xterm"},
+    )
+    assert result.returncode == 0, result.stdout
+    return result.stdout

@@ -4,9 +4,9 @@ or the terminal. (That a signal needs pid and create time to match is test_fault
 
 from __future__ import annotations
 
+import json
 import os
-import shlex
-import shutil
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -14,20 +14,26 @@ from pathlib import Path
 import pytest
 
 from taskwatcher.engine.store import Store
-from tests.fault_helpers import reserve, twctl, twctl_json, twrun, wait_running
-from tests.helpers import BIN, run_cli, wait_for
+from tests.fault_helpers import query, reserve, twctl, twctl_json, twrun, wait_running
+from tests.helpers import BIN, on_a_terminal, run_cli, wait_for
 
 PATHLIKE_NAMES = ["../../x", "/tmp/x", "$(touch pwned)", "`touch pwned`", "; touch pwned", "-rf"]
 SQL_NAMES = ["Robert'); DROP TABLE tasks; --", 'x" OR "1"="1', "%"]
-#: Would set the window title, ring the bell, clear the screen (also through C1 CSI) and
-#: overwrite the line; as a feedback value without the carriage return, which ends a line.
-TERMINAL_ATTACK = "evil\x1b]0;pwned\x07\x1b[2J\rX\x9b2Jend"
-ESCAPED = "evil\\x1b]0;pwned\\x07\\x1b[2J\\rX\\x9b2Jend"
+#: Would set the window title, ring the bell, clear the screen (also through C1 CSI),
+#: overwrite the line and show the rest right to left; as a feedback value without the
+#: carriage return, which ends a line.
+TERMINAL_ATTACK = "evil\x1b]0;pwned\x07\x1b[2J\rX\x9b2J\u202eend"
+ESCAPED = "evil\\x1b]0;pwned\\x07\\x1b[2J\\rX\\x9b2J\\u202eend"
 FEEDBACK_ATTACK = TERMINAL_ATTACK.replace("\r", "")
 FEEDBACK_ESCAPED = ESCAPED.replace("\\r", "")
 #: `show` prints the feedback object as JSON, whose own escapes cover C0 controls.
 FEEDBACK_AS_JSON = FEEDBACK_ESCAPED.replace("\\x1b", "\\u001b").replace("\\x07", "\\u0007")
-RAW_PIECES = ["\x1b]0;", "\x07", "\x1b[2J", "\x9b"]
+RAW_PIECES = ["\x1b]0;", "\x07", "\x1b[2J", "\x9b", "\u202e"]
+#: Every bidirectional control: each can reorder what a terminal shows after it.
+BIDI = "".join(map(chr, [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+BIDI_ESCAPED = "".join(f"\\u{ord(char):04x}" for char in BIDI)
+#: C1 controls, which terminals obey like their ESC forms (0x9b is CSI).
+C1 = "".join(map(chr, range(0x80, 0xA0)))
 
 
 def files_under(folder: Path) -> set[str]:
@@ -109,23 +115,6 @@ def assert_escaped(output: str, *shown: str) -> None:
         assert piece not in output, repr(piece)
 
 
-def on_a_terminal(*argv: str | Path) -> str:
-    """What a command prints on a terminal: run it in a pseudo-terminal made by script(1)."""
-    if shutil.which("script") is None:
-        pytest.skip("script(1) is not installed")
-    command = shlex.join(map(str, argv))
-    result = subprocess.run(
-        ["script", "-qec", command, "/dev/null"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "COLUMNS": "250", "TERM": "xterm"},
-    )
-    assert result.returncode == 0, result.stdout
-    return result.stdout
-
-
 def test_control_characters_are_shown_escaped(db_path: Path, tmp_path: Path) -> None:
     taskid = reserve(db_path, f"--name={TERMINAL_ATTACK}", f"--info1={TERMINAL_ATTACK}")
     reports = 'printf "[message]%s\\n" "$1" > "$TASKWATCHER_FEEDBACK"; sleep 60'
@@ -149,3 +138,99 @@ def test_control_characters_are_shown_escaped(db_path: Path, tmp_path: Path) -> 
     assert_escaped(twctl(db_path, "history"))
     assert_escaped(on_a_terminal(twctl_bin, "--db", db_path, "history"))
     assert_escaped(twctl(db_path, "show", str(taskid)), *shown)
+
+
+HUGE = "x" * 128 * 1024
+#: A cut cell: MAX_CELL (80) characters, the last one an ellipsis.
+CUT = "x" * 79 + "…"
+
+
+@pytest.fixture
+def huge_fields(db_path: Path) -> list[int]:
+    """Five live and five finished tasks whose info1 is 128 KiB."""
+    with Store.open(db_path) as store:
+        taskids = [store.reserve("huge", info1=HUGE) for _ in range(10)]
+        for taskid in taskids[5:]:
+            store.cancel_reservation(taskid, "tester")
+    return taskids
+
+
+@pytest.mark.parametrize("command", ["list", "history"])
+def test_long_cells_are_cut_in_tables(db_path: Path, huge_fields: list[int], command: str) -> None:
+    plain = twctl(db_path, command)
+    assert plain.count(CUT + " ") == 5 and "x" * 80 not in plain
+    rich = on_a_terminal(BIN / "twctl", "--db", db_path, command)
+    assert rich.count(CUT) == 5 and "x" * 80 not in rich
+    (whole, *_) = twctl_json(db_path, command)
+    assert whole["info1"] == HUGE
+
+
+@pytest.mark.parametrize("which", [0, 9])
+def test_show_cuts_long_values_except_in_json(
+    db_path: Path, huge_fields: list[int], which: int
+) -> None:
+    taskid = str(huge_fields[which])
+    lines = twctl(db_path, "show", taskid).splitlines()
+    assert [line.split() for line in lines if line.startswith("info1")] == [["info1", CUT]]
+    assert max(map(len, lines)) < 120
+    assert twctl_json(db_path, "show", taskid)["info1"] == HUGE
+
+
+def test_watch_cuts_long_names(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.reserve(HUGE)
+    frame = twctl(db_path, "watch", "--once", env={**os.environ, "COLUMNS": "250"})
+    assert "…" in frame and "x" * 80 not in frame and len(frame.splitlines()) < 20
+
+
+def test_every_bidi_control_is_shown_escaped(db_path: Path) -> None:
+    name, shown = f"a{BIDI}b", f"a{BIDI_ESCAPED}b"
+    taskid = reserve(db_path, f"--name={name}")
+    orphan = reserve(db_path, f"--name={name}")
+    query(
+        db_path,
+        "UPDATE tasks SET status = 'RUNNING', starttime = reservetime, host = ?,"
+        " supervisor_pid = ?, supervisor_ctime = 1.0 WHERE id = ?",
+        (socket.gethostname(), 2**22, orphan),
+    )
+    twctl_bin = BIN / "twctl"
+    outputs = [
+        twctl(db_path, "update"),
+        twctl(db_path, "list"),
+        on_a_terminal(twctl_bin, "--db", db_path, "list"),
+        twctl(db_path, "watch", "--once", env={**os.environ, "COLUMNS": "250"}),
+        twctl(db_path, "show", str(taskid)),
+        twctl(db_path, "kill", str(taskid)),
+        twctl(db_path, "history"),
+        on_a_terminal(twctl_bin, "--db", db_path, "history"),
+        twctl(db_path, "show", str(taskid)),
+    ]
+    for output in outputs:
+        assert shown in output, output
+        assert not set(BIDI) & set(output), output
+
+
+def test_json_escapes_c1_controls_and_stays_faithful(db_path: Path, tmp_path: Path) -> None:
+    text = f"a{C1}b"
+    with Store.open(db_path) as store:
+        live = store.reserve(text)
+        done = store.reserve(text)
+        store.archive(done, outcome="COMPLETED", feedback={"m": text})
+    feedback = tmp_path / "feedback.log"
+    feedback.write_text(f"[m]{text}\n")
+    results = {
+        ("list", "--json"): lambda got: got[0]["name"],
+        ("history", "--json"): lambda got: got[0]["taskname"],
+        ("show", str(live), "--json"): lambda got: got["name"],
+        ("show", str(done), "--json"): lambda got: got["feedback"]["m"],
+        ("feedback", str(done)): lambda got: got["m"],
+        ("feedback", str(done), "--pretty"): lambda got: got["m"],
+    }
+    for args, value in results.items():
+        output = twctl(db_path, *args)
+        assert "\\u009b" in output and not set(C1) & set(output), output
+        assert value(json.loads(output)) == text
+    for pretty in ([], ["--pretty"]):
+        output = run_cli("twparse", feedback, *pretty).stdout
+        assert "\\u009b" in output and not set(C1) & set(output), output
+        assert json.loads(output) == {"m": text}

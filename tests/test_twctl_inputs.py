@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -57,8 +58,10 @@ def test_watch_title_shows_brackets_in_the_path(tmp_path: Path) -> None:
         (["watch", "--interval", "0"], "must be above 0"),
         (["history", "--limit", "-1"], "must be 1 or more"),
         (["history", "--limit", "0"], "must be 1 or more"),
-        (["history", "--since", "inf"], "not a finite time"),
-        (["clear", "--before", "nan"], "not a finite time"),
+        (["history", "--since", "inf"], "not a time"),
+        (["clear", "--before", "nan"], "not a time"),
+        (["history", "--since", "1e999"], "not a finite time"),
+        (["kill", "1", "--wait", "1e999"], "not a finite number of seconds"),
     ],
 )
 def test_meaningless_numbers_are_usage_errors(
@@ -99,3 +102,50 @@ def test_reservation_ttl_is_read_by_the_engine() -> None:
     for bad in ("soon", "0", "-1", "inf", "nan", ""):
         with pytest.raises(InvalidRequest, match="TASKWATCHER_RESERVATION_TTL"):
             reservation_ttl_from_env({"TASKWATCHER_RESERVATION_TTL": bad})
+
+
+#: Numbers int() and float() take but nobody types: Arabic-Indic and fullwidth digits, an
+#: underscore, a plus sign, spaces.
+NOT_ASCII_DIGITS = ["٣", "\uff13", "1_0", "+3", " 3", "3 "]
+
+
+@pytest.mark.parametrize("command", ["feedback", "kill", "show"])
+@pytest.mark.parametrize("taskid", NOT_ASCII_DIGITS)
+def test_task_ids_take_only_ascii_digits(db_path: Path, command: str, taskid: str) -> None:
+    for _ in range(10):
+        run_cli("twctl", "--db", db_path, "reserve")
+    assert "not a task id" in usage_error("--db", db_path, command, "--", taskid)
+
+
+@pytest.mark.parametrize("number", NOT_ASCII_DIGITS)
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["history", "--limit"], "not a whole number"),
+        (["watch", "--once", "--interval"], "not a number of seconds"),
+        (["update", "--grace"], "not a number of seconds"),
+        (["kill", "1", "--wait"], "not a number of seconds"),
+        (["history", "--since"], "not a time"),
+        (["clear", "--before"], "not a time"),
+    ],
+)
+def test_counts_and_times_take_only_ascii_digits(
+    db_path: Path, args: list[str], complaint: str, number: str
+) -> None:
+    assert complaint in usage_error("--db", db_path, *args, number)
+
+
+@pytest.mark.parametrize("args", [["--taskid", "٣"], ["--timeout", "1_0"], ["--grace", "+3"]])
+def test_twrun_takes_only_ascii_digits(db_path: Path, args: list[str]) -> None:
+    result = run_cli("twrun", "--db", db_path, *args, "--", "true")
+    assert result.returncode == 125 and "Traceback" not in result.stderr, result.stderr
+    assert not db_path.exists()
+
+
+def test_a_limit_beyond_sqlite_integers_means_every_row(db_path: Path) -> None:
+    for _ in range(3):
+        run_cli("twctl", "--db", db_path, "reserve", "--name", "gone")
+    run_cli("twctl", "--db", db_path, "killall", "gone")
+    result = run_cli("twctl", "--db", db_path, "history", "--json", "--limit", str(2**63))
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 3

@@ -1,0 +1,93 @@
+"""Store.iter_history: history() a page at a time, on real sqlite files."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from taskwatcher.engine.errors import InvalidRequest
+from taskwatcher.engine.store import Store
+
+T0 = 1_700_000_000.0
+#: (name, outcome, end) of each archived task; equal end times make pages split inside a tie.
+ENDINGS = [
+    ("a", "COMPLETED", 10),
+    ("b", "FAILED", 20),
+    ("a", "FAILED", 30),
+    ("a", "COMPLETED", 30),
+    ("b", "COMPLETED", 30),
+    ("a", "KILLED", 40),
+    ("b", "COMPLETED", 50),
+]
+
+
+@pytest.fixture
+def store(db_path: Path):
+    with Store.open(db_path) as opened:
+        for name, outcome, end in ENDINGS:
+            opened.archive(opened.reserve(name), outcome=outcome, endtime=T0 + end)
+        yield opened
+
+
+def archive_one(store: Store, end: float) -> int:
+    taskid = store.reserve("late")
+    store.archive(taskid, outcome="COMPLETED", endtime=end)
+    return taskid
+
+
+@pytest.mark.parametrize("page", [1, 2, 3, 500])
+@pytest.mark.parametrize(
+    "filters",
+    [{}, {"name": "a"}, {"outcome": "COMPLETED"}, {"since": T0 + 20, "before": T0 + 50}],
+)
+@pytest.mark.parametrize("limit", [None, 1, 2, 5, 100])
+def test_pages_make_up_history(store: Store, page: int, filters: dict, limit: int | None) -> None:
+    walked = list(store.iter_history(**filters, limit=limit, page=page))
+    assert walked == store.history(**filters, limit=limit)
+    ids = [record["taskid"] for record in walked]
+    assert len(ids) == len(set(ids))
+
+
+def test_rows_archived_during_a_walk_stay_out(store: Store) -> None:
+    """An EXPIRED reservation is archived with a past end time: it would sort into the walk."""
+    before = store.history()
+    walk = store.iter_history(page=2)
+    first = next(walk)
+    archive_one(store, T0 + 35)
+    assert [first, *walk] == before
+    assert store.history()[2]["taskname"] == "late"
+
+
+def test_a_second_walk_bounded_by_the_first_sees_the_same_rows(store: Store) -> None:
+    first = list(store.iter_history(limit=4, page=3))
+    archive_one(store, T0 + 60)
+    newest = max(record["id"] for record in first)
+    assert list(store.iter_history(limit=4, max_id=newest)) == first
+    assert next(store.iter_history(limit=4))["taskname"] == "late"
+
+
+def test_no_read_is_open_between_pages(store: Store, db_path: Path) -> None:
+    """A checkpoint that must wait for readers completes while a walk is paused.
+
+    An open read would hold its snapshot (in WAL mode) or its shared lock (in a rollback
+    journal, where it would block every writer).
+    """
+    walk = store.iter_history(page=2)
+    next(walk)
+    archive_one(store, T0 + 60)
+    with closing(sqlite3.connect(db_path, timeout=0, isolation_level=None)) as other:
+        busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0
+    assert len(list(walk)) == len(ENDINGS) - 1
+
+
+def test_a_limit_beyond_sqlite_integers_means_all(store: Store) -> None:
+    assert len(list(store.iter_history(limit=2**64))) == len(ENDINGS)
+
+
+def test_an_empty_page_size_is_refused(store: Store) -> None:
+    with pytest.raises(InvalidRequest):
+        list(store.iter_history(page=0))
