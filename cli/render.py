@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from taskwatcher.engine.records import storable
+
 # C0 controls, DEL and C1 controls: a task name must never move the cursor or colour the screen.
 _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]} | {
     ord("\n"): "\\n",
@@ -48,10 +50,14 @@ STATUS_STYLES = {
 
 
 def escape(value: object) -> str:
-    """Show control characters as visible escapes so stored text cannot drive the terminal."""
+    """Show control characters as visible escapes so stored text cannot drive the terminal.
+
+    Bytes that are not UTF-8 (in a path from the command line) show as `\\xNN`, as the
+    database keeps them, so printing them never fails.
+    """
     if value is None:
         return "-"
-    return str(value).translate(_CONTROL_ESCAPES)
+    return storable(str(value)).translate(_CONTROL_ESCAPES)
 
 
 def cell(value: object) -> str:

@@ -21,6 +21,7 @@ from taskwatcher.cli.common import (
 from taskwatcher.cli.render import (
     Column,
     cell,
+    escape,
     key_values,
     print_json,
     print_records,
@@ -93,7 +94,7 @@ HISTORY_COLUMNS = [
 
 def _cmd_init(store: Store, args: argparse.Namespace) -> int:
     control.reinitialize(store, force=args.force)
-    print(f"initialized {store.path}")
+    print(f"initialized {escape(store.path)}")
     return 0
 
 
