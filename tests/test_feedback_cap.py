@@ -17,7 +17,7 @@ from taskwatcher.grammar import FeedbackReader, parse_feedback
 from taskwatcher.grammar.reference import parse_with_lark
 from taskwatcher.grammar.semantics import CAPPED, MAX_HELD_BYTES, MAX_KEYS
 from taskwatcher.grammar.stream import FeedbackStream
-from tests.helpers import run_cli
+from tests.helpers import BIN, run_cli
 
 MiB = 1024 * 1024
 #: The keys of the hostile file: each set once, so the most recently set are the last ones.
@@ -170,3 +170,27 @@ def test_700_000_distinct_keys_are_read_in_bounded_memory(tmp_path: Path) -> Non
     assert capped == [f"{path}: {CAPPED}"]
     others = set(read["warnings"]) - set(capped)
     assert all("left for the next poll" in warning for warning in others), others
+
+
+#: A task that sets HOSTILE_KEYS distinct keys in its feedback file, then ends.
+WRITES_HOSTILE_KEYS = f"""
+import os
+with open(os.environ["TASKWATCHER_FEEDBACK"], "w") as out:
+    out.write("".join(f"[k{{index:x}}]v\\n" for index in range({HOSTILE_KEYS})))
+"""
+
+
+def test_a_task_with_hostile_keys_is_supervised_in_bounded_memory(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """twrun itself, under an address-space limit the uncapped supervisor overran by far."""
+    taskid = run_cli("twctl", "--db", db_path, "reserve").stdout.strip()
+    argv = [
+        "prlimit", f"--as={2 * ADDRESS_SPACE}", BIN / "twrun", "--db", db_path, "--taskid", taskid,
+        "--feedpath", tmp_path, "--", sys.executable, "-c", WRITES_HOSTILE_KEYS,
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert CAPPED in result.stderr
+    (record,) = json.loads(run_cli("twctl", "--db", db_path, "history", "--json").stdout)
+    assert 0 < len(record["feedback"]) <= MAX_KEYS
