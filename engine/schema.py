@@ -11,6 +11,7 @@ from pathlib import Path
 
 from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.location import prepare_db_file
+from taskwatcher.engine.locking import SQLITE_WAIT, is_busy, patiently
 from taskwatcher.engine.settings import busy_timeout
 
 _CREATE_V1 = (
@@ -107,13 +108,11 @@ def open_database(path: Path) -> sqlite3.Connection:
     """
     prepare_db_file(path)
     try:
-        connection = sqlite3.connect(path, timeout=busy_timeout(), isolation_level=None)
+        connection = sqlite3.connect(path, timeout=SQLITE_WAIT, isolation_level=None)
     except sqlite3.Error as error:
         raise StoreError(f"{path}: cannot open the database ({error})") from None
     try:
-        check_usable(connection, path)
-        _use_rollback_journal(connection)
-        migrate(connection)
+        patiently(lambda: _prepare(connection, path), busy_timeout())
     except sqlite3.OperationalError as error:
         connection.close()
         raise StoreError(f"{path}: cannot use the database ({error})") from None
@@ -125,6 +124,13 @@ def open_database(path: Path) -> sqlite3.Connection:
         raise
     connection.row_factory = sqlite3.Row
     return connection
+
+
+def _prepare(connection: sqlite3.Connection, path: Path) -> None:
+    """Check, choose the journal, migrate: each step may be run again after a busy lock."""
+    check_usable(connection, path)
+    _use_rollback_journal(connection)
+    migrate(connection)
 
 
 def check_usable(connection: sqlite3.Connection, path: Path) -> None:
@@ -150,10 +156,11 @@ def migrate(connection: sqlite3.Connection) -> None:
     connection.execute("BEGIN IMMEDIATE")
     try:
         _upgrade(connection, _user_version(connection))
+        connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
         raise
-    connection.execute("COMMIT")
 
 
 def recreate(connection: sqlite3.Connection) -> None:
@@ -183,8 +190,8 @@ def _use_rollback_journal(connection: sqlite3.Connection) -> None:
     try:
         connection.execute("PRAGMA journal_mode = TRUNCATE").fetchone()
     except sqlite3.OperationalError as error:
-        if error.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            raise  # busy: another connection still uses WAL; this one does too, for now
+        if not is_busy(error):
+            raise  # busy: another connection still uses WAL, or holds the lock; keep the mode
     connection.execute("PRAGMA synchronous = FULL")
 
 

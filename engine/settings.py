@@ -13,8 +13,10 @@ DEFAULT_RESERVATION_TTL = 3600.0
 TTL_VARIABLE = "TASKWATCHER_RESERVATION_TTL"
 
 
-#: How long a writer waits for the others before giving up (100 concurrent writers must queue).
-DEFAULT_BUSY_TIMEOUT = 10.0
+#: How long a statement waits for the others before giving up. A rollback journal makes
+#: readers wait for writers too: with 100 supervisors starting at once on 2 cores, some waited
+#: over 10 s; 30 s lets them all queue.
+DEFAULT_BUSY_TIMEOUT = 30.0
 BUSY_TIMEOUT_VARIABLE = "TASKWATCHER_BUSY_TIMEOUT"
 
 

@@ -25,9 +25,10 @@ from taskwatcher.engine.errors import (
     UniqueConflict,
     UnknownTask,
 )
+from taskwatcher.engine.locking import patiently
 from taskwatcher.engine.machine import FINAL_STATUSES, STARTED_STATUSES, Status
 from taskwatcher.engine.records import encode_command, history_record, storable, task_record
-from taskwatcher.engine.settings import reservation_ttl_from_env
+from taskwatcher.engine.settings import busy_timeout, reservation_ttl_from_env
 from taskwatcher.grammar.errors import TaskwatcherError
 
 _STALE_RESERVATIONS = (
@@ -53,6 +54,7 @@ class Store:
         self.path = path
         self._clock = clock
         self.reservation_ttl = reservation_ttl
+        self.busy_timeout = busy_timeout()  # how long a statement waits for the lock
 
     @classmethod
     def open(
@@ -421,7 +423,8 @@ class Store:
         now = self._clock()
         try:
             yield now
-            self._execute("COMMIT")
+            with self._sqlite_errors():  # busy at COMMIT keeps the transaction: try again
+                patiently(lambda: self._db.execute("COMMIT"), self.busy_timeout)
         except BaseException:
             if self._db.in_transaction:  # sqlite already rolled back after some I/O errors
                 self._execute("ROLLBACK")
@@ -443,8 +446,15 @@ class Store:
             raise StoreError(f"{self.path}: {error}") from error
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """Run one statement; outside a transaction (BEGIN included) a busy lock is waited for.
+
+        Inside one, the write lock is held already (BEGIN IMMEDIATE): no retry is needed.
+        """
+        params = _storable_params(params)
         with self._sqlite_errors():
-            return self._db.execute(sql, _storable_params(params))
+            if self._db.in_transaction:
+                return self._db.execute(sql, params)
+            return patiently(lambda: self._db.execute(sql, params), self.busy_timeout)
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return self._execute(sql, params).fetchall()
