@@ -101,3 +101,26 @@ def on_a_terminal(*argv: str | Path) -> str:
     )
     assert result.returncode == 0, result.stdout
     return result.stdout
+
+
+#: The feedback file of the original package's description, and the JSON it gives.
+SPEC_EXAMPLE = """\
+[info]Starting test
+[playbook]myPlaybook
+[info]
+[heartbeat]
+[testcase_id]001
+[testcase_name]Initialization
+[progress]12
+[progress]15
+[testcase_id]002
+[testcase_name]Setting up topology
+[progress]10
+"""
+
+SPEC_OUTPUT = {
+    "playbook": "myPlaybook",
+    "testcase_id": "002",
+    "testcase_name": "Setting up topology",
+    "progress": "10",
+}

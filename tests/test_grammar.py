@@ -12,28 +12,7 @@ import orjson
 import pytest
 
 from taskwatcher.grammar import Diagnostic, language, parse_feedback, validate_feedback
-from tests.helpers import BIN
-
-SPEC_EXAMPLE = """\
-[info]Starting test
-[playbook]myPlaybook
-[info]
-[heartbeat]
-[testcase_id]001
-[testcase_name]Initialization
-[progress]12
-[progress]15
-[testcase_id]002
-[testcase_name]Setting up topology
-[progress]10
-"""
-
-SPEC_OUTPUT = {
-    "playbook": "myPlaybook",
-    "testcase_id": "002",
-    "testcase_name": "Setting up topology",
-    "progress": "10",
-}
+from tests.helpers import BIN, SPEC_EXAMPLE, SPEC_OUTPUT
 
 
 def test_spec_example_gives_the_spec_json_in_the_spec_order() -> None:

@@ -1,4 +1,4 @@
-"""Many real twrun and twctl processes on one database at once (bench/load.py, scaled down).
+"""Many real twrun and twctl processes on one database at once (the bench's driver, scaled down).
 
 The bench runs the same driver with 100 tasks and prints the speed; here only what must hold
 under any load is asserted: every end recorded right, no lock error, twctl still answering.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.load import Mode, run_load, unique_race
+from tests.load_helpers import Mode, run_load, unique_race
 
 TASKS = 20
 KILLED = 2

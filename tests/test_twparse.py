@@ -10,8 +10,7 @@ import orjson
 import pytest
 
 from taskwatcher.grammar import MAX_LINE_BYTES
-from tests.helpers import BIN, run_cli
-from tests.test_grammar import SPEC_EXAMPLE, SPEC_OUTPUT
+from tests.helpers import BIN, SPEC_EXAMPLE, SPEC_OUTPUT, run_cli
 
 
 @pytest.fixture

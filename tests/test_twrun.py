@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -16,32 +14,7 @@ import pytest
 from taskwatcher.engine import control
 from taskwatcher.engine.store import Store
 from tests.helpers import run_cli, start_cli, wait_for
-
-PY = sys.executable
-
-
-def reserve(db: Path, *args: str) -> str:
-    result = run_cli("twctl", "--db", db, "reserve", *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
-def history(db: Path, taskid: int | str) -> dict:
-    with Store.open(db) as store:
-        record = store.history_of(int(taskid))
-    assert record is not None, f"task {taskid} not in history"
-    return record
-
-
-def live_row(db: Path, taskid: int | str) -> dict | None:
-    with Store.open(db) as store:
-        return store.get_task(int(taskid))
-
-
-def script(tmp_path: Path, name: str, body: str) -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(body))
-    return path
+from tests.run_helpers import PY, history, live_row, reserve, script
 
 
 def test_exit_zero_completes(db_path: Path) -> None:

@@ -20,7 +20,7 @@ from taskwatcher.engine.supervisor import (
     run_task,
 )
 from tests.helpers import run_cli, start_cli, wait_for
-from tests.test_twrun import PY, history, live_row, reserve
+from tests.run_helpers import PY, history, live_row, reserve
 
 
 def _ignore_sighup() -> None:
