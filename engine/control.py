@@ -89,10 +89,14 @@ def is_ghost(row: dict[str, Any]) -> bool:
     """A started task on this host whose supervisor is gone, its pid reused, or unrecorded.
 
     A row whose supervisor cannot be identified has nobody left to archive it, so it counts
-    as lost too; no signal is ever sent on its account.
+    as lost too; no signal is ever sent on its account. A supervisor whose socket is bound
+    is alive, even when a step of the wall clock moved the create times psutil reports.
     """
     if row["status"] == Status.RESERVED or row.get("host") != socket.gethostname():
         return False
+    owner = owner_of(row)
+    if owner is not None and wakeup.is_listening(owner.digest):
+        return False  # its supervisor answers, whatever a step of the clock did to create times
     supervisor = supervisor_of(row)
     return supervisor is None or not process.is_same_process(supervisor)
 
@@ -221,17 +225,18 @@ def request_stop(store: Store, taskid: int, who: str) -> dict[str, Any] | None:
             row = _live_or_ended(store, taskid)  # twrun claimed it meanwhile: stop it running
     if row.get("host") != socket.gethostname():
         raise ForeignTask(f"task {taskid} runs on host {row.get('host')!r}: stop it from there")
+    lost = is_ghost(row)
+    if lost and not _may_clean_up(row):  # said before anything is written
+        owner = user_name(row["uid"])
+        who = owner if row["uid"] == 0 else f"{owner} or root"
+        raise NotYourTask(
+            f"task {taskid}: its supervisor is gone and its processes belong to "
+            f"{owner}: only {who} can stop them"
+        )
     store.request_kill(taskid, who)
-    if is_ghost(row):
-        if not _may_clean_up(row):
-            owner = user_name(row["uid"])
-            who = owner if row["uid"] == 0 else f"{owner} or root"
-            raise NotYourTask(
-                f"task {taskid}: its supervisor is gone and its processes belong to "
-                f"{owner}: only {who} can stop them (twctl update)"
-            )
+    if lost:
         return _archive_lost(store, row, LOST_GRACE)
-    if row.get("token_hash"):
+    if wakeup.valid(row.get("token_hash")):
         wakeup.wake(row["token_hash"])
     return None
 

@@ -21,6 +21,7 @@ import signal
 from dataclasses import dataclass
 from enum import Enum
 
+from taskwatcher.engine import wakeup
 from taskwatcher.engine.childwatch import open_pidfd
 
 #: The variable that carries the token into the task's environment.
@@ -50,7 +51,7 @@ class Owner:
     @classmethod
     def of_row(cls, digest: object, uid: object) -> Owner | None:
         """The owner a row records, or None for a row without one (or an edited one)."""
-        if not isinstance(digest, str) or len(digest) != 64 or type(uid) is not int or uid < 0:
+        if not wakeup.valid(digest) or type(uid) is not int or uid < 0:
             return None
         return cls(digest, uid)
 

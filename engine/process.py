@@ -103,6 +103,8 @@ def is_same_process(identity: ProcessIdentity) -> bool:
             )
     except psutil.NoSuchProcess:
         return False
+    except psutil.AccessDenied:  # /proc mounted with hidepid: it exists, it may be the one
+        return True
 
 
 def signal_identity(identity: ProcessIdentity, sig: int) -> bool:

@@ -48,7 +48,7 @@ from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox, watched
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED, StopReason, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.taskrow import TaskRow, archive
-from taskwatcher.engine.wakeup import WakeSocket
+from taskwatcher.engine.wakeup import WAKE_PAUSE, WakeSocket
 from taskwatcher.grammar.errors import TaskwatcherError
 
 log = logging.getLogger(__name__)
@@ -387,22 +387,34 @@ def _claim_start(
 
 
 def _supervise(child: subprocess.Popen, inbox: SignalInbox, watch: _Watch) -> None:
-    """Poll until the child exits or a reason to stop it appears (timeout, signal, request)."""
+    """Poll until the child exits or a reason to stop it appears (timeout, signal, request).
+
+    After a wake-up datagram the socket is left unpolled for WAKE_PAUSE: a flood of them
+    (any local user may send some) costs at most a few looks a second.
+    """
     poller = select.poll()
+    muted_until: float | None = None
     with process.ChildWatch(child) as child_watch:
         poller.register(child_watch, select.POLLIN)
         poller.register(inbox.fileno, select.POLLIN)
         poller.register(watch.wake, select.POLLIN)
         while watch.stop is None:
             now = watch.monotonic()
+            if muted_until is not None and now >= muted_until:
+                poller.register(watch.wake, select.POLLIN)
+                muted_until = None
             deadline = watch.state.next_deadline(now)
             wait = HEARTBEAT_CHECK_INTERVAL if deadline is None else deadline - now
+            if muted_until is not None:
+                wait = min(wait, muted_until - now)
             poller.poll(max(0, min(wait, HEARTBEAT_CHECK_INTERVAL)) * 1000)
             if child.poll() is not None:
                 return
             process.reap_adopted(keep={child.pid})
-            if watch.wake.drain():
-                watch.last_request_check = None
+            if muted_until is None and watch.wake.drain():
+                watch.last_request_check = None  # read the kill request now
+                poller.unregister(watch.wake)
+                muted_until = watch.monotonic() + WAKE_PAUSE
             _read_signals(inbox, watch)
             _grade_heartbeat(watch)
             _check_kill_request(watch)

@@ -9,6 +9,7 @@ read. Every command that housekeeps, kills or reads feedback is run on that data
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import socket
 import subprocess
@@ -20,7 +21,8 @@ import pytest
 
 from taskwatcher.engine.ownership import Owner, token_digest
 from taskwatcher.engine.store import Store
-from tests.fault_helpers import query, runs, twctl, twctl_json
+from tests.fault_helpers import query, reserve, runs, twctl, twctl_json, twrun, wait_running
+from tests.helpers import wait_for
 
 #: A pid no process holds (Linux's PID_MAX_LIMIT - 1): a supervisor that has vanished.
 VANISHED = 2**22 - 1
@@ -153,3 +155,44 @@ def test_a_process_is_proven_only_by_its_token_and_its_user(tmp_path: Path) -> N
         for child in started.values():
             child.kill()
             child.wait()
+
+
+def supervisor_socket_names() -> list[str]:
+    """What every local user can see of running supervisors: their abstract socket names."""
+    with open("/proc/net/unix") as table:
+        return re.findall(r"@taskwatcher/([0-9a-f]{64})", table.read())
+
+
+def test_what_others_can_see_of_a_supervisor_cannot_be_forged_into_its_row(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Socket names are public: one written as a row's token digest proves nothing."""
+    private = tmp_path / "private.db"
+    taskid = reserve(private)
+    runner = twrun(private, taskid, "--grace", "1", command=["sleep", "60"])
+    request.addfinalizer(lambda: runner.kill() or runner.wait())
+    row = wait_running(private, taskid)
+    names = wait_for(supervisor_socket_names)
+    assert row["token_hash"] not in names
+    bait = tmp_path / "bait.db"
+    for name in names:
+        forge(bait, "bait", token_hash=name)
+    twctl(bait, "list")
+    assert runner.poll() is None and runs(psutil.Process(row["pid"]))
+    assert [record["outcome"] for record in twctl_json(bait, "history")] == ["LOST"] * len(names)
+
+
+def test_a_row_copying_a_running_tasks_digest_finds_its_supervisor_alive(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Even a writer who read the real digest gets nothing killed: the supervisor answers."""
+    private = tmp_path / "private.db"
+    taskid = reserve(private)
+    runner = twrun(private, taskid, "--grace", "1", command=["sleep", "60"])
+    request.addfinalizer(lambda: runner.kill() or runner.wait())
+    row = wait_running(private, taskid)
+    bait = tmp_path / "bait.db"
+    forge(bait, "bait", token_hash=row["token_hash"])
+    twctl(bait, "update")
+    assert runner.poll() is None and runs(psutil.Process(row["pid"]))
+    assert [task["name"] for task in twctl_json(bait, "list")] == ["bait"]

@@ -184,7 +184,9 @@ def test_another_users_lost_task_is_left_to_its_owner(
     killed = as_nobody("twctl", "--db", shared_db, "kill", str(taskid))
     assert killed.returncode == 1
     message = assert_one_line(killed.stderr, "twctl: ")
-    assert message.endswith("its processes belong to root: only root can stop them (twctl update)")
+    assert message.endswith("its processes belong to root: only root can stop them")
+    (row,) = twctl_json(shared_db, "list")
+    assert row["kill_request"] is None  # refused before anything was written
     assert runs(leftover)
     assert f"task {taskid} (roots): LOST" in twctl(shared_db, "update")
     wait_for(lambda: gone(leftover.pid))
@@ -250,3 +252,37 @@ def test_a_feedback_folder_of_another_user_is_refused(db_path: Path, tmp_path: P
     )  # fmt: skip
     assert result.returncode == 125
     assert "belongs to nobody" in assert_one_line(result.stderr, "twrun: ")
+
+
+#: Runs argv[2:] in a new time namespace whose boot clock is shifted by argv[1] seconds: to
+#: its processes the wall clock stepped, so psutil dates every process differently.
+SHIFTED_CLOCK = textwrap.dedent("""
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x80):  # CLONE_NEWTIME
+        sys.exit(77)
+    with open("/proc/self/timens_offsets", "w") as offsets:
+        offsets.write(f"boottime 0 {int(float(sys.argv[1]) * 1e9)}\\n")
+    pid = os.fork()
+    if pid == 0:
+        os.execv(sys.argv[2], sys.argv[2:])
+    sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+""")
+
+
+def test_a_step_of_the_clock_does_not_make_a_running_task_lost(
+    db_path: Path, request: pytest.FixtureRequest
+) -> None:
+    taskid = reserve(db_path, "--name", "steady")
+    runner = twrun(db_path, taskid, "--grace", "1", command=["sleep", "60"])
+    request.addfinalizer(lambda: runner.kill() or runner.wait())
+    child = kill_at_end(request, wait_running(db_path, taskid)["pid"])
+    shifted = subprocess.run(
+        [sys.executable, "-c", SHIFTED_CLOCK, "0.5", BIN / "twctl", "--db", db_path, "update"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if shifted.returncode == 77:
+        pytest.skip("no time namespaces here")
+    assert shifted.returncode == 0, shifted.stderr
+    assert "0 task(s) archived, 1 live" in shifted.stdout
+    assert runner.poll() is None and runs(child)
