@@ -24,6 +24,7 @@ from tests.fault_helpers import (
     assert_one_line,
     gone,
     kill_at_end,
+    query,
     reserve,
     runs,
     twctl,
@@ -185,8 +186,8 @@ def test_another_users_lost_task_is_left_to_its_owner(
     assert killed.returncode == 1
     message = assert_one_line(killed.stderr, "twctl: ")
     assert message.endswith("its processes belong to root: only root can stop them")
-    (row,) = twctl_json(shared_db, "list")
-    assert row["kill_request"] is None  # refused before anything was written
+    refused = query(shared_db, "SELECT kill_request FROM tasks WHERE id = ?", (taskid,))
+    assert refused == [(None,)]  # refused before anything was written
     assert runs(leftover)
     assert f"task {taskid} (roots): LOST" in twctl(shared_db, "update")
     wait_for(lambda: gone(leftover.pid))
