@@ -5,6 +5,7 @@ Durations and timers are computed here from stored times, so nobody rewrites row
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 from typing import Any
@@ -13,9 +14,58 @@ import orjson
 
 from taskwatcher.engine.machine import Status
 
+#: What each column holds; an edited or damaged row may hold anything, so every value read is
+#: checked against this and replaced by None (or coerced to text) when it does not fit.
+_INTEGER = frozenset(
+    {"id", "taskid", "pid", "pgid", "supervisor_pid", "uid", "exitcode", "is_unique", "feedback"}
+)
+_REAL = frozenset(
+    {"reservetime", "starttime", "endtime", "lastupdate", "timeout", "duration",
+     "supervisor_ctime", "child_ctime", "heartbeat", "kill_requested_at"}
+)  # fmt: skip
+_JSON = frozenset({"command"})
 
-def task_record(row: sqlite3.Row, now: float) -> dict[str, Any]:
+
+def clean_row(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
+    """A row as plain values of the types its columns promise, whatever was written there."""
+    return {key: _cleaned(key, row[key]) for key in row.keys()}  # noqa: SIM118 (sqlite3.Row)
+
+
+def _cleaned(column: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if column in _INTEGER:
+        return _integer(value)
+    if column in _REAL:
+        return _real(value)
+    if column in _JSON:
+        return value if isinstance(value, str) else None
+    return _text(value)
+
+
+def _integer(value: Any) -> int | None:
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return None
+
+
+def _real(value: Any) -> float | None:
+    if type(value) in (int, float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="backslashreplace")
+    return value if isinstance(value, str) else str(value)
+
+
+def task_record(row: sqlite3.Row | dict[str, Any], now: float) -> dict[str, Any]:
     """A live task as `twctl list --json` shows it; timer is None until the task starts."""
+    row = clean_row(row)
     started = row["status"] != Status.RESERVED and row["starttime"] is not None
     last_sign_of_life = row["heartbeat"] if row["heartbeat"] is not None else row["starttime"]
     return {
@@ -51,6 +101,8 @@ def task_record(row: sqlite3.Row, now: float) -> dict[str, Any]:
 
 def history_record(row: sqlite3.Row) -> dict[str, Any]:
     """A finished task as `twctl history --json` shows it; feedback is null for a task without."""
+    feedback = decode_feedback(row["feedback"])
+    row = clean_row(row)
     return {
         "id": row["id"],
         "taskid": row["taskid"],
@@ -65,7 +117,7 @@ def history_record(row: sqlite3.Row) -> dict[str, Any]:
         "starttime": row["starttime"],
         "endtime": row["endtime"],
         "duration": row["duration"],
-        "feedback": orjson.loads(row["feedback"]),
+        "feedback": feedback,
         "reservetime": row["reservetime"],
         "host": row["host"],
         "pid": row["pid"],
@@ -73,6 +125,17 @@ def history_record(row: sqlite3.Row) -> dict[str, Any]:
         "killed_by": row["killed_by"],
         "command": decode_command(row["command"]),
     }
+
+
+def decode_feedback(stored: Any) -> dict[str, str] | None:
+    """A stored feedback object; None when it is missing or damaged, only text values kept."""
+    try:
+        values = orjson.loads(stored)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    if not isinstance(values, dict):
+        return None
+    return {key: value for key, value in values.items() if isinstance(value, str)}
 
 
 def encode_command(command: list[str] | tuple[str, ...] | None) -> str | None:
@@ -101,4 +164,11 @@ def _escaped(match: re.Match[str]) -> str:
 
 
 def decode_command(stored: str | None) -> list[str] | None:
-    return None if stored is None else orjson.loads(stored)
+    """A stored argv; None when missing or damaged."""
+    try:
+        command = orjson.loads(stored) if stored is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(command, list) or not all(isinstance(arg, str) for arg in command):
+        return None
+    return command

@@ -27,7 +27,14 @@ from taskwatcher.engine.errors import (
 )
 from taskwatcher.engine.locking import patiently
 from taskwatcher.engine.machine import FINAL_STATUSES, STARTED_STATUSES, Status
-from taskwatcher.engine.records import encode_command, history_record, storable, task_record
+from taskwatcher.engine.records import (
+    clean_row,
+    decode_feedback,
+    encode_command,
+    history_record,
+    storable,
+    task_record,
+)
 from taskwatcher.engine.settings import busy_timeout, reservation_ttl_from_env
 from taskwatcher.grammar.errors import TaskwatcherError
 
@@ -311,7 +318,7 @@ class Store:
     def get_task(self, taskid: int) -> Record | None:
         """The raw live row, every column, or None once the task has finished."""
         row = self._row("SELECT * FROM tasks WHERE id = ?", (taskid,))
-        return None if row is None else dict(row)
+        return None if row is None else clean_row(row)
 
     def list_tasks(
         self, *, name: str | None = None, status: Status | str | None = None
@@ -405,7 +412,7 @@ class Store:
     def live_feedback(self) -> dict[int, dict[str, Any]]:
         """The published feedback of every live task that has some, by task id."""
         rows = self._rows("SELECT id, feedback FROM feedbacks")
-        return {row["id"]: orjson.loads(row["feedback"]) for row in rows}
+        return {row["id"]: decode_feedback(row["feedback"]) or {} for row in rows}
 
     def live_count(self) -> int:
         return self._rows("SELECT count(*) FROM tasks")[0][0]
@@ -466,12 +473,15 @@ class Store:
         return now - self.reservation_ttl
 
     def _expire_reservations(self, now: float, at_most: int) -> list[Record]:
-        stale = self._rows(_STALE_RESERVATIONS, (self._stale_before(now), at_most))
+        stale = [
+            clean_row(row)
+            for row in self._rows(_STALE_RESERVATIONS, (self._stale_before(now), at_most))
+        ]
         return [
             self._archive_row(
                 row,
                 outcome=Status.EXPIRED,
-                endtime=row["reservetime"] + self.reservation_ttl,
+                endtime=(row["reservetime"] or now) + self.reservation_ttl,
                 termerror=f"not launched within {self.reservation_ttl:g} s of its reservation",
             )
             for row in stale
@@ -479,7 +489,7 @@ class Store:
 
     def _archive_row(
         self,
-        row: sqlite3.Row,
+        row: sqlite3.Row | Record,
         *,
         outcome: Status,
         endtime: float,
@@ -490,6 +500,7 @@ class Store:
         killed_by: str | None = None,
     ) -> Record:
         """Copy a live row to history with how it ended, then delete it and its feedback."""
+        row = clean_row(row)
         taskid = row["id"]
         if feedback is None:  # null for a task that published none
             feedback = self._saved_feedback(taskid)
@@ -551,7 +562,7 @@ class Store:
 
     def _saved_feedback(self, taskid: int) -> dict[str, Any] | None:
         row = self._row("SELECT feedback FROM feedbacks WHERE id = ?", (taskid,))
-        return None if row is None else orjson.loads(row["feedback"])
+        return None if row is None else decode_feedback(row["feedback"])
 
     def _check_name_free(
         self, name: str | None, *, unique: bool, other_than: int | None = None

@@ -63,6 +63,8 @@ class TaskRow:
             update(self.taskid, *args)
         except (StoreError, UnknownTask, TransitionNotAllowed) as error:
             self._warn(str(error))
+        except Exception as error:  # a damaged row must never stop the supervision
+            self._warn(f"unusable row in {self.store.path}: {error!r}")
 
     def archive(self, end: TaskEnd, feedback: dict[str, str] | None) -> None:
         """Move the row to history; NotRecorded, saying how the task ended, when that fails."""
@@ -108,6 +110,8 @@ def archive(store: Store, end: TaskEnd, feedback: dict[str, str] | None) -> None
         )
     except (StoreError, UnknownTask) as error:
         raise not_recorded(end, str(error)) from error
+    except Exception as error:  # a damaged row: say how the task ended all the same
+        raise not_recorded(end, f"unusable row in {store.path}: {error!r}") from error
 
 
 def not_recorded(end: TaskEnd, reason: str) -> NotRecorded:

@@ -22,7 +22,7 @@ import pytest
 from taskwatcher.engine.ownership import Owner, token_digest
 from taskwatcher.engine.store import Store
 from tests.fault_helpers import query, reserve, runs, twctl, twctl_json, twrun, wait_running
-from tests.helpers import wait_for
+from tests.helpers import run_cli, wait_for
 
 #: A pid no process holds (Linux's PID_MAX_LIMIT - 1): a supervisor that has vanished.
 VANISHED = 2**22 - 1
@@ -196,3 +196,58 @@ def test_a_row_copying_a_running_tasks_digest_finds_its_supervisor_alive(
     twctl(bait, "update")
     assert runner.poll() is None and runs(psutil.Process(row["pid"]))
     assert [task["name"] for task in twctl_json(bait, "list")] == ["bait"]
+
+
+#: Values no taskwatcher writes, in the columns an editor of the database might garble.
+GARBLED = {
+    "starttime": "soon",
+    "heartbeat": b"\xff\x00",
+    "timeout": "thirty",
+    "command": "[not json",
+    "name": b"\xff\xfe",
+    "host": b"\x00",
+    "kill_request": b"\xff",
+    "token_hash": b"\x01" * 64,
+    "pid": "many",
+}
+EVERY_COMMAND = [
+    ["list"], ["list", "--json"], ["history"], ["history", "--json"], ["update"],
+    ["watch", "--once"], ["show", "1"], ["show", "1", "--json"], ["feedback", "1"],
+    ["kill", "1", "--wait", "1"], ["killall", "forged", "--wait", "1"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("column", GARBLED)
+def test_a_garbled_row_is_no_traceback_anywhere(db_path: Path, column: str) -> None:
+    forge(db_path, **{column: GARBLED[column]}, feedback=1)
+    query(db_path, "INSERT INTO feedbacks (id, feedback, lastupdate) VALUES (1, 'garbage{', 0)")
+    query(
+        db_path,
+        "INSERT INTO history (taskid, endtime, duration, feedback, outcome, command)"
+        " VALUES (99, 'x', 0, x'ff00', 'COMPLETED', '{')",
+    )
+    for command in EVERY_COMMAND:
+        result = run_cli("twctl", "--db", db_path, *command)
+        assert "Traceback" not in result.stderr, (command, result.stderr)
+        assert result.returncode in (0, 1), (command, result.stderr)
+
+
+def test_a_garbled_reservation_does_not_stop_a_running_supervisor(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """Every write expires stale reservations first: a damaged one must not break the write."""
+    taskid = reserve(db_path)
+    writes = 'for i in 1 2 3 4; do echo "[step]$i" >> "$TASKWATCHER_FEEDBACK"; sleep 0.3; done'
+    runner = twrun(db_path, taskid, "--feedpath", tmp_path, command=["sh", "-c", writes])
+    wait_running(db_path, taskid)
+    query(
+        db_path,
+        "INSERT INTO tasks (name, status, reservetime, lastupdate, command, starttime)"
+        " VALUES ('stale', 'RESERVED', 0, 0, '[not json', 'x')",
+    )
+    _, stderr = runner.communicate(timeout=30)
+    assert runner.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    ended = {record["taskname"]: record for record in twctl_json(db_path, "history")}
+    assert ended["sh"]["feedback"] == {"step": "4"}
+    assert ended["stale"]["outcome"] == "EXPIRED" and ended["stale"]["command"] is None
