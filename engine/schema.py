@@ -6,6 +6,7 @@ The spec's columns keep their names; the columns after them serve the supervisor
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -126,10 +127,52 @@ def open_database(path: Path) -> sqlite3.Connection:
     return connection
 
 
+class JournalGuard:
+    """Keeps sqlite away from a database another program switched to WAL since it was opened.
+
+    In WAL mode sqlite maps the `-shm` file, and a damaged one kills the process with SIGBUS;
+    any writer of the database can switch it (`PRAGMA journal_mode = WAL`). So before each
+    transaction the header's version bytes (offset 18) are read from sqlite's own descriptor
+    (opening and closing another one would drop sqlite's POSIX locks), and a WAL database is
+    refused. A switch between this check and sqlite's next read is not caught.
+    """
+
+    def __init__(self, connection_path: Path) -> None:
+        self.path = connection_path
+        self._fd = _sqlite_descriptor(connection_path)
+
+    def check(self) -> None:
+        """StoreError, touching nothing, when the database is in WAL mode now."""
+        if self._fd is not None and os.pread(self._fd, 2, 18) == _WAL_VERSIONS:
+            raise StoreError(
+                f"{self.path}: switched to WAL mode by another program; refused, so that its"
+                " -shm file cannot crash this process (open it with taskwatcher to switch back)"
+            )
+
+
+_WAL_VERSIONS = b"\x02\x02"
+
+
+def _sqlite_descriptor(path: Path) -> int | None:
+    """The descriptor sqlite opened on the database file (same device and inode), if any."""
+    try:
+        wanted = os.stat(path)
+    except OSError:
+        return None
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            status = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if (status.st_dev, status.st_ino) == (wanted.st_dev, wanted.st_ino):
+            return int(name)
+    return None
+
+
 def _prepare(connection: sqlite3.Connection, path: Path) -> None:
     """Check, choose the journal, migrate: each step may be run again after a busy lock."""
     check_usable(connection, path)
-    _use_rollback_journal(connection)
+    _use_rollback_journal(connection, path)
     migrate(connection)
 
 
@@ -178,20 +221,27 @@ def recreate(connection: sqlite3.Connection) -> None:
     connection.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('tasks', ?)", (last_id,))
 
 
-def _use_rollback_journal(connection: sqlite3.Connection) -> None:
+def _use_rollback_journal(connection: sqlite3.Connection, path: Path) -> None:
     """A rollback journal (TRUNCATE), with every commit synced (synchronous = FULL).
 
     Not WAL: in WAL mode every connection maps the `-shm` file into memory, and a truncated
     or damaged `-shm` then kills the process with SIGBUS, which Python cannot catch; for a
     supervisor that would mean a healthy task killed with it. A rollback journal maps
-    nothing: damaged files give errors, which the supervisor survives. A database still in
-    WAL (made by an older version) leaves it once no other connection has it open.
+    nothing: damaged files give errors, which the supervisor survives. A database in WAL
+    (made by an older version) leaves it here; while another connection holds it in WAL it is
+    refused.
     """
     try:
-        connection.execute("PRAGMA journal_mode = TRUNCATE").fetchone()
+        mode = connection.execute("PRAGMA journal_mode = TRUNCATE").fetchone()[0]
     except sqlite3.OperationalError as error:
         if not is_busy(error):
-            raise  # busy: another connection still uses WAL, or holds the lock; keep the mode
+            raise
+        mode = connection.execute("PRAGMA journal_mode").fetchone()[0]  # held: kept as it is
+    if mode == "wal":
+        raise StoreError(
+            f"{path}: in WAL mode and open elsewhere (an older taskwatcher?); "
+            "run it again once that has ended"
+        )
     connection.execute("PRAGMA synchronous = FULL")
 
 

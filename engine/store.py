@@ -62,6 +62,7 @@ class Store:
         self._clock = clock
         self.reservation_ttl = reservation_ttl
         self.busy_timeout = busy_timeout()  # how long a statement waits for the lock
+        self._journal = schema.JournalGuard(path)
 
     @classmethod
     def open(
@@ -461,6 +462,7 @@ class Store:
         with self._sqlite_errors():
             if self._db.in_transaction:
                 return self._db.execute(sql, params)
+            self._journal.check()  # a transaction starts: sqlite is about to read the header
             return patiently(lambda: self._db.execute(sql, params), self.busy_timeout)
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:

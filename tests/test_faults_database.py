@@ -11,6 +11,8 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -293,3 +295,46 @@ def test_damaged_database_files_never_kill_a_healthy_task(
     assert finished.exists()  # the task was never killed
     if runner.returncode == 125:
         assert stderr.splitlines()[-1].startswith(f"twrun: task {taskid} ended COMPLETED ")
+
+
+#: Another program: switches the database to WAL, keeps it open, and when told truncates the
+#: -shm file (then leaves without closing, which would touch the truncated file itself).
+SWITCH_TO_WAL_THEN_TRUNCATE = """
+import os, sqlite3, sys
+db = sys.argv[1]
+other = sqlite3.connect(db, isolation_level=None)
+print(other.execute("PRAGMA journal_mode = WAL").fetchone()[0], flush=True)
+other.execute("SELECT count(*) FROM tasks").fetchone()
+sys.stdin.readline()
+os.truncate(db + "-shm", 0)
+os._exit(0)
+"""
+
+
+def test_a_switch_to_wal_under_a_running_supervisor_cannot_crash_it(
+    db_path: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Another program switches the file to WAL and damages its -shm: twrun refuses WAL.
+
+    It never maps the -shm, so it survives, keeps supervising and says the end was not
+    recorded.
+    """
+    go, finished = tmp_path / "go", tmp_path / "finished"
+    taskid = reserve(db_path, "--name", "healthy")
+    script = f"while [ ! -e {go} ]; do sleep 0.05; done; touch {finished}"
+    runner = twrun(db_path, taskid, "--grace", "1", command=["sh", "-c", script])
+    kill_at_end(request, wait_running(db_path, taskid)["pid"])
+    other = subprocess.Popen(
+        [sys.executable, "-c", SWITCH_TO_WAL_THEN_TRUNCATE, db_path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert other.stdout.readline() == "wal\n"
+    time.sleep(1.5)  # the supervisor reads its row once a second: it meets WAL now
+    other.communicate("truncate\n", timeout=30)
+    time.sleep(1.2)
+    go.touch()
+    _, stderr = runner.communicate(timeout=30)
+    assert runner.returncode == 125, stderr
+    assert finished.exists()
+    assert "switched to WAL mode by another program" in stderr
+    assert stderr.splitlines()[-1].startswith(f"twrun: task {taskid} ended COMPLETED ")

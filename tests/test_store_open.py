@@ -81,12 +81,11 @@ def test_a_wal_database_of_an_older_version_leaves_wal_once_nobody_holds_it(db_p
         assert journal_mode(old) == "delete"  # rollback: TRUNCATE is each connection's own
         old.execute("PRAGMA journal_mode = WAL")
         old.execute("SELECT count(*) FROM tasks").fetchone()  # an older twrun, still open
-        with Store.open(db_path) as store:  # works beside it, in WAL for now
-            assert journal_mode(store._db) == "wal"
-            store.reserve("beside")
+        with pytest.raises(StoreError, match="in WAL mode and open elsewhere"):
+            Store.open(db_path)
     with Store.open(db_path) as store:
         assert journal_mode(store._db) == "truncate"
-        assert [task["name"] for task in store.list_tasks()] == ["kept", "beside"]
+        assert [task["name"] for task in store.list_tasks()] == ["kept"]
     assert not Path(f"{db_path}-wal").exists()
 
 
