@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from taskwatcher.engine.errors import FeedpathMissing, FeedpathUnusable
-from taskwatcher.engine.ownership import user_name
+from taskwatcher.engine.safepath import untrusted_part
 from taskwatcher.grammar import FeedbackReader
 from taskwatcher.grammar.reader import TIME_BUDGET
 
@@ -40,11 +40,9 @@ def feedback_name(taskid: int) -> str:
 
 def given_folder(folder: Path) -> Path:
     """A folder named on the command line: absolute, links resolved, existing, safe."""
-    resolved = Path(os.path.realpath(folder))
-    if not resolved.is_dir():
+    if not folder.is_dir():
         raise FeedpathMissing(f"feedback folder {folder} does not exist")
-    check_folder(resolved)
-    return resolved
+    return check_folder(folder)
 
 
 def default_folder(folder: Path) -> Path:
@@ -55,28 +53,17 @@ def default_folder(folder: Path) -> Path:
         raise FeedpathUnusable(
             f"cannot create the feedback folder {folder}: {error.strerror}"
         ) from None
-    resolved = Path(os.path.realpath(folder))
-    check_folder(resolved)
-    return resolved
+    return check_folder(folder)
 
 
-def check_folder(folder: Path) -> None:
-    """Refuse a folder where another user could replace the file, as ssh's StrictModes does.
-
-    That is one owned by another user than the caller or root, or one that group or others
-    may write to without the sticky bit (which /tmp has: there only a file's owner may
-    remove or rename it).
-    """
-    status = folder.stat()
-    if status.st_uid not in (os.geteuid(), 0):
+def check_folder(folder: Path) -> Path:
+    """The folder resolved, refused when another user could redirect it (see `safepath`):
+    then the task could write, and its supervisor read or remove, another file."""
+    if problem := untrusted_part(folder):
         raise FeedpathUnusable(
-            f"feedback folder {folder} belongs to {user_name(status.st_uid)}: use a folder of yours"
+            f"feedback folder {folder}: {problem}; use a folder only you (or root) can change"
         )
-    if status.st_mode & 0o022 and not status.st_mode & stat.S_ISVTX:
-        raise FeedpathUnusable(
-            f"feedback folder {folder} is writable by other users: remove their write "
-            "permission (chmod go-w) or use a folder with the sticky bit, such as /tmp"
-        )
+    return Path(os.path.realpath(folder))
 
 
 class FeedbackFile:

@@ -7,6 +7,7 @@ it; these checks run first so a wrong path fails with one clear line and leaves 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from taskwatcher.engine.errors import StoreError
@@ -46,6 +47,7 @@ def prepare_db_file(path: Path) -> None:
     left to sqlite (`schema.check_usable` reads before anything is written).
     """
     _ensure_folder(path.parent)
+    _refuse_foreign_link(path)
     if path.is_dir():
         raise StoreError(f"{path}: is a folder, not a database file")
     if path.exists() and not path.is_file():  # /dev/null, a FIFO: sqlite would add a journal
@@ -58,6 +60,17 @@ def prepare_db_file(path: Path) -> None:
         raise StoreError(f"{path}: cannot create the database ({error.strerror})") from None
     if not os.access(path, os.R_OK | os.W_OK):
         raise StoreError(f"{path}: database is not readable and writable")
+
+
+def _refuse_foreign_link(path: Path) -> None:
+    """A link another user planted where the database should be is refused: following it,
+    a command would turn a file of its target's owner into a database."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISLNK(status.st_mode) and status.st_uid not in (os.geteuid(), 0):
+        raise StoreError(f"{path}: a symbolic link of another user's (uid {status.st_uid})")
 
 
 def _ensure_folder(folder: Path) -> None:

@@ -287,3 +287,61 @@ def test_a_step_of_the_clock_does_not_make_a_running_task_lost(
     assert shifted.returncode == 0, shifted.stderr
     assert "0 task(s) archived, 1 live" in shifted.stdout
     assert runner.poll() is None and runs(child)
+
+
+def test_a_folder_on_the_way_that_others_may_write_is_refused(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """Anyone may rename `team/fb` away and put a folder of theirs, with a link, in its place."""
+    team = tmp_path / "team"
+    (team / "fb").mkdir(parents=True, mode=0o700)
+    team.chmod(0o777)
+    taskid = reserve(db_path)
+    result = subprocess.run(
+        [BIN / "twrun", "--db", db_path, "--taskid", str(taskid), "--feedpath", team / "fb",
+         "--", "true"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 125
+    message = assert_one_line(result.stderr, "twrun: ")
+    assert f"{team} is writable by other users" in message
+
+
+def test_a_feedback_folder_planted_as_a_link_beside_a_shared_database_is_refused(
+    reachable: Path,
+) -> None:
+    shared = reachable / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    private = reachable / "private"
+    private.mkdir(mode=0o700)
+    db = shared / "tasks.db"
+    planted = subprocess.run(
+        [*NOBODY, "ln", "-s", private, shared / "tasks-feedback"], capture_output=True, text=True
+    )
+    assert planted.returncode == 0, planted.stderr
+    taskid = reserve(db)
+    result = subprocess.run(
+        [BIN / "twrun", "--db", db, "--taskid", str(taskid), "--", "sh", "-c",
+         'echo "[a]1" > "$TASKWATCHER_FEEDBACK"', "--feedback"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 125
+    assert "is a symbolic link of nobody's" in assert_one_line(result.stderr, "twrun: ")
+    assert list(private.iterdir()) == []
+
+
+def test_a_database_path_planted_as_a_link_is_refused(reachable: Path) -> None:
+    shared = reachable / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    target = reachable / "empty-config"
+    target.touch(mode=0o600)
+    planted = subprocess.run([*NOBODY, "ln", "-s", target, shared / "tasks.db"])
+    assert planted.returncode == 0
+    result = subprocess.run(
+        [BIN / "twctl", "--db", shared / "tasks.db", "list"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "a symbolic link of another user's" in assert_one_line(result.stderr, "twctl: ")
+    assert target.read_bytes() == b""
