@@ -138,10 +138,19 @@ def _archive_lost(store: Store, row: dict[str, Any], grace: float) -> dict[str, 
     owner = owner_of(row)
     stopped = None if owner is None else stop_leftovers(owner, grace)
     reason = _lost_reason(row)
+    notes = []
     if stopped is not None and stopped.denied:
-        listed = ", ".join(map(str, stopped.denied))
-        reason += f"; could not stop pid {listed} (permission denied)"
-        log.warning("task %s: could not stop pid %s (permission denied)", row["taskid"], listed)
+        notes.append(
+            f"could not stop pid {', '.join(map(str, stopped.denied))} (permission denied)"
+        )
+    if owner is not None and (hidden := owner.unreadable()):
+        notes.append(
+            f"could not check pid {', '.join(map(str, hidden))} (environment unreadable:"
+            " a non-dumpable program; only root can tell whether it is the task's)"
+        )
+    for note in notes:
+        log.warning("task %s: %s", row["taskid"], note)
+        reason += f"; {note}"
     try:
         return store.archive(
             row["taskid"],

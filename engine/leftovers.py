@@ -13,34 +13,69 @@ from collections.abc import Callable
 
 from taskwatcher.engine.exitstatus import signal_name
 from taskwatcher.engine.ownership import Owner, Sent, signal_proven
-from taskwatcher.engine.process import MAX_POLL_INTERVAL, StopResult
+from taskwatcher.engine.process import CALM_LOOKS, MAX_POLL_INTERVAL, StopResult
 
-#: SIGKILL rounds after the grace period: each one also catches what forked since the last.
+#: Freeze-and-kill rounds after the grace period: each one also catches what forked since.
 _KILL_ROUNDS = 5
 
 
 def stop_leftovers(
     owner: Owner, grace: float, *, clock: Callable[[], float] = time.monotonic
 ) -> StopResult | None:
-    """SIGTERM every proven process of the task, SIGKILL what is left after grace.
+    """SIGTERM every proven process of the task; what is left after grace, freeze and kill.
 
     Returns None when nothing of the task was found, else the last signal needed and the
     pids that refused to be signalled.
     """
     denied: set[int] = set()
-    found = owner.processes()
+    found = _look(owner)
     if not found:
         return None
     _signal_all(owner, found, signal.SIGTERM, denied)
     if not _wait_gone(owner, denied, clock() + grace, clock):
         return StopResult(signal_name(signal.SIGTERM), tuple(sorted(denied)))
     for _ in range(_KILL_ROUNDS):
-        remaining = [pid for pid in owner.processes() if pid not in denied]
-        if not remaining:
+        frozen = _freeze(owner, denied, clock() + grace, clock)
+        if not frozen:
             break
-        _signal_all(owner, remaining, signal.SIGKILL, denied)
+        _signal_all(owner, frozen, signal.SIGKILL, denied)
         _wait_gone(owner, denied, clock() + grace, clock)
     return StopResult(signal_name(signal.SIGKILL), tuple(sorted(denied)))
+
+
+def _freeze(
+    owner: Owner, denied: set[int], deadline: float, clock: Callable[[], float]
+) -> list[int]:
+    """SIGSTOP the task's processes until a look finds none running: a stopped process
+    cannot fork, so one that keeps forking and exiting is caught whole. Returns them."""
+    calm = 0
+    while True:
+        found = [pid for pid in owner.processes() if pid not in denied]
+        running = [pid for pid in found if not _stopped(pid)]
+        calm = 0 if running else calm + 1
+        if calm >= CALM_LOOKS or clock() >= deadline:
+            return found
+        _signal_all(owner, running, signal.SIGSTOP, denied)
+        time.sleep(0.001)
+
+
+def _look(owner: Owner) -> list[int]:
+    """The task's processes, looked for CALM_LOOKS times before saying there are none:
+    /proc is not listed atomically, and a process forking meanwhile can slip through one."""
+    for _ in range(CALM_LOOKS):
+        if found := owner.processes():
+            return found
+        time.sleep(0.001)
+    return []
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read()
+    except OSError:
+        return True
+    return fields[fields.rindex(b")") + 2 : fields.rindex(b")") + 3] in (b"T", b"t", b"Z")
 
 
 def _signal_all(owner: Owner, pids: list[int], sig: int, denied: set[int]) -> None:

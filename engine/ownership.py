@@ -60,8 +60,17 @@ class Owner:
         return os.geteuid() in (0, self.uid)
 
     def proves(self, pid: int) -> bool:
-        """Whether the process holding pid now is one of this owner's task's processes."""
-        return user_ids(pid) == {self.uid} and carries_token(pid, self.digest)
+        """Whether the process holding pid now is one of this owner's task's processes.
+
+        Its user ids must all be the recorded one, except for root acting on a task of
+        root's: such a task may have dropped to another user (su, setpriv, a daemon), and
+        whoever put the token in a process's environment started it.
+        """
+        uids = user_ids(pid)
+        if uids is None:
+            return False
+        root_for_root = self.uid == 0 and os.geteuid() == 0
+        return (root_for_root or uids == {self.uid}) and carries_token(pid, self.digest)
 
     def processes(self) -> list[int]:
         """Every process, the caller excepted, that proves to be the task's: one pass over /proc.
@@ -75,6 +84,20 @@ class Owner:
             if name.isdigit() and int(name) != me and self.proves(int(name)):
                 found.append(int(name))
         return found
+
+    def unreadable(self) -> list[int]:
+        """Processes of the task's user whose environment the caller may not read: a program
+        that made itself non-dumpable (ssh-agent, gpg-agent) hides it, from all but root."""
+        hidden = []
+        for name in os.listdir("/proc"):
+            if name.isdigit() and user_ids(int(name)) == {self.uid}:
+                try:
+                    os.close(os.open(f"/proc/{name}/environ", os.O_RDONLY | os.O_CLOEXEC))
+                except PermissionError:
+                    hidden.append(int(name))
+                except OSError:
+                    continue
+        return hidden
 
 
 def user_ids(pid: int) -> set[int] | None:

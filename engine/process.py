@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -51,6 +51,8 @@ __all__ = [
 
 #: psutil derives create times from clock ticks (1/100 s): equal within this means same start.
 CREATE_TIME_TOLERANCE = 0.01
+#: Looks in a row that must find nothing running before a task counts as stopped.
+CALM_LOOKS = 3
 #: Longest pause between two checks while waiting for processes to go.
 MAX_POLL_INTERVAL = 0.05
 
@@ -168,12 +170,40 @@ def terminate_task(
     snapshot = _snapshot(leader, pgid, adopter)
     denied = _send(snapshot, first)
     survivors = _wait_gone(_without(snapshot.processes, denied), grace, leader.pid)
-    rest = _snapshot(leader, pgid, adopter).including(survivors)
-    if not _without(rest.processes, denied):
+    rest = _freeze(lambda: _snapshot(leader, pgid, adopter).including(survivors), denied, grace)
+    if not _without(rest.processes, denied) and not rest.outsider_groups:
         return StopResult(signal_name(first), tuple(sorted(denied)))
-    denied |= _send(rest, signal.SIGKILL, each=True)
+    denied |= _send(rest, signal.SIGKILL, each=True, whole_groups=True)
     _wait_gone(_without(rest.processes, denied), grace, leader.pid)
     return StopResult(signal_name(signal.SIGKILL), tuple(sorted(denied)))
+
+
+def _freeze(look: Callable[[], _Snapshot], denied: set[int], limit: float) -> _Snapshot:
+    """SIGSTOP the task's processes until CALM_LOOKS looks in a row find none running, for
+    up to `limit` s.
+
+    A stopped process cannot fork: a task that keeps forking and exiting (its pid hopping
+    ahead of every listing) is caught whole, then killed at once. One look is not enough:
+    /proc is not listed atomically, and a process forked during a listing can be missed by
+    it. Returns the last look.
+    """
+    deadline = time.monotonic() + limit
+    calm = 0
+    while True:
+        snapshot = look()
+        running = [p for p in _without(snapshot.processes, denied) if not _stopped(p)]
+        calm = 0 if running else calm + 1
+        if calm >= CALM_LOOKS or time.monotonic() >= deadline:
+            return snapshot
+        denied |= _send(snapshot, signal.SIGSTOP, each=True, whole_groups=True)
+        time.sleep(0.001)
+
+
+def _stopped(process: psutil.Process) -> bool:
+    try:
+        return process.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 def reap_adopted(keep: Collection[int] = ()) -> list[int]:
@@ -215,6 +245,8 @@ class _Snapshot:
     group: int | None
     members: list[psutil.Process]
     outsiders: list[psutil.Process]
+    #: Other groups whose every member is the task's (a daemon's session, a `set -m` job).
+    outsider_groups: tuple[int, ...] = ()
 
     @property
     def processes(self) -> list[psutil.Process]:
@@ -224,13 +256,14 @@ class _Snapshot:
         """This snapshot plus processes seen earlier that have left the task's tree since."""
         known = {process.pid for process in self.processes}
         missing = [process for process in extra if process.pid not in known]
-        return _Snapshot(self.group, self.members, self.outsiders + missing)
+        return _Snapshot(self.group, self.members, self.outsiders + missing, self.outsider_groups)
 
 
 def _snapshot(leader: ProcessIdentity, pgid: int, adopter: int | None) -> _Snapshot:
     """List the task's live processes in one pass over /proc."""
     me = os.getpid()
-    live = [row for row in _process_table() if not row.zombie and row.pid != me]
+    rows = [row for row in _process_table() if row.pid != me]
+    live = [row for row in rows if not row.zombie]
     members = (
         {row.pid for row in live if row.pgid == pgid} if _group_is_tasks(leader, pgid) else set()
     )
@@ -238,12 +271,28 @@ def _snapshot(leader: ProcessIdentity, pgid: int, adopter: int | None) -> _Snaps
     roots = [leader.pid] if leader_runs else []
     if adopter is not None:
         roots.append(adopter)
-    tree = _descendants(live, roots)
+    # Through zombies too: a child whose parent just exited hangs from it until it is reaped.
+    everything = _descendants(rows, roots)
+    tree = everything & {row.pid for row in live}
     if leader_runs:
         tree.add(leader.pid)
     # killpg() would also hit the caller if it is in the group; then signal members one by one.
     group = pgid if members and pgid != os.getpgrp() else None
-    return _Snapshot(group, _lookup(members), _lookup(tree - members))
+    groups = _whole_groups(rows, everything | tree, {pgid, os.getpgrp()})
+    return _Snapshot(group, _lookup(members), _lookup(tree - members), groups)
+
+
+def _whole_groups(rows: list[_ProcRow], task: set[int], known: set[int]) -> tuple[int, ...]:
+    """The groups of the task's processes, zombies included, that hold nothing else alive.
+
+    A process that keeps forking and exiting may be missing from every listing of /proc, but
+    its group shows in its exited ancestors. Only a group made of the task's processes alone
+    may be signalled as one: a process can join any group of its session, the user's shell's
+    too.
+    """
+    groups = {row.pgid for row in rows if row.pid in task}
+    foreign = {row.pgid for row in rows if row.pid not in task and not row.zombie}
+    return tuple(sorted(groups - foreign - known))
 
 
 def _group_is_tasks(leader: ProcessIdentity, pgid: int) -> bool:
@@ -297,18 +346,24 @@ def _lookup(pids: Iterable[int]) -> list[psutil.Process]:
     return processes
 
 
-def _send(snapshot: _Snapshot, sig: int, *, each: bool = False) -> set[int]:
+def _send(
+    snapshot: _Snapshot, sig: int, *, each: bool = False, whole_groups: bool = False
+) -> set[int]:
     """killpg the group when that is safe, every other process individually, identity-checked.
 
     With `each`, the members are signalled one by one as well, so that one the kernel refuses
-    is known by pid. Returns the pids that refused.
+    is known by pid; with `whole_groups`, the outsiders' own groups are signalled as one too,
+    which also reaches what they forked since the listing. Returns the pids that refused.
     """
     individually = snapshot.processes
-    if snapshot.group is not None:
+    groups = [snapshot.group] if snapshot.group is not None else []
+    if whole_groups:
+        groups += snapshot.outsider_groups
+    for group in groups:
         with suppress(ProcessLookupError, PermissionError):  # EPERM: no member could be reached
-            os.killpg(snapshot.group, sig)
-        if not each:
-            individually = snapshot.outsiders
+            os.killpg(group, sig)
+    if snapshot.group is not None and not each:
+        individually = snapshot.outsiders
     denied = set()
     for process in individually:
         try:
