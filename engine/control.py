@@ -17,7 +17,7 @@ from taskwatcher.engine import process, wakeup
 from taskwatcher.engine.errors import NotReserved, UnknownTask
 from taskwatcher.engine.leftovers import stop_leftovers
 from taskwatcher.engine.machine import Status
-from taskwatcher.engine.ownership import Owner, user_name
+from taskwatcher.engine.ownership import Census, Owner, user_name
 from taskwatcher.engine.records import task_record
 from taskwatcher.engine.store import Store
 from taskwatcher.grammar.errors import TaskwatcherError
@@ -116,9 +116,11 @@ def housekeep(store: Store, *, grace: float = LOST_GRACE) -> list[dict[str, Any]
     what it did.
     """
     ended = list(store.housekeep())
+    census = None  # one look over /proc, taken once the first lost task shows
     for row in store.list_tasks():
         if is_ghost(row) and _may_clean_up(row):
-            lost = _archive_lost(store, row, grace)
+            census = census or Census.take()
+            lost = _archive_lost(store, row, grace, census)
             if lost is not None:
                 ended.append(lost)
     return ended
@@ -134,16 +136,20 @@ def _may_clean_up(row: dict[str, Any]) -> bool:
     return owner is None or owner.caller_may_act()
 
 
-def _archive_lost(store: Store, row: dict[str, Any], grace: float) -> dict[str, Any] | None:
+def _archive_lost(
+    store: Store, row: dict[str, Any], grace: float, census: Census | None = None
+) -> dict[str, Any] | None:
+    census = census or Census.take()
     owner = owner_of(row)
-    stopped = None if owner is None else stop_leftovers(owner, grace)
+    found = owner is not None and owner.digest in census.tokens
+    stopped = stop_leftovers(owner, grace) if found else None
     reason = _lost_reason(row)
     notes = []
     if stopped is not None and stopped.denied:
         notes.append(
             f"could not stop pid {', '.join(map(str, stopped.denied))} (permission denied)"
         )
-    if owner is not None and (hidden := owner.unreadable()):
+    if owner is not None and (hidden := census.hidden.get(owner.uid)):
         notes.append(
             f"could not check pid {', '.join(map(str, hidden))} (environment unreadable:"
             " a non-dumpable program; only root can tell whether it is the task's)"

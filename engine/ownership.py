@@ -85,19 +85,36 @@ class Owner:
                 found.append(int(name))
         return found
 
-    def unreadable(self) -> list[int]:
-        """Processes of the task's user whose environment the caller may not read: a program
-        that made itself non-dumpable (ssh-agent, gpg-agent) hides it, from all but root."""
-        hidden = []
+
+@dataclass(frozen=True)
+class Census:
+    """One look over /proc for housekeeping: which token digests are in whose environment,
+    and, by user, whose environment the caller may not read (a program that made itself
+    non-dumpable, as ssh-agent does, hides it from all but root)."""
+
+    tokens: dict[str, set[int]]
+    hidden: dict[int, list[int]]
+
+    @classmethod
+    def take(cls) -> Census:
+        tokens: dict[str, set[int]] = {}
+        hidden: dict[int, list[int]] = {}
+        me = os.getpid()
         for name in os.listdir("/proc"):
-            if name.isdigit() and user_ids(int(name)) == {self.uid}:
-                try:
-                    os.close(os.open(f"/proc/{name}/environ", os.O_RDONLY | os.O_CLOEXEC))
-                except PermissionError:
-                    hidden.append(int(name))
-                except OSError:
-                    continue
-        return hidden
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                digests = _token_digests(int(name))
+            except PermissionError:
+                uids = user_ids(int(name))
+                if uids is not None and len(uids) == 1:
+                    hidden.setdefault(min(uids), []).append(int(name))
+                continue
+            except OSError:  # gone meanwhile, or a kernel thread
+                continue
+            for digest in digests:
+                tokens.setdefault(digest, set()).add(int(name))
+        return cls(tokens, hidden)
 
 
 def user_ids(pid: int) -> set[int] | None:
@@ -118,15 +135,20 @@ def carries_token(pid: int, digest: str) -> bool:
     Unreadable (another user's process, a zombie, gone) means no proof.
     """
     try:
-        with open(f"/proc/{pid}/environ", "rb") as environ:
-            entries = environ.read(_ENVIRON_LIMIT).split(b"\0")
+        return any(hmac.compare_digest(found, digest) for found in _token_digests(pid))
     except OSError:
         return False
-    return any(
-        hmac.compare_digest(token_digest(entry[len(_TOKEN_PREFIX) :]), digest)
+
+
+def _token_digests(pid: int) -> list[str]:
+    """The digests of the tokens in the environment of pid; OSError when it cannot be read."""
+    with open(f"/proc/{pid}/environ", "rb") as environ:
+        entries = environ.read(_ENVIRON_LIMIT).split(b"\0")
+    return [
+        token_digest(entry[len(_TOKEN_PREFIX) :])
         for entry in entries
         if entry.startswith(_TOKEN_PREFIX)
-    )
+    ]
 
 
 class Sent(Enum):
