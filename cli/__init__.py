@@ -66,13 +66,24 @@ def interruptible(main: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(main)
     def run(*args: Any, **kwargs: Any) -> int:
+        if sys.stdout is None:  # started with stdout closed (`>&-`): do nothing, say so
+            print(f"{_prog()}: standard output is closed", file=sys.stderr)
+            return EXIT_USAGE
         quiet_start = _signal.getsignal(_signal.SIGINT) is _exit_interrupted
         try:
             if quiet_start:
                 _signal.signal(_signal.SIGINT, _signal.default_int_handler)
-            return main(*args, **kwargs)
+            status = main(*args, **kwargs)
+            sys.stdout.flush()
+            return status
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
+        except OSError as error:  # a full disk or a dead device behind stdout
+            from taskwatcher.cli.render import silence_stdout
+
+            silence_stdout()  # so that the interpreter's last flush fails no more
+            print(f"{_prog()}: cannot write the output: {error.strerror or error}", file=sys.stderr)
+            return EXIT_FAILED
         finally:
             if quiet_start:  # quiet again on the way out, through the interpreter's exit
                 _signal.signal(_signal.SIGINT, _exit_interrupted)
@@ -80,4 +91,10 @@ def interruptible(main: Callable[..., int]) -> Callable[..., int]:
     return run
 
 
-_import_orjson()
+#: Exit statuses shared by the commands for these start-up and output failures.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _prog() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "taskwatcher"

@@ -122,3 +122,21 @@ def test_a_database_path_that_is_not_utf8_prints_escaped(tmp_path: Path) -> None
     assert initialized.stdout == f"initialized {tmp_path}/{SHOWN}.db\n"
     watched = run_bytes(BIN / "twctl", "--db", db, "watch", "--once", env=env)
     assert watched.returncode == 0 and watched.stderr == ""  # its title holds the path
+
+
+@pytest.mark.parametrize("command", [["twctl", "list"], ["twctl", "reserve"], ["twparse", "-"]])
+def test_an_unwritable_or_closed_stdout_is_one_line(db_path: Path, command: list[str]) -> None:
+    argv = [BIN / command[0], *(["--db", db_path] if command[0] == "twctl" else []), *command[1:]]
+    with open("/dev/full", "w") as full:
+        written = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True, input="")
+    assert written.returncode == 1
+    assert "cannot write the output: No space left on device" in assert_one_line(
+        written.stderr, f"{command[0]}: "
+    )
+    live_before = len(twctl_json(db_path, "list"))
+    closed = subprocess.run(
+        ["sh", "-c", '"$@" >&-', "sh", *map(str, argv)], capture_output=True, text=True
+    )
+    assert closed.returncode == 2
+    assert assert_one_line(closed.stderr, f"{command[0]}: ").endswith("standard output is closed")
+    assert len(twctl_json(db_path, "list")) == live_before  # refused before doing anything
