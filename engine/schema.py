@@ -92,8 +92,19 @@ _CREATE_V1 = (
 _OWNERSHIP_V2 = (
     "ALTER TABLE tasks ADD COLUMN token_hash TEXT",  # SHA-256 of the child's TASKWATCHER_TOKEN
     "ALTER TABLE tasks ADD COLUMN uid INTEGER",  # the supervisor's user id
-    # Only the supervisor reads a feedback file now, keeping its reader in memory.
-    "ALTER TABLE feedbacks DROP COLUMN reader_state",
+    # Only the supervisor reads a feedback file now, keeping its reader in memory: the saved
+    # reader state goes. Rebuilt rather than DROP COLUMN, which sqlite before 3.35 lacks.
+    """
+    CREATE TABLE feedbacks_v2 (
+        id           INTEGER PRIMARY KEY,                      -- the live task's id
+        feedback     BLOB NOT NULL,                            -- JSON object, as published
+        lastupdate   REAL NOT NULL
+    )
+    """,
+    "INSERT INTO feedbacks_v2 (id, feedback, lastupdate)"
+    " SELECT id, feedback, lastupdate FROM feedbacks",
+    "DROP TABLE feedbacks",
+    "ALTER TABLE feedbacks_v2 RENAME TO feedbacks",
 )
 
 #: MIGRATIONS[n] upgrades a database from version n to n + 1.

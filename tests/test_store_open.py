@@ -159,3 +159,26 @@ def test_second_open_in_one_process_keeps_the_first_ones_locks(db_path: Path) ->
     final = run_cli("twctl", "--db", db_path, "list", "--json")
     assert [task["name"] for task in orjson.loads(final.stdout)] == ["before", "after", "later"]
     first.close()
+
+
+def test_a_version_1_database_is_upgraded_with_its_rows(db_path):
+    """What the first release wrote: its tables, rows and feedback survive the upgrade."""
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as old:
+        for statement in schema.MIGRATIONS[0]:
+            old.execute(statement)
+        old.execute("PRAGMA user_version = 1")
+        old.execute(
+            "INSERT INTO tasks (name, status, reservetime, lastupdate)"
+            " VALUES ('old', 'RUNNING', 1, 1)"
+        )
+        old.execute(
+            "INSERT INTO feedbacks (id, feedback, lastupdate, reader_state) VALUES (1, ?, 1, ?)",
+            ('{"step":"3"}', b"\0"),
+        )
+    with Store.open(db_path) as store:
+        assert user_version(db_path) == schema.LATEST_VERSION
+        (task,) = store.list_tasks()
+        assert (task["name"], task["token_hash"], task["uid"]) == ("old", None, None)
+        assert store.load_feedback(1) == {"step": "3"}
+    columns = {row[1] for row in sqlite3.connect(db_path).execute("PRAGMA table_info(feedbacks)")}
+    assert columns == {"id", "feedback", "lastupdate"}
