@@ -33,7 +33,7 @@ from taskwatcher.cli.render import (
 from taskwatcher.cli.timespec import parse_when
 from taskwatcher.engine import control
 from taskwatcher.engine.errors import InvalidRequest, StoreError
-from taskwatcher.engine.machine import FINAL_STATUSES, LIVE_STATUSES, Status
+from taskwatcher.engine.lifecycle import FINAL_STATUSES, LIVE_STATUSES, Status
 from taskwatcher.engine.store import Store
 from taskwatcher.grammar.errors import TaskwatcherError
 

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from taskwatcher.cli.render import STATUS_STYLES, cell, escape, human_duration
 from taskwatcher.engine import control
-from taskwatcher.engine.machine import Status
+from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.store import Store
 
 #: Feedback keys shown beside the bar, first present wins each slot.

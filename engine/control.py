@@ -16,7 +16,7 @@ from typing import Any
 from taskwatcher.engine import process, wakeup
 from taskwatcher.engine.errors import NotReserved, UnknownTask
 from taskwatcher.engine.leftovers import stop_leftovers
-from taskwatcher.engine.machine import Status
+from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.ownership import Census, Owner, user_name
 from taskwatcher.engine.records import task_record
 from taskwatcher.engine.store import Store

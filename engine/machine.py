@@ -7,90 +7,21 @@ trigger takes `now`, so the supervisor decides when to look and tests inject tim
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable
-from enum import StrEnum
 from typing import Any
 
 from transitions import Event, Machine, MachineError
 
 from taskwatcher.engine.errors import TransitionNotAllowed
-
-
-class Status(StrEnum):
-    """Every state a task can be in; the first four are live, the rest are final outcomes."""
-
-    RESERVED = "RESERVED"
-    RUNNING = "RUNNING"
-    SILENT = "SILENT"
-    STALLED = "STALLED"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    TIMEOUT = "TIMEOUT"
-    KILLED = "KILLED"
-    LOST = "LOST"
-    EXPIRED = "EXPIRED"
-
-
-#: Started and alive: graded by heartbeat age.
-STARTED_STATUSES = (Status.RUNNING, Status.SILENT, Status.STALLED)
-LIVE_STATUSES = frozenset({Status.RESERVED, *STARTED_STATUSES})
-FINAL_STATUSES = frozenset(Status) - LIVE_STATUSES
-
-SILENT_AT = 0.25
-STALLED_AT = 0.5
-TIMEOUT_AT = 1.0
-#: Heartbeat-age fraction from which each grade applies, mildest first.
-THRESHOLDS = (
-    (SILENT_AT, Status.SILENT),
-    (STALLED_AT, Status.STALLED),
-    (TIMEOUT_AT, Status.TIMEOUT),
+from taskwatcher.engine.lifecycle import (
+    FINAL_STATUSES,
+    STARTED_STATUSES,
+    THRESHOLDS,
+    TRANSITIONS,
+    Status,
+    health,
 )
-
-
-def health(fraction: float) -> Status:
-    """Grade a heartbeat age given as a fraction of the timeout: the one rule of DESIGN.md."""
-    grade = Status.RUNNING
-    for threshold, status in THRESHOLDS:
-        if fraction >= threshold:
-            grade = status
-    return grade
-
-
-TRANSITIONS: list[dict[str, Any]] = [
-    {"trigger": "start", "source": Status.RESERVED, "dest": Status.RUNNING, "before": "mark_start"},
-    {"trigger": "expire", "source": Status.RESERVED, "dest": Status.EXPIRED},
-    {
-        "trigger": "heartbeat",
-        "source": STARTED_STATUSES,
-        "dest": Status.RUNNING,
-        "before": "mark_heartbeat",
-    },
-    {
-        "trigger": "tick",
-        "source": Status.RUNNING,
-        "dest": Status.SILENT,
-        "conditions": "grades_silent",
-    },
-    {
-        "trigger": "tick",
-        "source": [Status.RUNNING, Status.SILENT],
-        "dest": Status.STALLED,
-        "conditions": "grades_stalled",
-    },
-    {
-        "trigger": "tick",
-        "source": STARTED_STATUSES,
-        "dest": Status.TIMEOUT,
-        "conditions": "grades_timeout",
-    },
-    {"trigger": "time_out", "source": STARTED_STATUSES, "dest": Status.TIMEOUT},
-    {"trigger": "complete", "source": STARTED_STATUSES, "dest": Status.COMPLETED},
-    {"trigger": "fail", "source": STARTED_STATUSES, "dest": Status.FAILED},
-    {"trigger": "kill", "source": STARTED_STATUSES, "dest": Status.KILLED},
-    {"trigger": "lose", "source": STARTED_STATUSES, "dest": Status.LOST},
-]
 
 
 def _grade_is(status: Status) -> Callable[[TaskState, float], bool]:
@@ -229,113 +160,8 @@ class _TaskMachine(Machine):
 
 MACHINE = _TaskMachine(
     model=None,
-    states=Status,
+    states=[{"name": status, "final": status in FINAL_STATUSES} for status in Status],
     transitions=TRANSITIONS,
     initial=Status.RESERVED,
     auto_transitions=False,
 )
-
-
-# -- diagram, generated from TRANSITIONS so the README never drifts from the code ------------
-
-GROUP = "started"
-GROUP_LABEL = "graded by heartbeat age f = (now - last heartbeat) / timeout"
-NO_FEEDBACK_NOTE = "a task without feedback stays RUNNING until f ≥ 1"
-
-
-def _band(status: Status) -> str:
-    """The heartbeat-age band that `health` maps to `status`, for edge labels."""
-    lower = next(threshold for threshold, graded in THRESHOLDS if graded is status)
-    upper = next((threshold for threshold, _ in THRESHOLDS if threshold > lower), None)
-    return f"f ≥ {lower:g}" if upper is None else f"{lower:g} ≤ f < {upper:g}"
-
-
-def diagram_edges() -> list[tuple[str, str, str]]:
-    """(source, dest, label) per drawn edge; a trigger allowed from every started state and
-    leaving them is drawn once, from the group."""
-    edges = []
-    for transition in TRANSITIONS:
-        sources = transition["source"]
-        sources = [sources] if isinstance(sources, Status) else list(sources)
-        dest = transition["dest"]
-        label = transition["trigger"]
-        if "conditions" in transition:
-            label = f"{label} when {_band(dest)}"
-        if set(sources) == set(STARTED_STATUSES) and dest not in STARTED_STATUSES:
-            sources = [GROUP]
-        edges.extend((str(source), str(dest), label) for source in sources)
-    return edges
-
-
-def to_dot() -> str:
-    """Graphviz DOT: the started states in one cluster, final states double-circled."""
-    cluster = "cluster_" + GROUP
-    lines = [
-        "digraph taskwatcher {",
-        "    rankdir=LR;",
-        "    compound=true;",
-        '    node [shape=box, style=rounded, fontname="Helvetica"];',
-        '    edge [fontname="Helvetica", fontsize=10];',
-        f"    {Status.RESERVED};",
-        f"    subgraph {cluster} {{",
-        f'        label="{GROUP}: {GROUP_LABEL}\\n{NO_FEEDBACK_NOTE}";',
-        *(f"        {status};" for status in STARTED_STATUSES),
-        "    }",
-        *(f"    {status} [shape=doublecircle];" for status in Status if status in FINAL_STATUSES),
-    ]
-    for source, dest, label in diagram_edges():
-        if source == GROUP:
-            lines.append(f'    {STARTED_STATUSES[0]} -> {dest} [label="{label}", ltail={cluster}];')
-        else:
-            lines.append(f'    {source} -> {dest} [label="{label}"];')
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def to_mermaid() -> str:
-    """Mermaid stateDiagram-v2 (GitHub renders it): the started states as a composite state."""
-    inside, outside = [], []
-    for source, dest, label in diagram_edges():
-        if source in STARTED_STATUSES:
-            inside.append(f"        {source} --> {dest} : {label}")
-        elif dest in STARTED_STATUSES:
-            inside.insert(0, f"        [*] --> {dest}")
-            outside.append(f"    {source} --> {GROUP} : {label}")
-        else:
-            outside.append(f"    {source} --> {dest} : {label}")
-    finals = [status for status in Status if status in FINAL_STATUSES]
-    return (
-        "\n".join(
-            [
-                "stateDiagram-v2",
-                "    direction LR",
-                f"    [*] --> {Status.RESERVED}",
-                f"    state {GROUP} {{",
-                *inside,
-                "    }",
-                f"    note right of {GROUP}",
-                f"        {GROUP_LABEL}",
-                f"        {NO_FEEDBACK_NOTE}",
-                "    end note",
-                *outside,
-                "    classDef final stroke-width:3px",
-                *(f"    class {status} final" for status in finals),
-            ]
-        )
-        + "\n"
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Print the state diagram, generated from the transitions table."""
-    parser = argparse.ArgumentParser(
-        prog="python -m taskwatcher.engine.machine", description=main.__doc__
-    )
-    formats = parser.add_mutually_exclusive_group(required=True)
-    formats.add_argument("--dot", action="store_const", const=to_dot, dest="render")
-    formats.add_argument("--mermaid", action="store_const", const=to_mermaid, dest="render")
-    print(parser.parse_args(argv).render(), end="")
-
-
-if __name__ == "__main__":
-    main()

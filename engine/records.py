@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from taskwatcher.engine.machine import Status
+from taskwatcher.engine.lifecycle import Status
 
 #: What each column holds; an edited or damaged row may hold anything, so every value read is
 #: checked against this and replaced by None (or coerced to text) when it does not fit.

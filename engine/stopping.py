@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
-from taskwatcher.engine.machine import Status
+from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.process import exit_status_to_code
 
 #: timeout(1)'s exit status when the time ran out.

@@ -25,8 +25,8 @@ from taskwatcher.engine.errors import (
     UniqueConflict,
     UnknownTask,
 )
+from taskwatcher.engine.lifecycle import FINAL_STATUSES, STARTED_STATUSES, Status
 from taskwatcher.engine.locking import patiently
-from taskwatcher.engine.machine import FINAL_STATUSES, STARTED_STATUSES, Status
 from taskwatcher.engine.records import (
     clean_row,
     decode_feedback,

@@ -42,8 +42,9 @@ from taskwatcher.engine.feedbackfile import (
     feedback_name,
     given_folder,
 )
+from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.location import default_feedpath
-from taskwatcher.engine.machine import Status, TaskState, release
+from taskwatcher.engine.machine import TaskState, release
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox, watched_stop_signals
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED, StopReason, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from taskwatcher.engine.machine import LIVE_STATUSES, Status
+from taskwatcher.engine.lifecycle import LIVE_STATUSES, Status
 from taskwatcher.engine.store import Store
 
 #: What no command may ever print, however many share the database.

@@ -34,7 +34,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from taskwatcher.engine import control
 from taskwatcher.engine.errors import UniqueConflict, UnknownTask
-from taskwatcher.engine.machine import FINAL_STATUSES, TRANSITIONS, Status
+from taskwatcher.engine.lifecycle import FINAL_STATUSES, TRANSITIONS, Status
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.supervisor import LaunchRequest, run_task
 from tests.helpers import wait_for

@@ -10,18 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from taskwatcher.engine.diagram import diagram_edges
 from taskwatcher.engine.errors import TransitionNotAllowed
-from taskwatcher.engine.machine import (
-    FINAL_STATUSES,
-    LIVE_STATUSES,
-    MACHINE,
-    TRANSITIONS,
-    Status,
-    TaskState,
-    diagram_edges,
-    health,
-    release,
-)
+from taskwatcher.engine.lifecycle import FINAL_STATUSES, LIVE_STATUSES, TRANSITIONS, Status, health
+from taskwatcher.engine.machine import MACHINE, TaskState, release
 
 START = 1000.0
 TIMEOUT = 100.0
@@ -284,7 +276,7 @@ def test_diagram_draws_every_transition():
 
 def run_module(flag: str) -> str:
     return subprocess.run(
-        [sys.executable, "-m", "taskwatcher.engine.machine", flag],
+        [sys.executable, "-m", "taskwatcher.engine.diagram", flag],
         capture_output=True,
         text=True,
         check=True,

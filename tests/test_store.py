@@ -15,7 +15,7 @@ from taskwatcher.engine.errors import (
     UniqueConflict,
     UnknownTask,
 )
-from taskwatcher.engine.machine import Status
+from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.settings import DEFAULT_RESERVATION_TTL
 from taskwatcher.engine.store import Store
 from tests.helpers import HISTORY_KEYS, LIST_KEYS

@@ -10,7 +10,8 @@ import pytest
 
 from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.feedbackfile import feedback_elsewhere
-from taskwatcher.engine.machine import Status, TaskState
+from taskwatcher.engine.lifecycle import Status
+from taskwatcher.engine.machine import TaskState
 from taskwatcher.engine.stopping import StopReason, end_of_task
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.supervisor import (
