@@ -13,12 +13,12 @@ class UnknownTask(TaskwatcherError, LookupError):
     """No live task has this id (never reserved, or already finished)."""
 
 
-class NotReserved(TaskwatcherError):
-    """The task exists but is no longer RESERVED, so it cannot be started or cancelled."""
-
-
 class TransitionNotAllowed(TaskwatcherError):
-    """The task's state machine does not allow this change from its current state."""
+    """The task's life cycle does not allow this change from its current state."""
+
+
+class NotReserved(TransitionNotAllowed):
+    """The task exists but is no longer RESERVED, so it cannot be started or cancelled."""
 
 
 class UniqueConflict(TaskwatcherError):

@@ -25,7 +25,13 @@ from taskwatcher.engine.errors import (
     UniqueConflict,
     UnknownTask,
 )
-from taskwatcher.engine.lifecycle import FINAL_STATUSES, STARTED_STATUSES, Status
+from taskwatcher.engine.lifecycle import (
+    ENDING_TRIGGERS,
+    FINAL_STATUSES,
+    Status,
+    graded_from,
+    step,
+)
 from taskwatcher.engine.locking import patiently
 from taskwatcher.engine.records import (
     clean_row,
@@ -193,14 +199,20 @@ class Store:
         self._update_started(taskid, "pid = ?, child_ctime = ?, pgid = ?", pid, child_ctime, pgid)
 
     def set_status(self, taskid: int, status: Status | str) -> None:
-        """Record the grade the supervisor's machine gave a started task."""
+        """Record the grade the supervisor's machine gave a started task.
+
+        The table must allow it from the status recorded now, by heartbeats and ticks.
+        """
         status = _status(status)
-        if status not in STARTED_STATUSES:
-            raise TransitionNotAllowed(
-                f"task {taskid}: {status} is recorded by start(), archive() or"
-                " cancel_reservation(), not set_status()"
-            )
-        self._update_started(taskid, "status = ?", status)
+        with self._write() as now:
+            current = self._live_row(taskid)["status"]
+            if status not in graded_from(current):
+                raise TransitionNotAllowed(
+                    f"task {taskid} is {current}, not started: start it first"
+                    if current == Status.RESERVED
+                    else f"task {taskid} is {current}: grading cannot make it {status}"
+                )
+            self._touch_started(taskid, now, "status = ?", status)
 
     def record_heartbeat(
         self, taskid: int, when: float, feedback: dict[str, Any] | None = None
@@ -233,6 +245,7 @@ class Store:
             row = self._live_row(taskid)
             if row["status"] != Status.RESERVED:
                 raise NotReserved(f"task {taskid} is {row['status']}, not RESERVED")
+            self._guard(row, Status.EXPIRED)
             return self._archive_row(
                 row,
                 outcome=Status.EXPIRED,
@@ -261,6 +274,7 @@ class Store:
             raise TransitionNotAllowed(f"task {taskid}: {outcome} is not a final outcome")
         with self._write() as now:
             row = self._live_row(taskid)
+            self._guard(row, outcome)
             return self._archive_row(
                 row,
                 outcome=outcome,
@@ -479,6 +493,8 @@ class Store:
             clean_row(row)
             for row in self._rows(_STALE_RESERVATIONS, (self._stale_before(now), at_most))
         ]
+        for row in stale:
+            self._guard(row, Status.EXPIRED)
         return [
             self._archive_row(
                 row,
@@ -580,6 +596,14 @@ class Store:
         )
         if holder is not None:
             raise UniqueConflict(name, holder["id"])
+
+    def _guard(self, row: sqlite3.Row, outcome: Status) -> None:
+        """Refuse, in the transaction that would make it, an end the table does not allow
+        from the task's recorded status (COMPLETED for a reservation, EXPIRED once started)."""
+        if outcome not in step(row["id"], row["status"], ENDING_TRIGGERS[outcome]):
+            raise TransitionNotAllowed(
+                f"task {row['id']} is {row['status']}: it cannot end {outcome}"
+            )
 
     def _live_row(self, taskid: int) -> sqlite3.Row:
         row = self._row("SELECT * FROM tasks WHERE id = ?", (taskid,))

@@ -1,0 +1,93 @@
+"""The store refuses every change of status the life-cycle table does not allow.
+
+The cases are generated from the table: each recorded status against each way to end a task
+and each grade, allowed exactly when the table says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from taskwatcher.engine.errors import TransitionNotAllowed
+from taskwatcher.engine.lifecycle import (
+    ENDING_TRIGGERS,
+    FINAL_STATUSES,
+    LIVE_STATUSES,
+    STARTED_STATUSES,
+    TRANSITIONS,
+    Status,
+)
+from taskwatcher.engine.store import Store
+
+
+def table_allows(source: Status, trigger: str, dest: Status) -> bool:
+    """Read straight from the table: some row with this trigger leads from source to dest."""
+    for transition in TRANSITIONS:
+        sources = transition["source"]
+        sources = [sources] if isinstance(sources, str) else sources
+        if transition["trigger"] == trigger and source in sources and transition["dest"] == dest:
+            return True
+    return False
+
+
+def task_in(store: Store, status: Status) -> int:
+    """A task recorded in `status`, reached the way a supervisor reaches it."""
+    taskid = store.reserve("guarded")
+    if status != Status.RESERVED:
+        store.start(taskid, has_feedback=True, timeout=10)
+    if status == Status.STALLED:
+        store.set_status(taskid, Status.STALLED)
+    elif status == Status.SILENT:
+        store.set_status(taskid, Status.SILENT)
+    return taskid
+
+
+def end(store: Store, taskid: int, outcome: Status) -> None:
+    if outcome == Status.EXPIRED:
+        store.cancel_reservation(taskid, "test")
+    else:
+        store.archive(taskid, outcome=outcome)
+
+
+@pytest.mark.parametrize("outcome", sorted(FINAL_STATUSES))
+@pytest.mark.parametrize("source", sorted(LIVE_STATUSES))
+def test_an_end_is_recorded_only_where_the_table_allows_it(
+    db_path: Path, source: Status, outcome: Status
+) -> None:
+    with Store.open(db_path) as store:
+        taskid = task_in(store, source)
+        if table_allows(source, ENDING_TRIGGERS[outcome], outcome):
+            end(store, taskid, outcome)
+            assert store.history_of(taskid)["outcome"] == outcome
+        else:
+            with pytest.raises(TransitionNotAllowed):
+                end(store, taskid, outcome)
+            assert store.get_task(taskid)["status"] == source  # the same transaction refused it
+
+
+@pytest.mark.parametrize("dest", sorted(LIVE_STATUSES))
+@pytest.mark.parametrize("source", sorted(LIVE_STATUSES))
+def test_a_grade_is_recorded_only_where_heartbeats_and_ticks_lead(
+    db_path: Path, source: Status, dest: Status
+) -> None:
+    """Between two writes a supervisor may see a heartbeat and a tick: any started status
+    may follow a started one, never a reservation, nor a started one a reservation."""
+    with Store.open(db_path) as store:
+        taskid = task_in(store, source)
+        if source in STARTED_STATUSES and dest in STARTED_STATUSES:
+            store.set_status(taskid, dest)
+            assert store.get_task(taskid)["status"] == dest
+        else:
+            with pytest.raises(TransitionNotAllowed):
+                store.set_status(taskid, dest)
+            assert store.get_task(taskid)["status"] == source
+
+
+def test_the_table_has_what_the_cases_rely_on() -> None:
+    """Guard the generated cases against a table that allows everything or nothing."""
+    assert table_allows(Status.RUNNING, "complete", Status.COMPLETED)
+    assert not table_allows(Status.RESERVED, "complete", Status.COMPLETED)
+    assert table_allows(Status.RESERVED, "expire", Status.EXPIRED)
+    assert not table_allows(Status.RUNNING, "expire", Status.EXPIRED)
