@@ -28,12 +28,15 @@ ENDINGS = [
 def store(db_path: Path):
     with Store.open(db_path) as opened:
         for name, outcome, end in ENDINGS:
-            opened.archive(opened.reserve(name), outcome=outcome, endtime=T0 + end)
+            taskid = opened.reserve(name)
+            opened.start(taskid)
+            opened.archive(taskid, outcome=outcome, endtime=T0 + end)
         yield opened
 
 
 def archive_one(store: Store, end: float) -> int:
     taskid = store.reserve("late")
+    store.start(taskid)
     store.archive(taskid, outcome="COMPLETED", endtime=end)
     return taskid
 

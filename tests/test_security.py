@@ -215,6 +215,7 @@ def test_json_escapes_c1_controls_and_stays_faithful(db_path: Path, tmp_path: Pa
     with Store.open(db_path) as store:
         live = store.reserve(text)
         done = store.reserve(text)
+        store.start(done)
         store.archive(done, outcome="COMPLETED", feedback={"m": text})
     feedback = tmp_path / "feedback.log"
     feedback.write_text(f"[m]{text}\n")
