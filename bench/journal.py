@@ -13,22 +13,34 @@ import multiprocessing
 import os
 import random
 import resource
+import socket
 import sqlite3
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from taskwatcher.engine.store import Store
+import psutil
+
+from taskwatcher.engine.ownership import token_digest
+from taskwatcher.engine.records import Launch
+from taskwatcher.engine.store import open_store
 
 WRITERS = 200
 WRITES = 8
 PER_SECOND = 1.0
 
 
+def _token_hash(taskid: int) -> str:
+    """The digest of the token of each bench task, which its writer knows as a supervisor
+    knows its own."""
+    return token_digest(f"bench-{taskid}")
+
+
 def _write_with_store(path: Path, taskid: int, start: float, results: multiprocessing.Queue):
-    with Store.open(path) as store:
-        _paced(lambda: store.record_heartbeat(taskid, time.time()), start, results)
+    token_hash = _token_hash(taskid)
+    with open_store(path) as store:
+        _paced(lambda: store.heartbeat(taskid, token_hash, time.time()), start, results)
 
 
 def _write_with_wal(path: Path, taskid: int, start: float, results: multiprocessing.Queue):
@@ -39,8 +51,8 @@ def _write_with_wal(path: Path, taskid: int, start: float, results: multiprocess
         connection.execute("BEGIN IMMEDIATE")
         connection.execute(
             "UPDATE tasks SET heartbeat = max(coalesce(heartbeat, ?), ?), lastupdate = ?"
-            " WHERE id = ? AND status != 'RESERVED'",
-            (time.time(), time.time(), time.time(), taskid),
+            " WHERE id = ? AND token_hash = ?",
+            (time.time(), time.time(), time.time(), taskid, _token_hash(taskid)),
         )
         connection.execute("COMMIT")
 
@@ -61,9 +73,20 @@ def _paced(write, start: float, results: multiprocessing.Queue) -> None:
 
 def _database(folder: Path, name: str, wal: bool) -> Path:
     path = folder / name
-    with Store.open(path) as store:
+    created = psutil.Process().create_time()
+    with open_store(path) as store:
         for _ in range(WRITERS):
-            store.start(store.reserve("bench"), pid=os.getpid(), has_feedback=True)
+            taskid = store.reserve("bench")
+            launch = Launch(
+                supervisor_pid=os.getpid(),
+                supervisor_ctime=created,
+                host=socket.gethostname(),
+                token_hash=_token_hash(taskid),
+                uid=os.getuid(),
+                has_feedback=True,
+            )
+            store.claim(taskid, launch)
+            store.set_child(taskid, launch.token_hash, os.getpid(), created)
     if wal:
         with sqlite3.connect(path) as raw:
             raw.execute("PRAGMA journal_mode = WAL")

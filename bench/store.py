@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from bench.measure import fill_history, median_of
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.lifecycle import Status
+from taskwatcher.engine.ownership import new_token, token_digest
+from taskwatcher.engine.records import Ending, Launch
+from taskwatcher.engine.store import Store, open_store
 
 LIFECYCLES = 10_000
 LIVE_TASKS = 200
@@ -52,8 +58,21 @@ def show(
     print("   ".join(parts), flush=True)
 
 
+def bench_launch() -> Launch:
+    """What a supervisor records when it claims a task: this process stands in for it."""
+    return Launch(
+        supervisor_pid=os.getpid(),
+        supervisor_ctime=psutil.Process().create_time(),
+        host=socket.gethostname(),
+        token_hash=token_digest(new_token()),
+        uid=os.getuid(),
+        command=["x"],
+        timeout=30,
+    )
+
+
 def lifecycle_figures(store: Store, write_baseline: tuple[str, float]) -> None:
-    """Reserve, start and archive LIFECYCLES tasks, one phase at a time, per task."""
+    """Reserve, claim and archive LIFECYCLES tasks, one phase at a time, per task."""
     started = time.perf_counter()
     ids = [store.reserve(f"job-{index % NAMES}", info1="bench") for index in range(LIFECYCLES)]
     show(
@@ -61,23 +80,27 @@ def lifecycle_figures(store: Store, write_baseline: tuple[str, float]) -> None:
         (time.perf_counter() - started) / LIFECYCLES,
         baseline=write_baseline,
     )
-    pid = os.getpid()
+    launch = bench_launch()
+    token_hash, pid = launch.token_hash, os.getpid()
     show(
-        "start, per task",
-        each(lambda taskid: store.start(taskid, pid=pid, timeout=30, command=["x"]), ids),
+        "claim, per task",
+        each(lambda taskid: store.claim(taskid, launch), ids),
         baseline=write_baseline,
     )
     show(
-        "set_status, per task",
-        each(lambda taskid: store.set_status(taskid, "SILENT"), ids),
+        "set_child, per task",
+        each(lambda taskid: store.set_child(taskid, token_hash, pid, None), ids),
         baseline=write_baseline,
     )
+    show(
+        "grade, per task",
+        each(lambda taskid: store.grade(taskid, token_hash, Status.SILENT), ids),
+        baseline=write_baseline,
+    )
+    ending = Ending(Status.COMPLETED, exitcode=0, feedback={"p": "100"})
     show(
         "archive with final feedback, per task",
-        each(
-            lambda taskid: store.archive(taskid, outcome="COMPLETED", feedback={"p": "100"}),
-            ids,
-        ),
+        each(lambda taskid: store.archive(taskid, ending, token_hash=token_hash), ids),
         target=1e-3,
         baseline=write_baseline,
     )
@@ -90,10 +113,12 @@ def read_figures(store: Store, raw: sqlite3.Connection, path: Path) -> None:
     turning rows into records (JSON decoding, computed timers).
     """
     fill_history(path, HISTORY_ROWS, NAMES)
+    launch = bench_launch()
     for index in range(LIVE_TASKS):
         taskid = store.reserve(f"live-{index}")
         if index % 4:
-            store.start(taskid, pid=os.getpid(), timeout=30, command=["x"])
+            store.claim(taskid, launch)
+            store.set_child(taskid, launch.token_hash, os.getpid(), None)
 
     def bare(sql: str, *params: object) -> tuple[str, float]:
         return "bare sqlite", median_of(lambda: raw.execute(sql, params).fetchall(), READ_REPEATS)
@@ -162,7 +187,7 @@ def main() -> None:
     """Print per-task write costs and read latencies, with targets and baseline ratios."""
     with tempfile.TemporaryDirectory(prefix="twbench-") as folder:
         path = Path(folder) / "bench.db"
-        with Store.open(path) as store:
+        with open_store(path) as store:
             raw = sqlite3.connect(path, isolation_level=None)
             raw.execute("PRAGMA journal_mode = TRUNCATE")  # the store's own durability
             raw.execute("PRAGMA synchronous = FULL")
@@ -173,7 +198,7 @@ def main() -> None:
             write_baseline = ("one-row write", one_row)
             show(
                 "store write doing nothing (housekeeping query)",
-                median_of(store.housekeep, 1000),
+                median_of(store.expire_reservations, 1000),
                 baseline=write_baseline,
             )
             lifecycle_figures(store, write_baseline)

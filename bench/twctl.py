@@ -24,11 +24,13 @@ from pathlib import Path
 import orjson
 
 from bench.measure import fill_history, median_of, seconds, show, target, wall_times, write_feedback
+from taskwatcher.cli.columns import LIST_COLUMNS
 from taskwatcher.cli.render import print_records
-from taskwatcher.cli.twctl import LIST_COLUMNS
-from taskwatcher.engine import control
+from taskwatcher.engine import control, housekeeping
+from taskwatcher.engine.ownership import new_token, token_digest
 from taskwatcher.engine.process import identity_of
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.records import Launch
+from taskwatcher.engine.store import Store, open_store
 
 TWCTL = str(Path(sys.executable).parent / "twctl")
 LIVE_TASKS = 200
@@ -51,23 +53,25 @@ LOAD_GRAMMAR = (
 def start_live_task(store: Store, name: str, feedback: Path | None = None) -> int:
     """A started task whose supervisor is this process, so housekeeping finds it alive.
 
-    child_ctime and pgid stay empty: were the task ever judged lost, housekeeping then has
-    no process group to signal, and this process cannot be stopped by its own benchmark.
+    No child is recorded (pid, child_ctime and pgid stay empty) and no process carries its
+    token: were the task ever judged lost, housekeeping then has nothing to signal, and this
+    process cannot be stopped by its own benchmark.
     """
     me = identity_of(os.getpid())
     assert me is not None
     taskid = store.reserve(name, info1="bench")
-    store.start(
-        taskid,
-        pid=me.pid,
+    launch = Launch(
         supervisor_pid=me.pid,
         supervisor_ctime=me.create_time,
         host=socket.gethostname(),
+        token_hash=token_digest(new_token()),
+        uid=os.getuid(),
+        command=["sleep", "3600"],
         timeout=30,
         has_feedback=feedback is not None,
-        feedpath=feedback,
-        command=["sleep", "3600"],
+        feedpath=None if feedback is None else str(feedback),
     )
+    store.claim(taskid, launch)
     return taskid
 
 
@@ -116,11 +120,14 @@ def in_process_figures(store: Store) -> None:
     def render() -> None:
         out.seek(0)
         out.truncate()
-        print_records(store.list_tasks(), LIST_COLUMNS, as_json=True, empty="", out=out)
+        print_records(control.listing(store), LIST_COLUMNS, as_json=True, empty="", out=out)
+
+    def housekeep() -> None:
+        housekeeping.housekeep(store)
 
     parts = {
-        f"housekeeping ({LIVE_TASKS} supervisor liveness checks)": lambda: control.housekeep(store),
-        "list_tasks() and JSON output": render,
+        f"housekeeping ({LIVE_TASKS} supervisor liveness checks)": housekeep,
+        "listing() and JSON output": render,
     }
     for label, action in parts.items():
         show(f"  in-process: {label}", seconds(median_of(action, RUNS)))
@@ -300,14 +307,14 @@ def main() -> None:
     """Build the database, then print list and feedback figures and the import profiles.
 
     The benchmark keeps one Store open throughout, as the live tasks' supervisors would keep
-    theirs, and never opens a second one: Store.open() reads the file's header with
+    theirs, and never opens a second one: open_store() reads the file's header with
     os.open()/os.close(), and that close() drops every POSIX lock this process holds on the
     file, sqlite's included, after which a twctl process believes it is the last user,
     checkpoints and deletes the -wal and -shm files under the open Store.
     """
     with tempfile.TemporaryDirectory(prefix="twbench-twctl-") as folder:
         db = Path(folder) / "twctl.db"
-        with Store.open(db) as store:
+        with open_store(db) as store:
             fill_history(db, HISTORY_ROWS, NAMES)
             for index in range(LIVE_TASKS):
                 start_live_task(store, f"live-{index}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from bench.measure import seconds, show, target, wall_times
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import open_store
 
 TWRUN = str(Path(sys.executable).parent / "twrun")
 TWCTL = str(Path(sys.executable).parent / "twctl")
@@ -189,8 +189,8 @@ def exit_delays(folder: Path) -> None:
             exited, exited_wall = map(float, stamp.read_text().split())
             delays[label].append(ended - exited)
             if label in archived:
-                with Store.open(db) as store:
-                    archived[label].append(store.history(limit=1)[0]["endtime"] - exited_wall)
+                with open_store(db) as store:
+                    archived[label].append(store.history(limit=1)[0].endtime - exited_wall)
     print(
         "exit delay: the child stamps its clocks and _exit()s; we wait4() on its parent",
         flush=True,

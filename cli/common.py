@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from taskwatcher.engine.location import resolve_db_path
 from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import open_store as open_database
 
 #: sqlite's largest INTEGER: a larger number cannot name a task, and sqlite would overflow on it.
 MAX_TASK_ID = 2**63 - 1
@@ -35,7 +36,7 @@ def db_path(text: str) -> str:
 
 def open_store(db_option: str | None) -> Store:
     """Open the database the options, the environment or the XDG default designate."""
-    return Store.open(resolve_db_path(db_option))
+    return open_database(resolve_db_path(db_option))
 
 
 def fail(message: str, code: int) -> NoReturn:

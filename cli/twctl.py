@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 from taskwatcher.cli import interruptible
+from taskwatcher.cli.aliases import expand_aliases
+from taskwatcher.cli.columns import HISTORY_COLUMNS, LIST_COLUMNS
 from taskwatcher.cli.common import (
     add_db_option,
     fail,
@@ -18,97 +19,53 @@ from taskwatcher.cli.common import (
     setup_logging,
     task_id,
 )
+from taskwatcher.cli.history import PAGE, HistoryWalk, terminal_page
 from taskwatcher.cli.render import (
-    Column,
     cell,
     escape,
     key_values,
     print_json,
     print_records,
-    seconds_column,
     silence_stdout,
-    time_column,
-    yes_no,
 )
 from taskwatcher.cli.timespec import parse_when
-from taskwatcher.engine import control
-from taskwatcher.engine.errors import InvalidRequest, StoreError
+from taskwatcher.engine import control, housekeeping
+from taskwatcher.engine.errors import InvalidRequest, LiveTasksExist, StoreError
 from taskwatcher.engine.lifecycle import FINAL_STATUSES, LIVE_STATUSES, Status
+from taskwatcher.engine.records import Ended
 from taskwatcher.engine.store import Store
 from taskwatcher.grammar.errors import TaskwatcherError
-
-#: The spec's flag spellings, each the alias of a subcommand.
-ALIASES = {
-    "--initialize": "init",
-    "--update": "update",
-    "--list": "list",
-    "--reserve": "reserve",
-    "--feedback": "feedback",
-    "--history": "history",
-    "--clear": "clear",
-    "--kill": "kill",
-    "--killall": "killall",
-}
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-#: `history` on a terminal shows this many rows unless told --all or --limit N.
-PAGE = 50
 
 #: Commands that skip the housekeeping every other command does first: `init` and `update`
 #: decide for themselves, and `kill`/`killall` archive a target whose supervisor vanished on
 #: their own, so they can report it LOST instead of finding it already gone.
 NO_HOUSEKEEPING = {"init", "update", "kill", "killall"}
 
-LIST_COLUMNS = [
-    Column("taskid", "taskid"),
-    Column("name", "name"),
-    Column("info1", "info1"),
-    Column("info2", "info2"),
-    Column("info3", "info3"),
-    Column("pid", "pid"),
-    Column("status", "status"),
-    time_column("starttime", "starttime"),
-    seconds_column("duration", "duration"),
-    Column("feedback", "feedback", yes_no, yes_no),
-    seconds_column("timer", "timer"),
-    seconds_column("timeout", "timeout"),
-]
-
-HISTORY_COLUMNS = [
-    Column("taskid", "taskid"),
-    Column("name", "taskname"),
-    Column("info1", "info1"),
-    Column("info2", "info2"),
-    Column("info3", "info3"),
-    Column("outcome", "outcome"),
-    Column("exit", "exitcode"),
-    Column("signal", "termsignal"),
-    Column("error", "termerror"),
-    time_column("starttime", "starttime"),
-    time_column("endtime", "endtime"),
-    seconds_column("duration", "duration"),
-]
-
 
 def _cmd_init(store: Store, args: argparse.Namespace) -> int:
-    control.reinitialize(store, force=args.force)
-    print(f"initialized {escape(store.path)}")
+    try:
+        control.reinitialize(store, force=args.force)
+    except LiveTasksExist as error:
+        fail(f"twctl: {error}; use --force to drop them", EXIT_FAILED)
+    print(f"initialized {escape(store.location)}")
     return 0
 
 
 def _cmd_update(store: Store, args: argparse.Namespace) -> int:
-    ended = control.housekeep(store, grace=args.grace)
+    ended = housekeeping.housekeep(store, grace=args.grace)
     for record in ended:
-        why = f": {cell(record['termerror'])}" if record.get("termerror") else ""
+        why = f": {cell(record.termerror)}" if record.termerror else ""
         print(f"{_ended(record)}{why}")
     print(f"{len(ended)} task(s) archived, {store.live_count()} live")
     return 0
 
 
 def _cmd_list(store: Store, args: argparse.Namespace) -> int:
-    records = store.list_tasks(name=args.name, status=args.status)
+    records = control.listing(store, name=args.name, status=args.status)
     print_records(records, LIST_COLUMNS, as_json=args.json, empty="No tasks.", title="Live tasks")
     return 0
 
@@ -128,10 +85,10 @@ def _cmd_feedback(store: Store, args: argparse.Namespace) -> int:
 
 def _cmd_history(store: Store, args: argparse.Namespace) -> int:
     filters = {"name": args.name, "outcome": args.outcome, "since": args.since}
-    records: Iterable[dict] = _HistoryWalk(store, filters, args.limit)
+    records: Iterable[dict] = HistoryWalk(store, filters, args.limit)
     caption = None
     if args.limit is None and not (args.all or args.json) and sys.stdout.isatty():
-        records, caption = _terminal_page(store, filters)
+        records, caption = terminal_page(store, filters)
     print_records(
         records,
         HISTORY_COLUMNS,
@@ -141,36 +98,6 @@ def _cmd_history(store: Store, args: argparse.Namespace) -> int:
         caption=caption,
     )
     return 0
-
-
-def _terminal_page(store: Store, filters: dict[str, Any]) -> tuple[list[dict], str | None]:
-    """The PAGE most recent rows, and a caption saying how to see more when there are more."""
-    records = list(store.iter_history(**filters, limit=PAGE + 1))
-    if len(records) <= PAGE:
-        return records, None
-    return records[:PAGE], f"showing the {PAGE} most recent; --all or --limit N for more"
-
-
-class _HistoryWalk:
-    """The history rows asked for, walkable twice (plain text measures, then prints).
-
-    A later walk stops at the newest row the first one met, so both show the same rows
-    even while tasks keep ending.
-    """
-
-    def __init__(self, store: Store, filters: dict[str, Any], limit: int | None) -> None:
-        self._store = store
-        self._filters = filters
-        self._limit = limit
-        self._max_id: int | None = None
-
-    def __iter__(self) -> Iterator[dict]:
-        newest = 0
-        walk = self._store.iter_history(**self._filters, limit=self._limit, max_id=self._max_id)
-        for record in walk:
-            newest = max(newest, record["id"])
-            yield record
-        self._max_id = newest
 
 
 def _cmd_clear(store: Store, args: argparse.Namespace) -> int:
@@ -221,14 +148,14 @@ def _waiting_notice() -> Callable[[list[int]], None]:
     return notice
 
 
-def _report_ended(records: Sequence[dict]) -> None:
+def _report_ended(records: Sequence[Ended]) -> None:
     for record in records:
         print(_ended(record))
 
 
-def _ended(record: dict) -> str:
+def _ended(record: Ended) -> str:
     """`task 3 (nightly): KILLED`, the name escaped and cut like every other cell."""
-    return f"task {record['taskid']} ({cell(record['taskname'])}): {record['outcome']}"
+    return f"task {record.taskid} ({cell(record.taskname)}): {record.outcome}"
 
 
 def _cmd_show(store: Store, args: argparse.Namespace) -> int:
@@ -290,7 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_db_option(parser)
     parser.add_argument("-v", "--debug", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_upkeep(sub)
+    _add_reads(sub)
+    _add_stops(sub)
+    return parser
 
+
+def _add_upkeep(sub) -> None:
+    """init, update, reserve and clear: the commands that change the database itself."""
     init = _subcommand(
         sub,
         "init",
@@ -308,13 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         "twctl update",
     )
     _seconds_option(
-        update, "--grace", control.LOST_GRACE, "SIGTERM-to-SIGKILL wait for leftover processes"
+        update, "--grace", housekeeping.LOST_GRACE, "SIGTERM-to-SIGKILL wait for leftover processes"
     )
-
-    listing = _subcommand(sub, "list", _cmd_list, "show live tasks", "twctl list --json")
-    listing.add_argument("--name", help="only tasks with this name")
-    listing.add_argument("--status", type=str.upper, choices=_names(LIVE_STATUSES))
-    _json_flag(listing)
 
     reserve = _subcommand(
         sub,
@@ -329,6 +258,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for field in ("info1", "info2", "info3"):
         reserve.add_argument(f"--{field}", metavar="TEXT", help="free text kept with the task")
+
+    clear = _subcommand(sub, "clear", _cmd_clear, "empty the history", "twctl clear --before 30d")
+    clear.add_argument(
+        "--before",
+        type=parse_when,
+        metavar="WHEN",
+        help="only rows that ended before WHEN (keep recent ones)",
+    )
+
+
+def _add_reads(sub) -> None:
+    """list, feedback, history, show and watch."""
+    listing = _subcommand(sub, "list", _cmd_list, "show live tasks", "twctl list --json")
+    listing.add_argument("--name", help="only tasks with this name")
+    listing.add_argument("--status", type=str.upper, choices=_names(LIVE_STATUSES))
+    _json_flag(listing)
 
     feedback = _subcommand(
         sub,
@@ -362,14 +307,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _json_flag(history)
 
-    clear = _subcommand(sub, "clear", _cmd_clear, "empty the history", "twctl clear --before 30d")
-    clear.add_argument(
-        "--before",
-        type=parse_when,
-        metavar="WHEN",
-        help="only rows that ended before WHEN (keep recent ones)",
-    )
+    show = _subcommand(sub, "show", _cmd_show, "everything known about one task", "twctl show 12")
+    show.add_argument("taskid", type=task_id)
+    _json_flag(show)
 
+    watch = _subcommand(
+        sub,
+        "watch",
+        _cmd_watch,
+        "live view of tasks with progress bars (q or Ctrl-C to leave)",
+        "twctl watch",
+    )
+    watch.add_argument("--once", action="store_true", help="print one frame and exit")
+    _seconds_option(watch, "--interval", 1.0, "seconds between refreshes", positive_seconds)
+
+
+def _add_stops(sub) -> None:
+    """kill and killall."""
     for name, handler, target, help_text, example in (
         ("kill", _cmd_kill, "taskid", "stop a task (a reservation is cancelled)", "twctl kill 12"),
         (
@@ -384,39 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
         killer.add_argument(target, type=task_id if target == "taskid" else str)
         _seconds_option(killer, "--wait", control.DEFAULT_KILL_WAIT, "how long to wait for the end")
 
-    show = _subcommand(sub, "show", _cmd_show, "everything known about one task", "twctl show 12")
-    show.add_argument("taskid", type=task_id)
-    _json_flag(show)
-
-    watch = _subcommand(
-        sub,
-        "watch",
-        _cmd_watch,
-        "live view of tasks with progress bars (q or Ctrl-C to leave)",
-        "twctl watch",
-    )
-    watch.add_argument("--once", action="store_true", help="print one frame and exit")
-    _seconds_option(watch, "--interval", 1.0, "seconds between refreshes", positive_seconds)
-    return parser
-
-
-def expand_aliases(argv: Sequence[str]) -> list[str]:
-    """Rewrite the first spec flag (`--list`, `--kill 3`...) into its subcommand."""
-    words = list(argv)
-    index = 0
-    while index < len(words):
-        word = words[index]
-        if word == "--db":
-            index += 2
-            continue
-        if word in ALIASES:
-            words[index] = ALIASES[word]
-            break
-        if not word.startswith("-"):
-            break
-        index += 1
-    return words
-
 
 @interruptible
 def main(argv: Sequence[str] | None = None) -> int:
@@ -426,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with open_store(args.db) as store:
             if args.command not in NO_HOUSEKEEPING:
-                control.housekeep(store)
+                housekeeping.housekeep(store)
             status = args.handler(store, args)
         sys.stdout.flush()
     except BrokenPipeError:

@@ -13,8 +13,7 @@ from functools import partial
 
 from taskwatcher.cli import interruptible
 from taskwatcher.cli.render import json_bytes, silence_stdout
-from taskwatcher.grammar.files import READ_CHUNK, open_regular
-from taskwatcher.grammar.stream import FeedbackStream
+from taskwatcher.grammar import READ_CHUNK, FeedbackStream, open_regular
 
 EXIT_OK = 0
 EXIT_INVALID = 1

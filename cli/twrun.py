@@ -17,10 +17,10 @@ from taskwatcher.cli.common import (
     setup_logging,
     task_id,
 )
+from taskwatcher.engine.errors import NotRecorded, ReservationRequired
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED
 from taskwatcher.engine.supervisor import DEFAULT_GRACE, LaunchRequest, run_task
-from taskwatcher.engine.taskrow import NotRecorded
 from taskwatcher.grammar.errors import TaskwatcherError
 
 EPILOG = """\
@@ -111,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             end = run_task(store, request)
     except NotRecorded as error:
         fail(f"twrun: {error}", SUPERVISOR_FAILED)
+    except ReservationRequired as error:
+        fail(f"twrun: {error} (twctl reserve, then --taskid ID)", SUPERVISOR_FAILED)
     except TaskwatcherError as error:
         code = getattr(error, "exit_code", SUPERVISOR_FAILED)
         fail(f"twrun: {error}", code)

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from taskwatcher.cli.render import STATUS_STYLES, cell, escape, human_duration
-from taskwatcher.engine import control
+from taskwatcher.engine import control, housekeeping
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.store import Store
 
@@ -68,13 +68,13 @@ def render_frame(store: Store, now: float | None = None) -> Table:
 
     Feedback is what each supervisor published in the database, never read from the files.
     """
-    records = store.list_tasks()
+    records = control.listing(store)
     feedbacks = store.live_feedback()
     now = time.time() if now is None else now
     clock = time.strftime("%H:%M:%S", time.localtime(now))
     table = Table(
         # Text, not a str: rich would read brackets in the path as markup.
-        title=Text(f"taskwatcher · {escape(store.path)} · {len(records)} live · {clock}"),
+        title=Text(f"taskwatcher · {escape(store.location)} · {len(records)} live · {clock}"),
         caption="q or Ctrl-C to leave",
         header_style="bold",
     )
@@ -136,6 +136,6 @@ def watch(store: Store, *, once: bool = False, interval: float = 1.0) -> int:
             key = _wait_for_key(fd, interval)
             if key and QUIT_KEYS & set(key):
                 break
-            control.housekeep(store)
+            housekeeping.housekeep(store)
             live.update(render_frame(store), refresh=True)
     return 0

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from taskwatcher.grammar.errors import TaskwatcherError
+
+if TYPE_CHECKING:
+    from taskwatcher.engine.stopping import TaskEnd
 
 
 class StoreError(TaskwatcherError):
@@ -56,3 +61,35 @@ class FeedpathUnusable(TaskwatcherError):
 
 class SupervisorUnusable(TaskwatcherError):
     """twrun cannot supervise here (too few file descriptors, no pipe or socket to be had)."""
+
+
+class RowLost(TaskwatcherError):
+    """A supervisor's row is no longer its own: gone, re-created, or in a replaced database."""
+
+
+class NotRecorded(TaskwatcherError):
+    """The task ended but its end could not be written to the database."""
+
+    def __init__(self, message: str, end: TaskEnd) -> None:
+        super().__init__(message)
+        self.end = end
+
+
+class NoFeedback(TaskwatcherError):
+    """The task does not write a feedback file (or has not started yet)."""
+
+
+class KillTimeout(TaskwatcherError, TimeoutError):
+    """The task was asked to stop but had not ended when the wait ran out."""
+
+
+class ForeignTask(TaskwatcherError):
+    """The task runs on another host, whose supervisor no signal from here can reach."""
+
+
+class LiveTasksExist(TaskwatcherError):
+    """Re-initialising would drop live tasks, and dropping them was not asked for."""
+
+
+class NotYourTask(TaskwatcherError, PermissionError):
+    """The task's supervisor is gone and its processes belong to another user."""

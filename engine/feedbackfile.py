@@ -219,7 +219,7 @@ def feedback_elsewhere(argv: Sequence[str], feedback_file: Path) -> str | None:
         return None
     return (
         f"the command writes its feedback to {target}, but twrun watches {feedback_file}: "
-        f"pass --feedpath {written.parent} or have it write to $TASKWATCHER_FEEDBACK"
+        f"have it write to $TASKWATCHER_FEEDBACK, or make {written.parent} the feedback folder"
     )
 
 

@@ -1,13 +1,11 @@
-"""Where the database lives, and making sure a path can hold it before sqlite touches it.
+"""Where the database lives by default, and the folders kept beside it.
 
-sqlite happily turns any path into a database, a device included, and puts its journal beside
-it; these checks run first so a wrong path fails with one clear line and leaves the file untouched.
+Nothing else in the engine knows a database can be a file: that is the sqlite backend's.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from taskwatcher.engine.errors import StoreError
@@ -23,7 +21,7 @@ def default_db_path() -> Path:
             state_home = Path.home() / ".local" / "state"
         except RuntimeError:  # no $HOME and no passwd entry, as in some containers
             raise StoreError(
-                f"no home folder for the default database: give --db PATH or set ${ENV_VAR}"
+                f"no home folder for the default database: name one in ${ENV_VAR}"
             ) from None
     return Path(state_home) / "taskwatcher" / "tasks.db"
 
@@ -34,58 +32,7 @@ def resolve_db_path(cli_value: str | os.PathLike[str] | None) -> Path:
     return Path(chosen).expanduser() if chosen else default_db_path()
 
 
-def default_feedpath(db_path: Path) -> Path:
+def default_feedpath(location: str | os.PathLike[str]) -> Path:
     """Feedback files go beside the database, so one --db keeps a whole setup together."""
-    return db_path.parent / f"{db_path.stem}-feedback"
-
-
-def prepare_db_file(path: Path) -> None:
-    """Create the folder (0700) and an empty file (0600) if missing; refuse what sqlite can't use.
-
-    An existing file is never opened here: closing any descriptor of a database file drops
-    every POSIX lock this process holds on it, sqlite's own included, so the header check is
-    left to sqlite (`schema.check_usable` reads before anything is written).
-    """
-    _ensure_folder(path.parent)
-    _refuse_foreign_link(path)
-    if path.is_dir():
-        raise StoreError(f"{path}: is a folder, not a database file")
-    if path.exists() and not path.is_file():  # /dev/null, a FIFO: sqlite would add a journal
-        raise StoreError(f"{path}: not a regular file, cannot hold a database")
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-    except OSError as error:
-        raise StoreError(f"{path}: cannot create the database ({error.strerror})") from None
-    if not os.access(path, os.R_OK | os.W_OK):
-        raise StoreError(f"{path}: database is not readable and writable")
-
-
-def _refuse_foreign_link(path: Path) -> None:
-    """A link another user planted where the database should be is refused: following it,
-    a command would turn a file of its target's owner into a database."""
-    try:
-        status = os.lstat(path)
-    except OSError:
-        return
-    if stat.S_ISLNK(status.st_mode) and status.st_uid not in (os.geteuid(), 0):
-        raise StoreError(f"{path}: a symbolic link of another user's (uid {status.st_uid})")
-
-
-def _ensure_folder(folder: Path) -> None:
-    """Create missing folders one level at a time so each new level is private (0700)."""
-    missing = [level for level in (folder, *folder.parents) if not level.exists()]
-    for level in reversed(missing):
-        try:
-            level.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise StoreError(
-                f"{level}: cannot create the database folder ({error.strerror})"
-            ) from None
-    if not folder.is_dir():
-        raise StoreError(f"{folder}: not a folder, cannot hold the database")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise StoreError(f"{folder}: database folder is not writable")
+    path = Path(location)
+    return path.parent / f"{path.stem}-feedback"

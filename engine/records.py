@@ -1,45 +1,176 @@
-"""Rows to plain records ready for JSON, with the DESIGN.md keys first and extras after.
+"""The records the store takes and returns, typed, and the one place they become JSON.
 
-Durations and timers are computed here from stored times, so nobody rewrites rows every second.
+`Task` is a live task, `Ended` a finished one, `Launch` what a supervisor records when it
+claims a reservation, `Ending` how a task ended. Durations and timers are computed when read,
+so nobody rewrites rows every second. A record is built from stored values through `typed`:
+an edited or damaged row may hold anything, and what does not fit a field's type becomes
+None (or text), so no reader ever fails on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from taskwatcher.engine.lifecycle import Status
 
-#: What each column holds; an edited or damaged row may hold anything, so every value read is
-#: checked against this and replaced by None (or coerced to text) when it does not fit.
-_INTEGER = frozenset(
-    {"id", "taskid", "pid", "pgid", "supervisor_pid", "uid", "exitcode", "is_unique", "feedback"}
-)
-_REAL = frozenset(
-    {"reservetime", "starttime", "endtime", "lastupdate", "timeout", "duration",
-     "supervisor_ctime", "child_ctime", "heartbeat", "kill_requested_at"}
+
+@dataclass(frozen=True)
+class Launch:
+    """What a supervisor records when it claims a reservation, before it launches anything."""
+
+    supervisor_pid: int
+    supervisor_ctime: float
+    host: str
+    token_hash: str
+    uid: int
+    command: Sequence[str] = ()
+    name: str | None = None
+    info1: str | None = None
+    info2: str | None = None
+    info3: str | None = None
+    timeout: float | None = None
+    has_feedback: bool = False
+    feedpath: str | None = None
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a task ended, as history keeps it; without feedback the last published one counts."""
+
+    outcome: Status
+    termsignal: str | None = None
+    termerror: str | None = None
+    exitcode: int | None = None
+    endtime: float | None = None  # when the task ended; None: when it is archived
+    feedback: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """A live task: reserved, or started and watched by its supervisor."""
+
+    taskid: int
+    status: str
+    name: str | None = None
+    info1: str | None = None
+    info2: str | None = None
+    info3: str | None = None
+    pid: int | None = None
+    feedback: bool = False  # whether it writes feedback
+    reservetime: float | None = None
+    starttime: float | None = None
+    lastupdate: float | None = None
+    timeout: float | None = None
+    unique: bool = False
+    host: str | None = None
+    supervisor_pid: int | None = None
+    supervisor_ctime: float | None = None
+    pgid: int | None = None
+    child_ctime: float | None = None
+    heartbeat: float | None = None
+    feedpath: str | None = None
+    command: list[str] | None = None
+    kill_request: str | None = None
+    kill_requested_at: float | None = None
+    uid: int | None = None
+    token_hash: str | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.status != Status.RESERVED and self.starttime is not None
+
+    def as_json(self, now: float) -> dict[str, Any]:
+        """As `twctl list --json` shows it: DESIGN.md's keys first, computed times as of now."""
+        last_sign_of_life = self.heartbeat if self.heartbeat is not None else self.starttime
+        values = dataclasses.asdict(self)
+        values.update(
+            duration=now - self.starttime if self.started else None,
+            timer=now - last_sign_of_life if self.started else None,
+        )
+        return {key: values[key] for key in TASK_JSON_KEYS}
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A finished task as history keeps it; `feedback` is None for a task that wrote none."""
+
+    id: int
+    taskid: int
+    outcome: str
+    endtime: float | None = None
+    taskname: str | None = None
+    info1: str | None = None
+    info2: str | None = None
+    info3: str | None = None
+    termsignal: str | None = None
+    termerror: str | None = None
+    exitcode: int | None = None
+    starttime: float | None = None
+    duration: float | None = None
+    feedback: dict[str, str] | None = None
+    reservetime: float | None = None
+    host: str | None = None
+    pid: int | None = None
+    timeout: float | None = None
+    killed_by: str | None = None
+    command: list[str] | None = field(default=None)
+
+    def as_json(self) -> dict[str, Any]:
+        """As `twctl history --json` shows it: DESIGN.md's keys first, then the extras."""
+        values = dataclasses.asdict(self)
+        return {key: values[key] for key in ENDED_JSON_KEYS}
+
+
+#: `list --json`: the keys DESIGN.md promises, in its order, then the extras.
+TASK_JSON_KEYS = (
+    "taskid", "name", "info1", "info2", "info3", "pid", "status", "feedback", "reservetime",
+    "starttime", "duration", "lastupdate", "timer", "timeout", "unique", "host",
+    "supervisor_pid", "supervisor_ctime", "pgid", "child_ctime", "heartbeat", "feedpath",
+    "command", "kill_request", "kill_requested_at", "uid", "token_hash",
 )  # fmt: skip
-_JSON = frozenset({"command"})
+#: `history --json`: likewise.
+ENDED_JSON_KEYS = (
+    "id", "taskid", "taskname", "info1", "info2", "info3", "termsignal", "termerror",
+    "exitcode", "outcome", "starttime", "endtime", "duration", "feedback", "reservetime",
+    "host", "pid", "timeout", "killed_by", "command",
+)  # fmt: skip
 
 
-def clean_row(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
-    """A row as plain values of the types its columns promise, whatever was written there."""
-    return {key: _cleaned(key, row[key]) for key in row.keys()}  # noqa: SIM118 (sqlite3.Row)
+def typed(record: type[Task] | type[Ended], values: Mapping[str, Any]) -> Any:
+    """A record from stored values, each made to fit its field's type or dropped to None."""
+    fields = {item.name: item for item in dataclasses.fields(record)}
+    kept = {
+        name: _fit(fields[name].type, value) for name, value in values.items() if name in fields
+    }
+    for name in ("taskid", "id"):
+        if name in fields and kept.get(name) is None:
+            kept[name] = 0  # only a damaged row lacks its id: it still reads
+    if "status" in fields or "outcome" in fields:
+        key = "status" if "status" in fields else "outcome"
+        kept[key] = kept.get(key) or "?"
+    return record(**kept)
 
 
-def _cleaned(column: str, value: Any) -> Any:
+def _fit(annotation: str, value: Any) -> Any:
     if value is None:
         return None
-    if column in _INTEGER:
+    if annotation.startswith("int"):
         return _integer(value)
-    if column in _REAL:
+    if annotation.startswith("float"):
         return _real(value)
-    if column in _JSON:
-        return value if isinstance(value, str) else None
+    if annotation == "bool":
+        return bool(_integer(value))
+    if annotation.startswith("list"):
+        return decode_command(value)
+    if annotation.startswith("dict"):
+        return decode_feedback(value)
     return _text(value)
 
 
@@ -63,70 +194,6 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def task_record(row: sqlite3.Row | dict[str, Any], now: float) -> dict[str, Any]:
-    """A live task as `twctl list --json` shows it; timer is None until the task starts."""
-    row = clean_row(row)
-    started = row["status"] != Status.RESERVED and row["starttime"] is not None
-    last_sign_of_life = row["heartbeat"] if row["heartbeat"] is not None else row["starttime"]
-    return {
-        "taskid": row["id"],
-        "name": row["name"],
-        "info1": row["info1"],
-        "info2": row["info2"],
-        "info3": row["info3"],
-        "pid": row["pid"],
-        "status": row["status"],
-        "feedback": bool(row["feedback"]),
-        "reservetime": row["reservetime"],
-        "starttime": row["starttime"],
-        "duration": now - row["starttime"] if started else None,
-        "lastupdate": row["lastupdate"],
-        "timer": now - last_sign_of_life if started else None,
-        "timeout": row["timeout"],
-        "unique": bool(row["is_unique"]),
-        "host": row["host"],
-        "supervisor_pid": row["supervisor_pid"],
-        "supervisor_ctime": row["supervisor_ctime"],
-        "pgid": row["pgid"],
-        "child_ctime": row["child_ctime"],
-        "heartbeat": row["heartbeat"],
-        "feedpath": row["feedpath"],
-        "command": decode_command(row["command"]),
-        "kill_request": row["kill_request"],
-        "kill_requested_at": row["kill_requested_at"],
-        "uid": row["uid"],
-        "token_hash": row["token_hash"],
-    }
-
-
-def history_record(row: sqlite3.Row) -> dict[str, Any]:
-    """A finished task as `twctl history --json` shows it; feedback is null for a task without."""
-    feedback = decode_feedback(row["feedback"])
-    row = clean_row(row)
-    return {
-        "id": row["id"],
-        "taskid": row["taskid"],
-        "taskname": row["taskname"],
-        "info1": row["info1"],
-        "info2": row["info2"],
-        "info3": row["info3"],
-        "termsignal": row["termsignal"],
-        "termerror": row["termerror"],
-        "exitcode": row["exitcode"],
-        "outcome": row["outcome"],
-        "starttime": row["starttime"],
-        "endtime": row["endtime"],
-        "duration": row["duration"],
-        "feedback": feedback,
-        "reservetime": row["reservetime"],
-        "host": row["host"],
-        "pid": row["pid"],
-        "timeout": row["timeout"],
-        "killed_by": row["killed_by"],
-        "command": decode_command(row["command"]),
-    }
-
-
 def decode_feedback(stored: Any) -> dict[str, str] | None:
     """A stored feedback object; None when it is missing or damaged, only text values kept."""
     try:
@@ -138,9 +205,20 @@ def decode_feedback(stored: Any) -> dict[str, str] | None:
     return {key: value for key, value in values.items() if isinstance(value, str)}
 
 
-def encode_command(command: list[str] | tuple[str, ...] | None) -> str | None:
+def encode_command(command: Sequence[str] | None) -> str | None:
     """argv is stored as a JSON array so arguments with spaces survive the round trip."""
     return None if command is None else orjson.dumps([storable(arg) for arg in command]).decode()
+
+
+def decode_command(stored: Any) -> list[str] | None:
+    """A stored argv; None when missing or damaged."""
+    try:
+        command = orjson.loads(stored)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    if not isinstance(command, list) or not all(isinstance(arg, str) for arg in command):
+        return None
+    return command
 
 
 #: Lone surrogates: how Python holds the bytes of an argument or path that are not UTF-8.
@@ -161,14 +239,3 @@ def storable(text: str) -> str:
 def _escaped(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
-
-
-def decode_command(stored: str | None) -> list[str] | None:
-    """A stored argv; None when missing or damaged."""
-    try:
-        command = orjson.loads(stored) if stored is not None else None
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(command, list) or not all(isinstance(arg, str) for arg in command):
-        return None
-    return command

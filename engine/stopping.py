@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.process import exit_status_to_code
+from taskwatcher.engine.records import Ending
 
 #: timeout(1)'s exit status when the time ran out.
 TIMEOUT_EXIT_CODE = 124
@@ -24,6 +25,12 @@ class TaskEnd:
     termsignal: str | None
     termerror: str | None
     endtime: float | None = None  # when the task's process ended; None: when it is archived
+
+    def ending(self, feedback: dict[str, str] | None) -> Ending:
+        """How history keeps it (the exit code twrun exits with aside)."""
+        return Ending(
+            self.outcome, self.termsignal, self.termerror, self.exit_code, self.endtime, feedback
+        )
 
 
 @dataclass(frozen=True)

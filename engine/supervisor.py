@@ -1,10 +1,10 @@
-"""Supervised execution: launch a reserved task, grade its heartbeat, stop it, archive it.
+"""Supervised execution: claim a reservation, launch the task, supervise it, archive it.
 
-The loop sleeps in poll() on two descriptors, the child's pidfd and the signal pipe, with a
-timeout that ends at the next health deadline (at most HEARTBEAT_CHECK_INTERVAL): the exit of
-the child and any signal wake it at once. An idle task costs, per second, a stat() of its
-feedback file, and a stat() of the database with one read of its row: the kill-request check
-that still works when `twctl kill` cannot signal this process (another host, a lost signal).
+The supervision is a loop over event sources (`engine.loop`, `engine.sources`): the child's
+exit, signals, wake-ups and the kill request, the feedback file's heartbeat, the health
+clock. It sleeps in poll() until the next event or deadline: an idle task costs, per second,
+a stat() of its feedback file and one read of its row (the kill-request check that still
+works when `twctl kill` cannot wake this process: another host, another namespace).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 import resource
-import select
 import signal
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from taskwatcher.engine import ownership, process
+from taskwatcher.engine import loop, ownership, process
 from taskwatcher.engine.errors import (
     FeedpathUnusable,
     LaunchError,
@@ -45,11 +44,23 @@ from taskwatcher.engine.feedbackfile import (
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.location import default_feedpath
 from taskwatcher.engine.machine import TaskState, release
+from taskwatcher.engine.records import Launch
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox, watched_stop_signals
+from taskwatcher.engine.sources import (
+    ChildExit,
+    FeedbackHeartbeat,
+    Health,
+    KillRequests,
+    Reaper,
+    Recorder,
+    Signals,
+    Supervision,
+    Wakeups,
+)
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED, StopReason, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store
-from taskwatcher.engine.taskrow import TaskRow, archive
-from taskwatcher.engine.wakeup import WAKE_PAUSE, WakeSocket
+from taskwatcher.engine.taskrow import TaskRow
+from taskwatcher.engine.wakeup import WakeSocket
 from taskwatcher.grammar.errors import TaskwatcherError
 
 log = logging.getLogger(__name__)
@@ -59,8 +70,6 @@ log = logging.getLogger(__name__)
 DESCRIPTORS_NEEDED = 10
 #: Seconds between SIGTERM and SIGKILL when a task is stopped (supervisord's stopwaitsecs idea).
 DEFAULT_GRACE = 5.0
-#: The feedback file's mtime is read at least this often; also the cap on heartbeat row writes.
-HEARTBEAT_CHECK_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -92,48 +101,6 @@ class LaunchRequest:
         return (self.timeout or None) if self.expects_feedback else None
 
 
-@dataclass
-class _Watch:
-    """The supervisor's view of one running task between two polls.
-
-    The machine runs on the monotonic clock (`monotonic`, as are the times kept here for
-    pacing); the wall clock only dates the feedback file's mtime for the database.
-    """
-
-    row: TaskRow
-    feedback: FeedbackFile
-    reads_feedback: bool
-    wake: WakeSocket
-    state: TaskState
-    wall: Callable[[], float]
-    monotonic: Callable[[], float]
-    heartbeat: float | None = None  # the last mtime seen, unix seconds
-    last_look: float | None = None  # when the file was last stat'ed
-    heartbeat_recorded: float | None = None  # the mtime last written to the row
-    last_write: float | None = None  # when the heartbeat was last written
-    unpublished: dict[str, str] | None = None  # values parsed but not yet in the database
-    last_request_check: float | None = None
-    stop: StopReason | None = None
-
-
-def heartbeat_on_monotonic(
-    mtime: float,
-    wall_now: float,
-    mono_now: float,
-    since_last_look: float = HEARTBEAT_CHECK_INTERVAL,
-) -> float:
-    """Place a newly seen feedback mtime on the monotonic timeline the deadlines use.
-
-    A new write happened after the previous look at the file, so when first seen it is at
-    most that old: normally HEARTBEAT_CHECK_INTERVAL, longer after a pause of the supervisor
-    (SIGSTOP, a suspended machine). Clamping its apparent age to that bounds what a step of
-    the wall clock or an mtime in the future can do: neither kills nor shields a task, and a
-    write made long ago during a pause is judged by its real age.
-    """
-    age = min(max(wall_now - mtime, 0.0), max(since_last_look, HEARTBEAT_CHECK_INTERVAL))
-    return mono_now - age
-
-
 def run_task(
     store: Store,
     request: LaunchRequest,
@@ -160,19 +127,20 @@ def run_task(
             log.warning("%s", warning)
         child = _launch(row, request, _child_env(request, taskid, feedback_file, token))
         leader = process.identity_of(child.pid)
-        row.write(store.set_child, child.pid, leader and leader.create_time, child.pid)
+        row.write(store.set_child, child.pid, leader and leader.create_time)
         health = TaskState(taskid, request.heartbeat_timeout, request.expects_feedback)
-        watch = _Watch(row, feedback, request.expects_feedback, wake, health, clock, monotonic)
-        watch.state.start(monotonic())
+        health.start(monotonic())
+        state = Supervision(health, row, clock)
         try:
-            _supervise(child, inbox, watch)
+            _supervise(child, inbox, wake, state, feedback, request.expects_feedback, monotonic)
         finally:  # whatever went wrong, none of the task's processes outlive supervision
-            stopped = _stop_everything(child, leader, watch, request.grace)
-            release(watch.state)
+            stopped = _stop_everything(child, leader, state.stop, request.grace)
+            release(health)
         ended_at = clock()
         # Still inside the inbox: a stop or kill request that comes now, too late to matter,
         # must not kill twrun before the end it saw is recorded.
-        end = end_of_task(taskid, watch.stop, child.returncode, _last_signal(stopped, watch))
+        last_signal = stopped.last_signal if stopped is not None and state.stop else None
+        end = end_of_task(taskid, state.stop, child.returncode, last_signal)
         final, incomplete = feedback.final() if request.expects_feedback else (None, None)
         notes = _denied(stopped)
         if incomplete:
@@ -182,11 +150,6 @@ def run_task(
     if not request.keep_feedback:
         feedback.remove()
     return end
-
-
-def _last_signal(stopped: process.StopResult | None, watch: _Watch) -> str | None:
-    """The signal history names for a task stopped on purpose; None for one that just ended."""
-    return stopped.last_signal if stopped is not None and watch.stop is not None else None
 
 
 def _denied(stopped: process.StopResult | None) -> list[str]:
@@ -216,21 +179,18 @@ def _find_reservation(store: Store, request: LaunchRequest) -> _Reservation:
     name = request.name or _default_name(request.argv)
     if request.taskid is None:
         if request.expects_feedback:
-            raise ReservationRequired(
-                "this task writes feedback: reserve a task id first (twctl reserve) "
-                "and pass it with --taskid"
-            )
+            raise ReservationRequired("this task writes feedback: it needs a reserved task id")
         taskid = store.reserve(name, info1=request.info1, info2=request.info2, info3=request.info3)
         return _Reservation(taskid, name, made_here=True)
-    row = store.get_task(request.taskid)
-    if row is None:
+    task = store.get_task(request.taskid)
+    if task is None:
         history = store.history_of(request.taskid)
         if history is None:
             raise UnknownTask(f"task {request.taskid} is not reserved")
-        raise NotReserved(f"task {request.taskid} has already ended ({history['outcome']})")
-    if row["status"] != Status.RESERVED:
-        raise NotReserved(f"task {request.taskid} is {row['status']}, not RESERVED")
-    return _Reservation(request.taskid, request.name or row["name"] or name, made_here=False)
+        raise NotReserved(f"task {request.taskid} has already ended ({history.outcome})")
+    if task.status != Status.RESERVED:
+        raise NotReserved(f"task {request.taskid} is {task.status}, not RESERVED")
+    return _Reservation(request.taskid, request.name or task.name or name, made_here=False)
 
 
 def _claim(
@@ -250,7 +210,7 @@ def _claim(
         inbox = resources.enter_context(SignalInbox([*watched_stop_signals(), KILL_REQUEST_SIGNAL]))
         wake = resources.enter_context(WakeSocket(ownership.token_digest(token)))
         feedback_file = _feedback_folder(store, request) / feedback_name(reservation.taskid)
-        row = TaskRow(store, reservation.taskid, process.identity_of(os.getpid()))
+        row = TaskRow(store, reservation.taskid, ownership.token_digest(token))
         process.become_subreaper()
         _claim_start(row, request, reservation.name, feedback_file, token)
     except BaseException as error:
@@ -275,8 +235,7 @@ def _launch(row: TaskRow, request: LaunchRequest, env: dict[str, str]) -> subpro
         failure = error
     except OSError as error:
         failure = LaunchError(f"cannot start the command: {error.strerror}", SUPERVISOR_FAILED)
-    end = TaskEnd(row.taskid, Status.FAILED, failure.exit_code, None, str(failure))
-    archive(row.store, end, None)
+    row.archive(TaskEnd(row.taskid, Status.FAILED, failure.exit_code, None, str(failure)), None)
     raise failure
 
 
@@ -314,12 +273,12 @@ def _feedback_folder(store: Store, request: LaunchRequest) -> Path:
     if request.feedpath is not None:
         return given_folder(request.feedpath)
     try:
-        return default_folder(default_feedpath(store.path))
+        return default_folder(default_feedpath(store.location))
     except FeedpathUnusable as error:
         if request.expects_feedback:
             raise
         log.info("%s (the task writes no feedback)", error)
-        return default_feedpath(store.path)
+        return default_feedpath(store.location)
 
 
 def _make_feedback_file(row: TaskRow, request: LaunchRequest, feedback: FeedbackFile) -> None:
@@ -334,8 +293,7 @@ def _make_feedback_file(row: TaskRow, request: LaunchRequest, feedback: Feedback
         if not request.expects_feedback:
             log.info("%s (the task writes no feedback)", error)
             return
-        end = TaskEnd(row.taskid, Status.FAILED, SUPERVISOR_FAILED, None, str(error))
-        archive(row.store, end, None)
+        row.archive(TaskEnd(row.taskid, Status.FAILED, SUPERVISOR_FAILED, None, str(error)), None)
         raise
 
 
@@ -369,112 +327,58 @@ def _claim_start(
     row naming it, which housekeeping archives as LOST; and a refused claim (reservation
     taken meanwhile, database unwritable) launches nothing at all.
     """
-    row.store.start(
-        row.taskid,
+    supervisor = process.identity_of(os.getpid())
+    assert supervisor is not None  # this very process
+    launch = Launch(
+        supervisor_pid=supervisor.pid,
+        supervisor_ctime=supervisor.create_time,
+        host=socket.gethostname(),
+        token_hash=ownership.token_digest(token),
+        uid=os.geteuid(),
+        command=list(request.argv),
         name=name,
         info1=request.info1,
         info2=request.info2,
         info3=request.info3,
-        supervisor_pid=row.supervisor.pid,
-        supervisor_ctime=row.supervisor.create_time,
-        host=socket.gethostname(),
         timeout=request.heartbeat_timeout,
         has_feedback=request.expects_feedback,
         feedpath=str(feedback_file),
-        command=list(request.argv),
-        token_hash=ownership.token_digest(token),
-        uid=os.geteuid(),
     )
+    row.store.claim(row.taskid, launch)
 
 
-def _supervise(child: subprocess.Popen, inbox: SignalInbox, watch: _Watch) -> None:
-    """Poll until the child exits or a reason to stop it appears (timeout, signal, request).
-
-    After a wake-up datagram the socket is left unpolled for WAKE_PAUSE: a flood of them
-    (any local user may send some) costs at most a few looks a second.
-    """
-    poller = select.poll()
-    muted_until: float | None = None
+def _supervise(
+    child: subprocess.Popen,
+    inbox: SignalInbox,
+    wake: WakeSocket,
+    state: Supervision,
+    feedback: FeedbackFile,
+    reads_feedback: bool,
+    monotonic: Callable[[], float],
+) -> None:
+    """Run the loop over the task's event sources until the child exits or must be stopped."""
+    recorder = Recorder(state)
+    requests = KillRequests(state)
     with process.ChildWatch(child) as child_watch:
-        poller.register(child_watch, select.POLLIN)
-        poller.register(inbox.fileno, select.POLLIN)
-        poller.register(watch.wake, select.POLLIN)
-        while watch.stop is None:
-            now = watch.monotonic()
-            if muted_until is not None and now >= muted_until:
-                poller.register(watch.wake, select.POLLIN)
-                muted_until = None
-            deadline = watch.state.next_deadline(now)
-            wait = HEARTBEAT_CHECK_INTERVAL if deadline is None else deadline - now
-            if muted_until is not None:
-                wait = min(wait, muted_until - now)
-            poller.poll(max(0, min(wait, HEARTBEAT_CHECK_INTERVAL)) * 1000)
-            if child.poll() is not None:
-                return
-            process.reap_adopted(keep={child.pid})
-            if muted_until is None and watch.wake.drain():
-                watch.last_request_check = None  # read the kill request now
-                poller.unregister(watch.wake)
-                muted_until = watch.monotonic() + WAKE_PAUSE
-            _read_signals(inbox, watch)
-            _grade_heartbeat(watch)
-            _check_kill_request(watch)
-
-
-def _read_signals(inbox: SignalInbox, watch: _Watch) -> None:
-    for signum in inbox.drain():
-        if signum == KILL_REQUEST_SIGNAL:
-            watch.last_request_check = None
-        elif watch.stop is None:
-            watch.stop = StopReason.by_signal(signum)
-
-
-def _grade_heartbeat(watch: _Watch) -> None:
-    """Move the health state from the file's mtime; write the row only when something changed.
-
-    The file is read when it changed, and its values published with the heartbeat, at most
-    once per HEARTBEAT_CHECK_INTERVAL.
-    """
-    now = watch.monotonic()
-    since_last_look = HEARTBEAT_CHECK_INTERVAL if watch.last_look is None else now - watch.last_look
-    watch.last_look = now
-    mtime = watch.feedback.mtime()  # a missing or deleted file is no heartbeat
-    previous = watch.state.state
-    if mtime is not None and mtime != watch.heartbeat:
-        watch.heartbeat = mtime
-        watch.state.heartbeat(heartbeat_on_monotonic(mtime, watch.wall(), now, since_last_look))
-    if watch.reads_feedback and (values := watch.feedback.changes(watch.wall())) is not None:
-        watch.unpublished = values
-    watch.state.tick(now)
-    if watch.state.state == Status.TIMEOUT:
-        watch.stop = StopReason.timeout(watch.state.timeout)
-        return
-    store = watch.row.store
-    if watch.state.state != previous:
-        watch.row.write(store.set_status, watch.state.state)
-    due = watch.last_write is None or now - watch.last_write >= HEARTBEAT_CHECK_INTERVAL
-    news = watch.heartbeat != watch.heartbeat_recorded or watch.unpublished is not None
-    if watch.heartbeat is not None and news and due:
-        watch.row.write(store.record_heartbeat, watch.heartbeat, watch.unpublished)
-        watch.heartbeat_recorded = watch.heartbeat
-        watch.last_write = now
-        watch.unpublished = None
-
-
-def _check_kill_request(watch: _Watch) -> None:
-    """Read the kill-request column: at once after SIGUSR1, else once a second."""
-    now = watch.monotonic()
-    last = watch.last_request_check
-    if watch.stop is not None or (last is not None and now - last < HEARTBEAT_CHECK_INTERVAL):
-        return
-    watch.last_request_check = now
-    row = watch.row.current()
-    if row and row.get("kill_request"):
-        watch.stop = StopReason.requested(row["kill_request"])
+        heartbeat = FeedbackHeartbeat(feedback, reads_feedback, recorder)
+        sources = [
+            ChildExit(child, child_watch, state),
+            Signals(inbox, requests, state),
+            Wakeups(wake, requests),
+            requests,
+            heartbeat,
+            Health(recorder, [heartbeat]),
+            recorder,
+            Reaper(child),
+        ]
+        loop.run(sources, lambda: state.over, monotonic)
 
 
 def _stop_everything(
-    child: subprocess.Popen, leader: process.ProcessIdentity | None, watch: _Watch, grace: float
+    child: subprocess.Popen,
+    leader: process.ProcessIdentity | None,
+    stop: StopReason | None,
+    grace: float,
 ) -> process.StopResult | None:
     """Stop the task when asked, and in every case leave none of its processes behind.
 
@@ -482,8 +386,8 @@ def _stop_everything(
     """
     stopped = None
     if leader is not None:
-        first = watch.stop.first_signal if watch.stop else signal.SIGTERM
-        if watch.stop is not None or process.remnants(leader, child.pid, adopter=os.getpid()):
+        first = stop.first_signal if stop else signal.SIGTERM
+        if stop is not None or process.remnants(leader, child.pid, adopter=os.getpid()):
             stopped = process.terminate_task(
                 leader, child.pid, grace=grace, first=first, adopter=os.getpid()
             )

@@ -11,14 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .diagnostics import Diagnostic
+    from .files import READ_CHUNK, open_regular
     from .parser import parse_feedback, validate_feedback
     from .reader import FeedbackReader, ReaderState
     from .semantics import MAX_HELD_BYTES, MAX_KEYS
-    from .stream import MAX_LINE_BYTES
+    from .stream import MAX_LINE_BYTES, FeedbackStream
     from .writer import FeedbackWriter
 
 _HOMES = {
     "Diagnostic": "diagnostics",
+    "READ_CHUNK": "files",
+    "open_regular": "files",
+    "FeedbackStream": "stream",
     "parse_feedback": "parser",
     "validate_feedback": "parser",
     "FeedbackReader": "reader",
@@ -33,10 +37,13 @@ __all__ = [
     "MAX_HELD_BYTES",
     "MAX_KEYS",
     "MAX_LINE_BYTES",
+    "READ_CHUNK",
     "Diagnostic",
     "FeedbackReader",
+    "FeedbackStream",
     "FeedbackWriter",
     "ReaderState",
+    "open_regular",
     "parse_feedback",
     "validate_feedback",
 ]

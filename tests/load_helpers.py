@@ -19,8 +19,9 @@ from typing import Any
 
 import orjson
 
+from taskwatcher.engine import control
 from taskwatcher.engine.lifecycle import LIVE_STATUSES, Status
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import open_store
 
 #: What no command may ever print, however many share the database.
 LOCKED = "database is locked"
@@ -200,7 +201,7 @@ class LoadReport:
     kills: list[subprocess.CompletedProcess[str]]
     idle_list: list[ListCall]
     busy_list: list[ListCall]
-    history: dict[int, dict[str, Any]]
+    history: dict[int, dict[str, Any]]  # as `twctl history --json` shows each record
     live_left: int
 
     def stderr_texts(self) -> list[str]:
@@ -318,8 +319,8 @@ def run_load(folder: Path, tasks: int, killed: int, idle_samples: int = 1) -> Lo
         stop_all(children)
         busy_list = lister.stop()
     run_seconds = time.perf_counter() - started
-    with Store.open(db) as store:
-        history = {record["taskid"]: record for record in store.history()}
+    with open_store(db) as store:
+        history = {record["taskid"]: record for record in control.history_listing(store)}
         live_left = store.live_count()
     return LoadReport(
         db,

@@ -6,7 +6,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.records import Ended, Task
+from taskwatcher.engine.store import open_store
 from tests.helpers import run_cli
 
 PY = sys.executable
@@ -18,15 +19,15 @@ def reserve(db: Path, *args: str) -> str:
     return result.stdout.strip()
 
 
-def history(db: Path, taskid: int | str) -> dict:
-    with Store.open(db) as store:
+def history(db: Path, taskid: int | str) -> Ended:
+    with open_store(db) as store:
         record = store.history_of(int(taskid))
     assert record is not None, f"task {taskid} not in history"
     return record
 
 
-def live_row(db: Path, taskid: int | str) -> dict | None:
-    with Store.open(db) as store:
+def live_row(db: Path, taskid: int | str) -> Task | None:
+    with open_store(db) as store:
         return store.get_task(int(taskid))
 
 

@@ -14,7 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import open_store
 from tests.fault_helpers import query, twctl
 from tests.helpers import BIN, wait_for
 
@@ -27,11 +27,11 @@ WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from taskwatcher.engine.errors import StoreError
-    from taskwatcher.engine.store import Store
+    from taskwatcher.engine.store import open_store
 
     db, stop = sys.argv[1], Path(sys.argv[2])
     failed = done = 0
-    with Store.open(db) as store:
+    with open_store(db) as store:
         while not stop.exists():
             try:
                 store.cancel_reservation(store.reserve("writer"), "test")
@@ -45,7 +45,7 @@ WRITER = textwrap.dedent("""
 
 
 def big_history(db: Path) -> None:
-    Store.open(db).close()
+    open_store(db).close()
     with sqlite3.connect(db) as raw:
         raw.executemany(
             "INSERT INTO history (taskid, taskname, endtime, duration, feedback, outcome)"

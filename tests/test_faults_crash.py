@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.lifecycle import Status
+from taskwatcher.engine.store import open_store
 from tests.fault_helpers import (
     PY,
     gone,
@@ -31,15 +32,18 @@ from tests.fault_helpers import (
     wait_running,
 )
 from tests.helpers import wait_for
+from tests.store_helpers import TOKEN_HASH, claim, finish
 
 #: Opens the store, makes it SIGKILL its own process at the N-th SQL statement, archives.
 #: With N = 0 nothing is killed and the script prints how many statements archiving took.
 ARCHIVE_UNTIL_KILLED = textwrap.dedent("""
     import os, signal, sys
-    from taskwatcher.engine.store import Store
+    from taskwatcher.engine.lifecycle import Status
+    from taskwatcher.engine.records import Ending
+    from taskwatcher.engine.store import open_store
 
-    db, taskid, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    store = Store.open(db)
+    db, taskid, kill_at, token_hash = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    store = open_store(db)
     statements = 0
 
     def count_or_die(sql):
@@ -48,8 +52,8 @@ ARCHIVE_UNTIL_KILLED = textwrap.dedent("""
         if statements == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    store._db.set_trace_callback(count_or_die)
-    store.archive(taskid, outcome="COMPLETED", exitcode=0)
+    store._db._db.set_trace_callback(count_or_die)  # the sqlite connection itself
+    store.archive(taskid, Ending(Status.COMPLETED, exitcode=0), token_hash=token_hash)
     print(statements)
 """)
 
@@ -84,16 +88,16 @@ def test_lost_supervisor_leaves_no_process_of_its_group(
 def test_archive_killed_at_every_statement_leaves_one_row(db_path: Path, tmp_path: Path) -> None:
     script = tmp_path / "archive_until_killed.py"
     script.write_text(ARCHIVE_UNTIL_KILLED)
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
 
         def started_task() -> int:
             taskid = store.reserve("victim")
-            store.start(taskid, pid=1, has_feedback=True)
-            store.save_feedback(taskid, {"step": "last"})
+            claim(store, taskid, pid=1, has_feedback=True)
+            store.heartbeat(taskid, TOKEN_HASH, time.time(), feedback={"step": "last"})
             return taskid
 
         def archive(taskid: int, kill_at: int) -> subprocess.CompletedProcess[str]:
-            argv = [PY, script, db_path, str(taskid), str(kill_at)]
+            argv = [PY, script, db_path, str(taskid), str(kill_at), TOKEN_HASH]
             return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
         counted = started_task()
@@ -113,7 +117,7 @@ def test_archive_killed_at_every_statement_leaves_one_row(db_path: Path, tmp_pat
         for taskid in killed:
             if places(db_path, taskid) == (1, 0):
                 assert store.load_feedback(taskid) == {"step": "last"}
-                store.archive(taskid, outcome="LOST")
+                finish(store, taskid, Status.LOST)
             assert places(db_path, taskid) == (0, 1)
     assert query(db_path, "SELECT count(*) FROM feedbacks") == [(0,)]
 
@@ -126,7 +130,7 @@ def test_twrun_killed_around_its_end_leaves_each_task_in_one_place(
     # From the last act to its exit twrun needs some 70 ms idle, several times that when busy.
     delays = [step * 0.015 for step in range(20)]
     random.Random(6).shuffle(delays)
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         taskids = [store.reserve("brief") for _ in delays]
 
     def run_and_kill(taskid: int, delay: float) -> None:

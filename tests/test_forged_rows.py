@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from taskwatcher.engine.ownership import Owner, token_digest
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import open_store
 from tests.fault_helpers import query, reserve, runs, twctl, twctl_json, twrun, wait_running
 from tests.helpers import run_cli, wait_for
 
@@ -31,7 +31,7 @@ SECRET = "[password]hunter2\n"
 
 def forge(db: Path, name: str = "forged", **columns: object) -> int:
     """Insert a live RUNNING row with plain SQL, the way a hostile writer would."""
-    with Store.open(db):
+    with open_store(db):
         pass  # the schema, as any first command would create it
     now = time.time()
     row = {

@@ -32,10 +32,10 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from taskwatcher.engine import control
+from taskwatcher.engine import control, housekeeping
 from taskwatcher.engine.errors import UniqueConflict, UnknownTask
 from taskwatcher.engine.lifecycle import FINAL_STATUSES, TRANSITIONS, Status
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import Store, open_store
 from taskwatcher.engine.supervisor import LaunchRequest, run_task
 from tests.helpers import wait_for
 
@@ -110,7 +110,7 @@ def fork_supervisor(db: Path, request: LaunchRequest, log: Path) -> int:
             sys.stdout = sys.stderr = out
             logging.basicConfig(stream=out, level=logging.WARNING, force=True)
             try:
-                with Store.open(db) as store:
+                with open_store(db) as store:
                     code = run_task(store, request).exit_code
             except BaseException:
                 traceback.print_exc(file=out)
@@ -155,12 +155,12 @@ class TaskOperations(RuleBasedStateMachine):
         self.live: dict[int, Status] = {}
         self.pgids: set[int] = set()
         self.supervisors: set[int] = set()  # forked and not reaped yet: their pids stay ours
-        Store.open(self.db).close()
+        open_store(self.db).close()
 
     # -- access to the database: opened per use, so nothing is open when a supervisor forks
 
     def store(self) -> Store:
-        return Store.open(
+        return open_store(
             self.db,
             clock=lambda: time.time() + self.clock_offset,
             reservation_ttl=RESERVATION_TTL,
@@ -278,15 +278,15 @@ class TaskOperations(RuleBasedStateMachine):
                 assert task.supervisor is not None, "a reservation ended by itself"
                 return  # it ended since the last look: the invariant checks how
         if task.supervisor is None:
-            assert ended is not None and ended["outcome"] == Status.EXPIRED
+            assert ended is not None and ended.outcome == Status.EXPIRED
 
     @rule()
     def update(self) -> None:
         """Housekeeping may only archive tasks whose supervisor crashed, as LOST."""
         with self.store() as store:
-            ended = control.housekeep(store, grace=GRACE)
+            ended = housekeeping.housekeep(store, grace=GRACE)
         for record in ended:
-            assert record["outcome"] == Status.LOST and self.tasks[record["taskid"]].crashed
+            assert record.outcome == Status.LOST and self.tasks[record.taskid].crashed
 
     @rule()
     def expire(self) -> None:
@@ -294,9 +294,9 @@ class TaskOperations(RuleBasedStateMachine):
         reserved = self.reserved()
         self.clock_offset += RESERVATION_TTL + 1
         with self.store() as store:
-            ended = store.housekeep()
-        assert sorted(record["taskid"] for record in ended) == reserved
-        assert {record["outcome"] for record in ended} <= {Status.EXPIRED}
+            ended = store.expire_reservations()
+        assert sorted(record.taskid for record in ended) == reserved
+        assert {record.outcome for record in ended} <= {Status.EXPIRED}
 
     @rule(pick=picks)
     def crash_supervisor(self, pick: int) -> None:
@@ -388,7 +388,7 @@ class TaskOperations(RuleBasedStateMachine):
                     task.allowed.add(Status.KILLED)
                 with suppress(UnknownTask):
                     control.request_stop(store, taskid, REQUESTER)
-            control.housekeep(store, grace=GRACE)
+            housekeeping.housekeep(store, grace=GRACE)
         wait_for(self.reap_supervisors, timeout=WAIT)
 
     def reap_supervisors(self) -> bool:

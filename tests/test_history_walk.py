@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from taskwatcher.engine.errors import InvalidRequest
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import Store, open_store
+from tests.store_helpers import finish, started
 
 T0 = 1_700_000_000.0
 #: (name, outcome, end) of each archived task; equal end times make pages split inside a tie.
@@ -26,18 +27,15 @@ ENDINGS = [
 
 @pytest.fixture
 def store(db_path: Path):
-    with Store.open(db_path) as opened:
+    with open_store(db_path) as opened:
         for name, outcome, end in ENDINGS:
-            taskid = opened.reserve(name)
-            opened.start(taskid)
-            opened.archive(taskid, outcome=outcome, endtime=T0 + end)
+            finish(opened, started(opened, name), outcome, endtime=T0 + end)
         yield opened
 
 
 def archive_one(store: Store, end: float) -> int:
-    taskid = store.reserve("late")
-    store.start(taskid)
-    store.archive(taskid, outcome="COMPLETED", endtime=end)
+    taskid = started(store, "late")
+    finish(store, taskid, "COMPLETED", endtime=end)
     return taskid
 
 
@@ -50,7 +48,7 @@ def archive_one(store: Store, end: float) -> int:
 def test_pages_make_up_history(store: Store, page: int, filters: dict, limit: int | None) -> None:
     walked = list(store.iter_history(**filters, limit=limit, page=page))
     assert walked == store.history(**filters, limit=limit)
-    ids = [record["taskid"] for record in walked]
+    ids = [record.taskid for record in walked]
     assert len(ids) == len(set(ids))
 
 
@@ -61,15 +59,15 @@ def test_rows_archived_during_a_walk_stay_out(store: Store) -> None:
     first = next(walk)
     archive_one(store, T0 + 35)
     assert [first, *walk] == before
-    assert store.history()[2]["taskname"] == "late"
+    assert store.history()[2].taskname == "late"
 
 
 def test_a_second_walk_bounded_by_the_first_sees_the_same_rows(store: Store) -> None:
     first = list(store.iter_history(limit=4, page=3))
     archive_one(store, T0 + 60)
-    newest = max(record["id"] for record in first)
+    newest = max(record.id for record in first)
     assert list(store.iter_history(limit=4, max_id=newest)) == first
-    assert next(store.iter_history(limit=4))["taskname"] == "late"
+    assert next(store.iter_history(limit=4)).taskname == "late"
 
 
 def test_no_read_is_open_between_pages(store: Store, db_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.location import default_feedpath, resolve_db_path
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import open_store
 
 
 def mode(path: Path) -> int:
@@ -48,7 +48,7 @@ def test_feedback_folder_sits_beside_the_database(tmp_path):
 
 def test_first_use_creates_a_private_folder_and_file(isolated_state):
     path = resolve_db_path(None)
-    with Store.open(path) as store:
+    with open_store(path) as store:
         store.reserve("x")
     assert mode(path.parent) == 0o700
     assert mode(isolated_state) == 0o700
@@ -56,7 +56,7 @@ def test_first_use_creates_a_private_folder_and_file(isolated_state):
 
 
 def test_the_journal_is_private(db_path):
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         store.reserve("x")
         journal = Path(f"{db_path}-journal")  # kept, empty, between transactions (TRUNCATE)
         assert journal.exists()
@@ -66,13 +66,13 @@ def test_the_journal_is_private(db_path):
 @pytest.mark.parametrize("device", ["/dev/null", "/dev/zero"])
 def test_a_device_is_refused_before_sqlite_touches_it(device):
     with pytest.raises(StoreError, match="not a regular file"):
-        Store.open(device)
+        open_store(device)
     assert not Path(f"{device}-journal").exists()
 
 
 def test_explicit_path_in_missing_folders_creates_them_private(tmp_path):
     path = tmp_path / "a" / "b" / "tasks.db"
-    Store.open(path).close()
+    open_store(path).close()
     assert mode(tmp_path / "a") == mode(tmp_path / "a" / "b") == 0o700
     assert mode(path) == 0o600
 
@@ -80,19 +80,19 @@ def test_explicit_path_in_missing_folders_creates_them_private(tmp_path):
 def test_existing_file_keeps_its_mode(db_path):
     db_path.touch(mode=0o640)
     db_path.chmod(0o640)
-    Store.open(db_path).close()
+    open_store(db_path).close()
     assert mode(db_path) == 0o640
 
 
 def test_folder_under_a_file_is_refused(tmp_path):
     (tmp_path / "plain").write_text("x")
     with pytest.raises(StoreError, match="cannot create the database folder"):
-        Store.open(tmp_path / "plain" / "sub" / "tasks.db")
+        open_store(tmp_path / "plain" / "sub" / "tasks.db")
 
 
 def test_a_folder_is_not_a_database(tmp_path):
     with pytest.raises(StoreError, match="is a folder"):
-        Store.open(tmp_path)
+        open_store(tmp_path)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
@@ -101,6 +101,6 @@ def test_unwritable_folder_is_refused(tmp_path):
     folder.mkdir(mode=0o500)
     try:
         with pytest.raises(StoreError, match="locked"):
-            Store.open(folder / "tasks.db")
+            open_store(folder / "tasks.db")
     finally:
         folder.chmod(0o700)

@@ -11,7 +11,7 @@ import pytest
 
 from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.locking import patiently
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import open_store
 
 
 def hold_the_lock(db: Path, seconds: float) -> threading.Thread:
@@ -32,20 +32,20 @@ def hold_the_lock(db: Path, seconds: float) -> threading.Thread:
 
 
 def test_a_writer_waits_for_the_lock_and_gets_it(db_path: Path) -> None:
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         holder = hold_the_lock(db_path, 0.4)
         started = time.monotonic()
         taskid = store.reserve("after the wait")
         assert time.monotonic() - started >= 0.3
         holder.join()
-        assert store.get_task(taskid)["name"] == "after the wait"
+        assert store.get_task(taskid).name == "after the wait"
 
 
 def test_past_the_busy_timeout_the_error_is_one_line(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TASKWATCHER_BUSY_TIMEOUT", "0.2")
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         holder = hold_the_lock(db_path, 1.0)
         with pytest.raises(StoreError, match="database is locked"):
             store.reserve("too late")

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import open_store
 from tests.fault_helpers import query, reserve, twctl, twctl_json, twrun, wait_running
 from tests.helpers import BIN, on_a_terminal, run_cli, wait_for
+from tests.store_helpers import claim, finish
 
 PATHLIKE_NAMES = ["../../x", "/tmp/x", "$(touch pwned)", "`touch pwned`", "; touch pwned", "-rf"]
 SQL_NAMES = ["Robert'); DROP TABLE tasks; --", 'x" OR "1"="1', "%"]
@@ -45,7 +46,7 @@ def test_names_and_info_never_reach_the_filesystem(tmp_path: Path) -> None:
     db = tmp_path / "deep" / "er" / "tasks.db"
     work = tmp_path / "work"
     work.mkdir()
-    with Store.open(db) as store:
+    with open_store(db) as store:
         taskids = [store.reserve(name, info1=name) for name in PATHLIKE_NAMES]
     for taskid, name in zip(taskids, PATHLIKE_NAMES, strict=True):
         writes = 'echo "[name]$1" > "$TASKWATCHER_FEEDBACK"'
@@ -148,7 +149,7 @@ CUT = "x" * 79 + "…"
 @pytest.fixture
 def huge_fields(db_path: Path) -> list[int]:
     """Five live and five finished tasks whose info1 is 128 KiB."""
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         taskids = [store.reserve("huge", info1=HUGE) for _ in range(10)]
         for taskid in taskids[5:]:
             store.cancel_reservation(taskid, "tester")
@@ -177,7 +178,7 @@ def test_show_cuts_long_values_except_in_json(
 
 
 def test_watch_cuts_long_names(db_path: Path) -> None:
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         store.reserve(HUGE)
     frame = twctl(db_path, "watch", "--once", env={**os.environ, "COLUMNS": "250"})
     assert "…" in frame and "x" * 80 not in frame and len(frame.splitlines()) < 20
@@ -212,11 +213,11 @@ def test_every_bidi_control_is_shown_escaped(db_path: Path) -> None:
 
 def test_json_escapes_c1_controls_and_stays_faithful(db_path: Path, tmp_path: Path) -> None:
     text = f"a{C1}b"
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         live = store.reserve(text)
         done = store.reserve(text)
-        store.start(done)
-        store.archive(done, outcome="COMPLETED", feedback={"m": text})
+        token_hash = claim(store, done)
+        finish(store, done, "COMPLETED", feedback={"m": text}, token_hash=token_hash)
     feedback = tmp_path / "feedback.log"
     feedback.write_text(f"[m]{text}\n")
     results = {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from taskwatcher.engine.errors import TransitionNotAllowed
+from taskwatcher.engine.errors import RowLost, TransitionNotAllowed
 from taskwatcher.engine.lifecycle import (
     ENDING_TRIGGERS,
     FINAL_STATUSES,
@@ -19,7 +19,8 @@ from taskwatcher.engine.lifecycle import (
     TRANSITIONS,
     Status,
 )
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import Store, open_store
+from tests.store_helpers import TOKEN_HASH, claim, finish
 
 
 def table_allows(source: Status, trigger: str, dest: Status) -> bool:
@@ -36,19 +37,22 @@ def task_in(store: Store, status: Status) -> int:
     """A task recorded in `status`, reached the way a supervisor reaches it."""
     taskid = store.reserve("guarded")
     if status != Status.RESERVED:
-        store.start(taskid, has_feedback=True, timeout=10)
+        claim(store, taskid, has_feedback=True, timeout=10)
     if status == Status.STALLED:
-        store.set_status(taskid, Status.STALLED)
+        store.grade(taskid, TOKEN_HASH, Status.STALLED)
     elif status == Status.SILENT:
-        store.set_status(taskid, Status.SILENT)
+        store.grade(taskid, TOKEN_HASH, Status.SILENT)
     return taskid
 
 
 def end(store: Store, taskid: int, outcome: Status) -> None:
+    """End the task as its supervisor would, or housekeeping for a reservation."""
     if outcome == Status.EXPIRED:
         store.cancel_reservation(taskid, "test")
     else:
-        store.archive(taskid, outcome=outcome)
+        task = store.get_task(taskid)
+        assert task is not None
+        finish(store, taskid, outcome, token_hash=task.token_hash)
 
 
 @pytest.mark.parametrize("outcome", sorted(FINAL_STATUSES))
@@ -56,15 +60,15 @@ def end(store: Store, taskid: int, outcome: Status) -> None:
 def test_an_end_is_recorded_only_where_the_table_allows_it(
     db_path: Path, source: Status, outcome: Status
 ) -> None:
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         taskid = task_in(store, source)
         if table_allows(source, ENDING_TRIGGERS[outcome], outcome):
             end(store, taskid, outcome)
-            assert store.history_of(taskid)["outcome"] == outcome
+            assert store.history_of(taskid).outcome == outcome
         else:
             with pytest.raises(TransitionNotAllowed):
                 end(store, taskid, outcome)
-            assert store.get_task(taskid)["status"] == source  # the same transaction refused it
+            assert store.get_task(taskid).status == source  # the same transaction refused it
 
 
 @pytest.mark.parametrize("dest", sorted(LIVE_STATUSES))
@@ -73,16 +77,20 @@ def test_a_grade_is_recorded_only_where_heartbeats_and_ticks_lead(
     db_path: Path, source: Status, dest: Status
 ) -> None:
     """Between two writes a supervisor may see a heartbeat and a tick: any started status
-    may follow a started one, never a reservation, nor a started one a reservation."""
-    with Store.open(db_path) as store:
+    may follow a started one, never a reservation, nor a started one a reservation.
+
+    A reservation has no supervisor yet: no token is its own, so nobody may grade it.
+    """
+    with open_store(db_path) as store:
         taskid = task_in(store, source)
         if source in STARTED_STATUSES and dest in STARTED_STATUSES:
-            store.set_status(taskid, dest)
-            assert store.get_task(taskid)["status"] == dest
+            store.grade(taskid, TOKEN_HASH, dest)
+            assert store.get_task(taskid).status == dest
         else:
-            with pytest.raises(TransitionNotAllowed):
-                store.set_status(taskid, dest)
-            assert store.get_task(taskid)["status"] == source
+            refusal = RowLost if source == Status.RESERVED else TransitionNotAllowed
+            with pytest.raises(refusal):
+                store.grade(taskid, TOKEN_HASH, dest)
+            assert store.get_task(taskid).status == source
 
 
 def test_the_table_has_what_the_cases_rely_on() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import open_store
 
 PROCESSES = 8
 
@@ -18,14 +18,14 @@ RESERVE_UNIQUE = """
 import sys, time, orjson
 from pathlib import Path
 from taskwatcher.engine.errors import UniqueConflict
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import open_store
 
 db, ready, go, open_first = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "1"
-store = Store.open(db) if open_first else None
+store = open_store(db) if open_first else None
 ready.touch()
 while not go.exists():
     time.sleep(0.001)
-store = store or Store.open(db)
+store = store or open_store(db)
 try:
     print(orjson.dumps({"won": store.reserve("nightly", unique=True)}).decode())
 except UniqueConflict as conflict:
@@ -33,22 +33,32 @@ except UniqueConflict as conflict:
 """
 
 LIFECYCLES = """
-import os, sys, time
+import os, socket, sys, time
 from pathlib import Path
-from taskwatcher.engine.store import Store
+import psutil
+from taskwatcher.engine.lifecycle import Status
+from taskwatcher.engine.ownership import new_token, token_digest
+from taskwatcher.engine.records import Ending, Launch
+from taskwatcher.engine.store import open_store
 
 db, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-store = Store.open(db)
+store = open_store(db)
+created = psutil.Process().create_time()
 ready.touch()
 while not go.exists():
     time.sleep(0.001)
 for _ in range(25):
     taskid = store.reserve("load")
-    store.start(taskid, pid=os.getpid(), timeout=5, has_feedback=True)
-    store.record_heartbeat(taskid, time.time())
-    store.set_status(taskid, "SILENT")
-    store.save_feedback(taskid, {"pid": str(os.getpid())})
-    store.archive(taskid, outcome="COMPLETED", exitcode=0)
+    token_hash = token_digest(new_token())
+    store.claim(taskid, Launch(
+        supervisor_pid=os.getpid(), supervisor_ctime=created, host=socket.gethostname(),
+        token_hash=token_hash, uid=os.getuid(), timeout=5, has_feedback=True,
+    ))
+    store.set_child(taskid, token_hash, os.getpid(), created)
+    store.heartbeat(taskid, token_hash, time.time())
+    store.grade(taskid, token_hash, "SILENT")
+    store.heartbeat(taskid, token_hash, time.time(), feedback={"pid": str(os.getpid())})
+    store.archive(taskid, Ending(Status.COMPLETED, exitcode=0), token_hash=token_hash)
 print("done")
 """
 
@@ -92,7 +102,7 @@ def unique_race(tmp_path: Path, db_path: Path, open_first: bool) -> None:
 
 
 def test_one_of_many_processes_wins_a_unique_name(tmp_path, db_path):
-    Store.open(db_path).close()
+    open_store(db_path).close()
     unique_race(tmp_path, db_path, open_first=True)
 
 
@@ -101,10 +111,11 @@ def test_processes_creating_the_database_together_still_agree(tmp_path, db_path)
 
 
 def test_concurrent_writers_never_see_a_locked_database(tmp_path, db_path):
-    Store.open(db_path).close()
+    open_store(db_path).close()
     assert run_together(tmp_path, LIFECYCLES, db_path) == ["done\n"] * PROCESSES
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         history = store.history()
         assert store.live_count() == 0
     assert len(history) == 25 * PROCESSES
-    assert len({record["taskid"] for record in history}) == 25 * PROCESSES
+    assert len({record.taskid for record in history}) == 25 * PROCESSES
+    assert {record.outcome for record in history} == {"COMPLETED"}

@@ -15,9 +15,12 @@ import psutil
 import pytest
 
 from taskwatcher.engine import control
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.lifecycle import Status
+from taskwatcher.engine.records import Ended, Ending
+from taskwatcher.engine.store import open_store
 from tests.fault_helpers import query
 from tests.helpers import HISTORY_KEYS, LIST_KEYS, run_cli, start_cli, wait_for
+from tests.store_helpers import claim
 
 PY = sys.executable
 
@@ -191,7 +194,7 @@ def test_feedback_while_running_and_after(db_path: Path, progress_task) -> None:
     taskid, runner, go = progress_task
     live = json.loads(twctl(db_path, "feedback", str(taskid)))
     assert live == {"testcase_name": "warm up", "progress": "40"}
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         assert store.load_feedback(taskid) == live  # published by the supervisor
     go.touch()
     assert runner.wait(timeout=20) == 0
@@ -287,6 +290,8 @@ def test_update_reports_lost_tasks(db_path: Path) -> None:
 def test_init_refuses_with_live_tasks(db_path: Path) -> None:
     twctl(db_path, "reserve")
     twctl(db_path, "init", code=1)
+    refused = run_cli("twctl", "--db", db_path, "init")
+    assert refused.stderr.strip().endswith("; use --force to drop them"), refused.stderr
     assert twctl_json(db_path, "list")
     twctl(db_path, "init", "--force")
     assert twctl_json(db_path, "list") == []
@@ -360,47 +365,48 @@ def test_kill_refuses_a_task_of_another_host(db_path: Path, bystander: psutil.Pr
 
 
 def test_kill_tasks_reports_a_task_that_ended_before_its_turn(db_path: Path) -> None:
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         first, second = store.reserve("herd"), store.reserve("herd")
         store.cancel_reservation(first, "someone else")
         records = control.kill_tasks(store, [first, second], "tester", wait=5)
-    assert [(r["taskid"], r["outcome"]) for r in records] == [
+    assert [(r.taskid, r.outcome) for r in records] == [
         (first, "EXPIRED"),
         (second, "EXPIRED"),
     ]
-    assert "someone else" in records[0]["termerror"]
+    assert "someone else" in records[0].termerror
 
 
 def test_kill_tasks_stops_a_reservation_claimed_while_cancelling(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         taskid = store.reserve("racing")
         cancel = store.cancel_reservation
 
-        def claimed_first(taskid: int, who: str) -> dict:
+        def claimed_first(taskid: int, who: str) -> Ended:
             # twrun claims the reservation between our read and our cancel; its supervisor
             # is already gone, so the kill ends the task at once.
             host = socket.gethostname()
-            store.start(taskid, supervisor_pid=2**22, supervisor_ctime=1.0, host=host)
+            claim(store, taskid, supervisor_pid=2**22, supervisor_ctime=1.0, host=host)
             return cancel(taskid, who)
 
         monkeypatch.setattr(store, "cancel_reservation", claimed_first)
         (record,) = control.kill_tasks(store, [taskid], "tester", wait=5)
-    assert (record["taskid"], record["outcome"], record["killed_by"]) == (taskid, "LOST", "tester")
+    assert (record.taskid, record.outcome, record.killed_by) == (taskid, "LOST", "tester")
 
 
 def test_feedback_of_a_task_archived_while_reading(
     db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         taskid = store.reserve("ending")
-        store.start(taskid, host="elsewhere", has_feedback=True)
-        store.save_feedback(taskid, {"progress": "6"})
+        token_hash = claim(store, taskid, host="elsewhere", has_feedback=True)
+        store.heartbeat(taskid, token_hash, store.now(), feedback={"progress": "6"})
         load = store.load_feedback
 
-        def archived_first(taskid: int) -> dict:
-            store.archive(taskid, outcome="COMPLETED", exitcode=0, feedback={"progress": "7"})
+        def archived_first(taskid: int) -> dict[str, str]:
+            ending = Ending(Status.COMPLETED, exitcode=0, feedback={"progress": "7"})
+            store.archive(taskid, ending, token_hash=token_hash)
             return load(taskid)
 
         monkeypatch.setattr(store, "load_feedback", archived_first)

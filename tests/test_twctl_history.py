@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import open_store
 from tests.helpers import BIN, on_a_terminal, run_cli
 
 ROWS = 100_000
@@ -24,7 +24,7 @@ T0 = 1_700_000_000.0
 
 def build_history(db: Path, rows: int) -> None:
     """`rows` finished tasks, written with plain sqlite3 into a schema made by the store."""
-    Store.open(db).close()
+    open_store(db).close()
     values = (
         (i, f"job-{i % 7}", f"lab {i}", T0 + i, T0 + i + 1, b'{"progress":"100"}')
         for i in range(1, rows + 1)

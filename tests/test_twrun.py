@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from taskwatcher.engine import control
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import open_store
 from tests.helpers import run_cli, start_cli, wait_for
 from tests.run_helpers import PY, history, live_row, reserve, script
 
@@ -20,18 +20,18 @@ from tests.run_helpers import PY, history, live_row, reserve, script
 def test_exit_zero_completes(db_path: Path) -> None:
     result = run_cli("twrun", "--db", db_path, "--", "true")
     assert result.returncode == 0, result.stderr
-    (record,) = Store.open(db_path).history()
-    assert record["outcome"] == "COMPLETED"
-    assert record["exitcode"] == 0
-    assert record["termsignal"] == "EXIT"
-    assert record["taskname"] == "true"
+    (record,) = open_store(db_path).history()
+    assert record.outcome == "COMPLETED"
+    assert record.exitcode == 0
+    assert record.termsignal == "EXIT"
+    assert record.taskname == "true"
 
 
 def test_exit_three_fails_with_its_status(db_path: Path) -> None:
     result = run_cli("twrun", "--db", db_path, "--name", "three", "--", "sh", "-c", "exit 3")
     assert result.returncode == 3
-    (record,) = Store.open(db_path).history(name="three")
-    assert (record["outcome"], record["exitcode"], record["termerror"]) == (
+    (record,) = open_store(db_path).history(name="three")
+    assert (record.outcome, record.exitcode, record.termerror) == (
         "FAILED",
         3,
         "exit status 3",
@@ -52,9 +52,9 @@ def test_command_not_found_is_127_and_failed(db_path: Path) -> None:
     assert result.returncode == 127
     assert "not found" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    (record,) = Store.open(db_path).history()
-    assert record["outcome"] == "FAILED"
-    assert "not found" in record["termerror"]
+    (record,) = open_store(db_path).history()
+    assert record.outcome == "FAILED"
+    assert "not found" in record.termerror
 
 
 def test_not_executable_is_126_and_failed(db_path: Path, tmp_path: Path) -> None:
@@ -62,9 +62,9 @@ def test_not_executable_is_126_and_failed(db_path: Path, tmp_path: Path) -> None
     plain.write_text("#!/bin/sh\necho hi\n")
     result = run_cli("twrun", "--db", db_path, "--", plain)
     assert result.returncode == 126
-    (record,) = Store.open(db_path).history()
-    assert record["outcome"] == "FAILED"
-    assert record["termerror"]
+    (record,) = open_store(db_path).history()
+    assert record.outcome == "FAILED"
+    assert record.termerror
 
 
 def test_environment_tells_the_task_where_to_report(db_path: Path, tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_feedback_file_removed_and_last_content_in_history(db_path: Path, tmp_pa
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     record = history(db_path, taskid)
-    assert record["feedback"] == {"progress": "100", "result": "ok"}
+    assert record.feedback == {"progress": "100", "result": "ok"}
     feedback_folder = db_path.parent / "tasks-feedback"
     assert not (feedback_folder / f"feedback_{taskid}.log").exists()
 
@@ -124,7 +124,7 @@ def test_feedback_without_reservation_launches_nothing(db_path: Path, tmp_path: 
     assert result.returncode == 125
     assert "reserve" in result.stderr
     assert not marker.exists()
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         assert store.list_tasks() == [] and store.history() == []
 
 
@@ -146,7 +146,7 @@ def test_missing_feedpath_is_125(db_path: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 125
     assert "does not exist" in result.stderr
-    assert live_row(db_path, taskid)["status"] == "RESERVED"
+    assert live_row(db_path, taskid).status == "RESERVED"
 
 
 def test_silent_task_degrades_then_times_out(db_path: Path, tmp_path: Path) -> None:
@@ -165,23 +165,23 @@ def test_silent_task_degrades_then_times_out(db_path: Path, tmp_path: Path) -> N
         "--timeout", "2", "--grace", "1", "--", PY, task, "--feedback",
     )  # fmt: skip
     seen: list[str] = []
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         while runner.poll() is None:
             row = store.get_task(int(taskid))
-            if row and (not seen or seen[-1] != row["status"]):
-                seen.append(row["status"])
+            if row and (not seen or seen[-1] != row.status):
+                seen.append(row.status)
             time.sleep(0.02)
     assert runner.returncode == 124, runner.stderr.read()
     assert [s for s in seen if s != "RESERVED"] == ["RUNNING", "SILENT", "STALLED"]
     record = history(db_path, taskid)
-    assert record["outcome"] == "TIMEOUT"
-    assert record["termerror"] == "no heartbeat for 2 s"
-    assert record["feedback"] == {"step": "one"}
+    assert record.outcome == "TIMEOUT"
+    assert record.termerror == "no heartbeat for 2 s"
+    assert record.feedback == {"step": "one"}
 
 
 def _wait_running(db: Path, taskid: str) -> dict:
     return wait_for(
-        lambda: (row := live_row(db, taskid)) and row["status"] == "RUNNING" and row["pid"] and row
+        lambda: (row := live_row(db, taskid)) and row.status == "RUNNING" and row.pid and row
     )
 
 
@@ -199,7 +199,7 @@ def test_child_ignoring_sigterm_is_killed_after_grace(db_path: Path, tmp_path: P
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=20) == 128 + signal.SIGKILL
     record = history(db_path, taskid)
-    assert (record["outcome"], record["termsignal"]) == ("KILLED", "SIGKILL")
+    assert (record.outcome, record.termsignal) == ("KILLED", "SIGKILL")
 
 
 def test_grandchild_goes_with_the_task(db_path: Path, tmp_path: Path) -> None:
@@ -209,36 +209,36 @@ def test_grandchild_goes_with_the_task(db_path: Path, tmp_path: Path) -> None:
         "twrun", "--db", db_path, "--taskid", taskid, "--grace", "1",
         "--", "sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait",
     )  # fmt: skip
-    child_pid = _wait_running(db_path, taskid)["pid"]
+    child_pid = _wait_running(db_path, taskid).pid
     grandchild = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()))
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=20) == 128 + signal.SIGTERM
     for pid in (child_pid, grandchild):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     record = history(db_path, taskid)
-    assert record["outcome"] == "KILLED"
-    assert "SIGTERM" in record["termerror"]
+    assert record.outcome == "KILLED"
+    assert "SIGTERM" in record.termerror
 
 
 def test_kill_request_through_the_store(db_path: Path, tmp_path: Path) -> None:
     taskid = reserve(db_path, "--name", "sleeper")
     runner = start_cli("twrun", "--db", db_path, "--taskid", taskid, "--", "sleep", "60")
     _wait_running(db_path, taskid)
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         assert control.request_stop(store, int(taskid), "tester@here") is None
         (record,) = control.wait_ended(store, [int(taskid)], timeout=20)
     assert runner.wait(timeout=20) == 128 + signal.SIGTERM
-    assert record["outcome"] == "KILLED"
-    assert record["killed_by"] == "tester@here"
-    assert record["termerror"] == "killed on request by tester@here"
+    assert record.outcome == "KILLED"
+    assert record.killed_by == "tester@here"
+    assert record.termerror == "killed on request by tester@here"
 
 
 def test_timeout_ignored_without_feedback(db_path: Path) -> None:
     result = run_cli("twrun", "--db", db_path, "--timeout", "0.2", "--", "sleep", "0.6")
     assert result.returncode == 0, result.stderr
     assert "ignored" in result.stderr
-    (record,) = Store.open(db_path).history()
-    assert record["outcome"] == "COMPLETED"
+    (record,) = open_store(db_path).history()
+    assert record.outcome == "COMPLETED"
 
 
 def test_leftover_background_process_is_stopped(db_path: Path, tmp_path: Path) -> None:

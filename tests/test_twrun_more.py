@@ -12,14 +12,12 @@ from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.feedbackfile import feedback_elsewhere
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.machine import TaskState
+from taskwatcher.engine.records import Launch
+from taskwatcher.engine.sources import HEARTBEAT_CHECK_INTERVAL, heartbeat_on_monotonic
+from taskwatcher.engine.sqlite_store import SqliteStore
 from taskwatcher.engine.stopping import StopReason, end_of_task
-from taskwatcher.engine.store import Store
-from taskwatcher.engine.supervisor import (
-    HEARTBEAT_CHECK_INTERVAL,
-    LaunchRequest,
-    heartbeat_on_monotonic,
-    run_task,
-)
+from taskwatcher.engine.store import open_store
+from taskwatcher.engine.supervisor import LaunchRequest, run_task
 from tests.helpers import run_cli, start_cli, wait_for
 from tests.run_helpers import PY, history, live_row, reserve
 
@@ -34,38 +32,38 @@ def test_sighup_ignored_by_the_starter_stays_ignored(db_path: Path) -> None:
         "twrun", "--db", db_path, "--taskid", taskid, "--grace", "1", "--", "sleep", "60",
         preexec_fn=_ignore_sighup,
     )  # fmt: skip
-    wait_for(lambda: (row := live_row(db_path, taskid)) and row["pid"])
+    wait_for(lambda: (row := live_row(db_path, taskid)) and row.pid)
     runner.send_signal(signal.SIGHUP)
-    assert live_row(db_path, taskid)["status"] == "RUNNING"
+    assert live_row(db_path, taskid).status == "RUNNING"
     runner.send_signal(signal.SIGTERM)  # had SIGHUP been caught, it would be the one seen
     assert runner.wait(timeout=20) == 128 + signal.SIGTERM, runner.stderr.read()
     record = history(db_path, taskid)
-    assert (record["outcome"], record["termerror"]) == ("KILLED", "twrun received SIGTERM")
+    assert (record.outcome, record.termerror) == ("KILLED", "twrun received SIGTERM")
 
 
 def test_task_without_feedback_runs_without_its_feedback_folder(db_path: Path) -> None:
     (db_path.parent / "tasks-feedback").write_text("a file where the folder would go")
     result = run_cli("twrun", "--db", db_path, "--", "true")
     assert result.returncode == 0, result.stderr
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         assert store.list_tasks() == []
         (record,) = store.history()
-    assert record["outcome"] == "COMPLETED"
+    assert record.outcome == "COMPLETED"
 
 
-def _refuse_claim(self: Store, taskid: int, **launch: object) -> None:
+def _refuse_claim(self: SqliteStore, taskid: int, launch: Launch) -> None:
     raise StoreError("database is locked")
 
 
 def test_failed_claim_cancels_the_reservation_twrun_made(db_path: Path, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    Store.open(db_path).close()
+    open_store(db_path).close()
     pid = os.fork()
     if pid == 0:  # the child plays twrun and never returns into pytest
         code = 0
         try:
-            Store.start = _refuse_claim  # type: ignore[method-assign]
-            with Store.open(db_path) as store:
+            SqliteStore.claim = _refuse_claim  # type: ignore[method-assign]
+            with open_store(db_path) as store:
                 run_task(store, LaunchRequest(argv=["touch", str(marker)]))
         except StoreError:
             code = 125
@@ -73,11 +71,11 @@ def test_failed_claim_cancels_the_reservation_twrun_made(db_path: Path, tmp_path
             os._exit(code)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 125
     assert not marker.exists()
-    with Store.open(db_path) as store:
+    with open_store(db_path) as store:
         assert store.list_tasks() == []
         (record,) = store.history()
-    assert record["outcome"] == "EXPIRED"
-    assert record["termerror"] == "reservation cancelled by twrun: database is locked"
+    assert record.outcome == "EXPIRED"
+    assert record.termerror == "reservation cancelled by twrun: database is locked"
 
 
 def test_leftover_feedback_file_removed_only_after_the_claim(db_path: Path, tmp_path: Path) -> None:
@@ -94,8 +92,8 @@ def test_leftover_feedback_file_removed_only_after_the_claim(db_path: Path, tmp_
     assert not marker.exists()
     assert live_row(db_path, taskid) is None
     record = history(db_path, taskid)
-    assert (record["outcome"], record["exitcode"]) == ("FAILED", 125)
-    assert record["termerror"].startswith(f"cannot remove the old feedback file {leftover}")
+    assert (record.outcome, record.exitcode) == ("FAILED", 125)
+    assert record.termerror.startswith(f"cannot remove the old feedback file {leftover}")
 
 
 #: A task that writes its feedback where its last argument (`--feedback X`, `--feedback=X`) says.
@@ -117,8 +115,8 @@ def test_feedback_written_where_twrun_does_not_look_is_warned(
     watched = db_path.parent / "tasks-feedback" / name
     assert result.stderr.splitlines() == [
         f"twrun: warning: the command writes its feedback to {name}, but twrun watches "
-        f"{watched}: pass --feedpath {os.path.realpath(tmp_path)} "
-        "or have it write to $TASKWATCHER_FEEDBACK"
+        f"{watched}: have it write to $TASKWATCHER_FEEDBACK, "
+        f"or make {os.path.realpath(tmp_path)} the feedback folder"
     ]
 
 
@@ -131,7 +129,7 @@ def test_feedpath_of_the_epilog_example_matches_the_command(db_path: Path, tmp_p
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert history(db_path, taskid)["feedback"] == {"k": "v"}
+    assert history(db_path, taskid).feedback == {"k": "v"}
 
 
 def test_feedback_value_of_another_name_is_not_taken_for_a_path(tmp_path: Path) -> None:
@@ -189,7 +187,7 @@ def test_feedback_dated_in_the_future_does_not_shield_a_silent_task(
         if runner.poll() is None:
             runner.send_signal(signal.SIGTERM)
             runner.wait(timeout=20)
-    assert history(db_path, taskid)["outcome"] == "TIMEOUT"
+    assert history(db_path, taskid).outcome == "TIMEOUT"
 
 
 def test_timeout_reason_has_one_source() -> None:
@@ -208,7 +206,7 @@ def test_timeout_zero_means_none(db_path: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout == "0\n"
-    assert history(db_path, taskid)["outcome"] == "COMPLETED"
+    assert history(db_path, taskid).outcome == "COMPLETED"
 
 
 def test_huge_taskid_is_a_usage_error(db_path: Path) -> None:
@@ -234,4 +232,4 @@ def test_a_relative_database_path_hands_the_task_absolute_paths(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     shown = run_cli("twctl", "--db", tmp_path / "t.db", "feedback", taskid, cwd=elsewhere)
     assert shown.stdout == '{"step":"8"}\n'
-    assert history(tmp_path / "t.db", taskid)["outcome"] == "COMPLETED"
+    assert history(tmp_path / "t.db", taskid).outcome == "COMPLETED"

@@ -1,4 +1,4 @@
-"""The database schema, versioned with PRAGMA user_version and upgraded by forward-only steps.
+"""The sqlite schema, versioned with PRAGMA user_version and upgraded by forward-only steps.
 
 Times are unix seconds stored as REAL (sub-second precision for heartbeats and durations).
 The spec's columns keep their names; the columns after them serve the supervisor and twctl.
@@ -6,14 +6,11 @@ The spec's columns keep their names; the columns after them serve the supervisor
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
 from taskwatcher.engine.errors import StoreError
-from taskwatcher.engine.location import prepare_db_file
-from taskwatcher.engine.locking import SQLITE_WAIT, is_busy, patiently
-from taskwatcher.engine.settings import busy_timeout
+from taskwatcher.engine.locking import is_busy
 
 _CREATE_V1 = (
     """
@@ -113,74 +110,7 @@ LATEST_VERSION = len(MIGRATIONS)
 TABLES = ("tasks", "feedbacks", "history")
 
 
-def open_database(path: Path) -> sqlite3.Connection:
-    """One connection to a checked, upgraded database; StoreError if unusable.
-
-    Nothing is written before the file is known to be an sqlite database of a known version.
-    """
-    prepare_db_file(path)
-    try:
-        connection = sqlite3.connect(path, timeout=SQLITE_WAIT, isolation_level=None)
-    except sqlite3.Error as error:
-        raise StoreError(f"{path}: cannot open the database ({error})") from None
-    try:
-        patiently(lambda: _prepare(connection, path), busy_timeout())
-    except sqlite3.OperationalError as error:
-        connection.close()
-        raise StoreError(f"{path}: cannot use the database ({error})") from None
-    except sqlite3.DatabaseError as error:
-        connection.close()
-        raise StoreError(f"{path}: not a taskwatcher database ({error})") from None
-    except BaseException:
-        connection.close()
-        raise
-    connection.row_factory = sqlite3.Row
-    return connection
-
-
-class JournalGuard:
-    """Keeps sqlite away from a database another program switched to WAL since it was opened.
-
-    In WAL mode sqlite maps the `-shm` file, and a damaged one kills the process with SIGBUS;
-    any writer of the database can switch it (`PRAGMA journal_mode = WAL`). So before each
-    transaction the header's version bytes (offset 18) are read from sqlite's own descriptor
-    (opening and closing another one would drop sqlite's POSIX locks), and a WAL database is
-    refused. A switch between this check and sqlite's next read is not caught.
-    """
-
-    def __init__(self, connection_path: Path) -> None:
-        self.path = connection_path
-        self._fd = _sqlite_descriptor(connection_path)
-
-    def check(self) -> None:
-        """StoreError, touching nothing, when the database is in WAL mode now."""
-        if self._fd is not None and os.pread(self._fd, 2, 18) == _WAL_VERSIONS:
-            raise StoreError(
-                f"{self.path}: switched to WAL mode by another program; refused, so that its"
-                " -shm file cannot crash this process (open it with taskwatcher to switch back)"
-            )
-
-
-_WAL_VERSIONS = b"\x02\x02"
-
-
-def _sqlite_descriptor(path: Path) -> int | None:
-    """The descriptor sqlite opened on the database file (same device and inode), if any."""
-    try:
-        wanted = os.stat(path)
-    except OSError:
-        return None
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            status = os.stat(f"/proc/self/fd/{name}")
-        except OSError:
-            continue
-        if (status.st_dev, status.st_ino) == (wanted.st_dev, wanted.st_ino):
-            return int(name)
-    return None
-
-
-def _prepare(connection: sqlite3.Connection, path: Path) -> None:
+def prepare(connection: sqlite3.Connection, path: Path) -> None:
     """Check, choose the journal, migrate: each step may be run again after a busy lock."""
     check_usable(connection, path)
     _use_rollback_journal(connection, path)

@@ -1,0 +1,129 @@
+"""Housekeeping: stale reservations expire, and tasks whose supervisor vanished end LOST.
+
+What is left of a lost task is stopped first: the processes that prove to be the task's by
+its token (see `ownership`), never a pid read from the row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+
+from taskwatcher.engine import process, wakeup
+from taskwatcher.engine.errors import UnknownTask
+from taskwatcher.engine.leftovers import stop_leftovers
+from taskwatcher.engine.lifecycle import Status
+from taskwatcher.engine.ownership import Census, Owner
+from taskwatcher.engine.records import Ended, Ending, Task
+from taskwatcher.engine.store import Store
+
+log = logging.getLogger(__name__)
+
+#: How long the remnants of a lost task may clean up after SIGTERM, before SIGKILL.
+LOST_GRACE = 2.0
+#: Linux's PID_MAX_LIMIT: a larger recorded pid can only come from an edited row.
+_PID_MAX = 2**22
+
+
+def housekeep(store: Store, *, grace: float = LOST_GRACE) -> list[Ended]:
+    """Expire stale reservations and archive tasks whose supervisor vanished as LOST.
+
+    A lost task of another user is left for that user or root (`ghosts_of_others`), who can
+    stop its processes. Returns the history records written, so `twctl update` can say
+    what it did.
+    """
+    ended = list(store.expire_reservations())
+    census = None  # one look over /proc, taken once the first lost task shows
+    for task in store.list_tasks():
+        if is_ghost(task) and may_clean_up(task):
+            census = census or Census.take()
+            lost = archive_lost(store, task, grace, census)
+            if lost is not None:
+                ended.append(lost)
+    return ended
+
+
+def ghosts_of_others(store: Store) -> list[Task]:
+    """Lost tasks that housekeeping leaves alone: their processes belong to another user."""
+    return [task for task in store.list_tasks() if is_ghost(task) and not may_clean_up(task)]
+
+
+def is_ghost(task: Task) -> bool:
+    """A started task on this host whose supervisor is gone, its pid reused, or unrecorded.
+
+    A row whose supervisor cannot be identified has nobody left to archive it, so it counts
+    as lost too; no signal is ever sent on its account. A supervisor whose socket is bound
+    is alive, even when a step of the wall clock moved the create times psutil reports.
+    """
+    if task.status == Status.RESERVED or task.host != socket.gethostname():
+        return False
+    owner = owner_of(task)
+    if owner is not None and wakeup.is_listening(owner.digest):
+        return False
+    supervisor = supervisor_of(task)
+    return supervisor is None or not process.is_same_process(supervisor)
+
+
+def owner_of(task: Task) -> Owner | None:
+    """Whose task the row says it is; None for a row recorded without a token."""
+    return Owner.of_row(task.token_hash, task.uid)
+
+
+def may_clean_up(task: Task) -> bool:
+    """Whether the caller may stop the task's processes: its user, or root."""
+    owner = owner_of(task)
+    return owner is None or owner.caller_may_act()
+
+
+def supervisor_of(task: Task) -> process.ProcessIdentity | None:
+    """The supervisor the row records, or None when an edited or damaged row cannot name one
+    safely (a pid of 0 or -1 would reach whole process groups)."""
+    pid, created = task.supervisor_pid, task.supervisor_ctime
+    if pid is None or not 0 < pid <= _PID_MAX or created is None or not math.isfinite(created):
+        return None
+    return process.ProcessIdentity(pid, created)
+
+
+def archive_lost(
+    store: Store, task: Task, grace: float, census: Census | None = None
+) -> Ended | None:
+    """Stop what is left of a lost task and archive it LOST; None when its supervisor
+    archived it meanwhile. The last feedback it published becomes the final one."""
+    census = census or Census.take()
+    owner = owner_of(task)
+    stopped = stop_leftovers(owner, grace) if owner and owner.digest in census.tokens else None
+    notes = []
+    if stopped is not None and stopped.denied:
+        denied = ", ".join(map(str, stopped.denied))
+        notes.append(f"could not stop pid {denied} (permission denied)")
+    if owner is not None and (hidden := census.hidden.get(owner.uid)):
+        notes.append(
+            f"could not check pid {', '.join(map(str, hidden))} (environment unreadable:"
+            " a non-dumpable program; only root can tell whether it is the task's)"
+        )
+    for note in notes:
+        log.warning("task %s: %s", task.taskid, note)
+    ending = Ending(
+        Status.LOST,
+        termsignal=None if stopped is None else stopped.last_signal,
+        termerror="; ".join([_lost_reason(task), *notes]),
+    )
+    try:
+        return store.archive(task.taskid, ending)
+    except UnknownTask:
+        return None
+
+
+def _lost_reason(task: Task) -> str:
+    """Why the task counts as lost, naming the recorded supervisor as the row has it."""
+    if supervisor_of(task) is None:
+        reason = (
+            f"supervisor unidentifiable (pid {task.supervisor_pid!r},"
+            f" create time {task.supervisor_ctime!r})"
+        )
+    else:
+        reason = f"supervisor (pid {task.supervisor_pid}) vanished"
+    if owner_of(task) is None:
+        reason += "; recorded without a task token, so no process was looked for"
+    return reason

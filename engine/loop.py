@@ -1,0 +1,50 @@
+"""The supervisor's loop: it sleeps in poll() over the descriptors of its event sources, until
+the earliest deadline any of them asks for, and hands each event to its source.
+
+A source is a descriptor to watch (or none) plus a deadline for a look without an event (or
+none), and a handler. The child's pidfd, the signal pipe, the wake socket, the feedback
+file's heartbeat, the kill request in the database and the health clock are sources today;
+a task's output pipes, a notify socket or a database notification channel fit the same shape.
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+#: The longest sleep whatever the deadlines say: a missed event costs at most this.
+MAX_SLEEP = 1.0
+
+
+class Source(Protocol):
+    """Something the loop watches on the supervisor's behalf."""
+
+    def fileno(self) -> int | None:
+        """The descriptor whose readability is an event, or None (none, or muted for now)."""
+
+    def deadline(self, now: float) -> float | None:
+        """When, on the monotonic clock, to be handled even without an event; None: never."""
+
+    def handle(self, now: float) -> None:
+        """React to an event, or to the deadline: read, grade, record, or stop the loop."""
+
+
+def run(sources: Sequence[Source], done: Callable[[], bool], clock: Callable[[], float]) -> None:
+    """Poll and dispatch until `done()`; sources are handled in the order given."""
+    while not done():
+        now = clock()
+        watched = {fd: source for source in sources if (fd := source.fileno()) is not None}
+        deadlines = [due for source in sources if (due := source.deadline(now)) is not None]
+        wait = min([MAX_SLEEP, *(due - now for due in deadlines)])
+        poller = select.poll()
+        for fd in watched:
+            poller.register(fd, select.POLLIN)
+        ready = [watched[fd] for fd, _ in poller.poll(max(0.0, wait) * 1000)]
+        now = clock()
+        for source in sources:
+            due = source.deadline(now)
+            if any(source is other for other in ready) or (due is not None and due <= now):
+                source.handle(now)
+                if done():
+                    return

@@ -1,0 +1,270 @@
+"""The event sources of a running task's supervision, and what they share.
+
+Each source turns one kind of event into a change of the shared `Supervision`: a reason to
+stop, a heartbeat, a health grade. Grading is a function of the last heartbeat (from any
+source that gives heartbeats) and the clock; writing the row is the Recorder's alone, paced
+so that heartbeats reach the database at most once per HEARTBEAT_CHECK_INTERVAL.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from taskwatcher.engine import process
+from taskwatcher.engine.feedbackfile import FeedbackFile
+from taskwatcher.engine.lifecycle import Status
+from taskwatcher.engine.machine import TaskState
+from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox
+from taskwatcher.engine.stopping import StopReason
+from taskwatcher.engine.taskrow import TaskRow
+from taskwatcher.engine.wakeup import WAKE_PAUSE, WakeSocket
+
+#: The feedback file is looked at and the kill request read at least this often; also the
+#: least time between two heartbeat writes of the row.
+HEARTBEAT_CHECK_INTERVAL = 1.0
+
+
+@dataclass
+class Supervision:
+    """What the sources share about one running task. Times are monotonic, but `wall`."""
+
+    health: TaskState
+    row: TaskRow
+    wall: Callable[[], float]
+    stop: StopReason | None = None
+    child_exited: bool = False
+
+    @property
+    def over(self) -> bool:
+        return self.child_exited or self.stop is not None
+
+    def stop_for(self, reason: StopReason) -> None:
+        """The first reason to stop is the one kept."""
+        if self.stop is None:
+            self.stop = reason
+
+
+class ChildExit:
+    """The child's pidfd: readable once it exited. Orphans the supervisor adopted as
+    subreaper are reaped on the way, without touching the child's own exit status."""
+
+    def __init__(self, child: subprocess.Popen, watch: process.ChildWatch, state: Supervision):
+        self._child, self._watch, self._state = child, watch, state
+
+    def fileno(self) -> int | None:
+        return self._watch.fileno()
+
+    def deadline(self, now: float) -> float | None:
+        return None
+
+    def handle(self, now: float) -> None:
+        if self._child.poll() is not None:
+            self._state.child_exited = True
+
+
+class Periodic(ABC):
+    """A timer source that looks at something once per HEARTBEAT_CHECK_INTERVAL, the first
+    time at once; `look_now` brings the next look forward."""
+
+    def __init__(self) -> None:
+        self._next = 0.0
+
+    def look_now(self) -> None:
+        self._next = 0.0
+
+    def fileno(self) -> int | None:
+        return None
+
+    def deadline(self, now: float) -> float | None:
+        return self._next
+
+    def handle(self, now: float) -> None:
+        self._next = now + HEARTBEAT_CHECK_INTERVAL
+        self.look()
+
+    @abstractmethod
+    def look(self) -> None:
+        """The periodic look itself."""
+
+
+class Reaper(Periodic):
+    """Collects adopted orphans that exited, about once a second."""
+
+    def __init__(self, child: subprocess.Popen) -> None:
+        super().__init__()
+        self._child = child
+
+    def look(self) -> None:
+        process.reap_adopted(keep={self._child.pid})
+
+
+class KillRequests(Periodic):
+    """The kill request on the row: read once a second, or at once when asked to."""
+
+    def __init__(self, state: Supervision) -> None:
+        super().__init__()
+        self._state = state
+
+    def look(self) -> None:
+        if requester := self._state.row.kill_request():
+            self._state.stop_for(StopReason.requested(requester))
+
+
+class Signals:
+    """The signal pipe: a stop signal passed on to the task, SIGUSR1 to read the request."""
+
+    def __init__(self, inbox: SignalInbox, requests: KillRequests, state: Supervision) -> None:
+        self._inbox, self._requests, self._state = inbox, requests, state
+
+    def fileno(self) -> int | None:
+        return self._inbox.fileno
+
+    def deadline(self, now: float) -> float | None:
+        return None
+
+    def handle(self, now: float) -> None:
+        for signum in self._inbox.drain():
+            if signum == KILL_REQUEST_SIGNAL:
+                self._requests.look_now()
+            else:
+                self._state.stop_for(StopReason.by_signal(signum))
+
+
+class Wakeups:
+    """The wake socket: a datagram means read the kill request now. After one, the socket is
+    left unpolled for WAKE_PAUSE: a flood (any local user may send some) costs little."""
+
+    def __init__(self, wake: WakeSocket, requests: KillRequests) -> None:
+        self._wake, self._requests = wake, requests
+        self._muted_until: float | None = None
+
+    def fileno(self) -> int | None:
+        return None if self._muted_until is not None else self._wake.fileno()
+
+    def deadline(self, now: float) -> float | None:
+        return self._muted_until
+
+    def handle(self, now: float) -> None:
+        if self._muted_until is not None:
+            self._muted_until = None  # the pause is over: poll the socket again
+            return
+        if self._wake.drain():
+            self._requests.look_now()
+            self._muted_until = now + WAKE_PAUSE
+
+
+class FeedbackHeartbeat:
+    """The feedback file: its modification time is a heartbeat, its content the feedback."""
+
+    def __init__(self, feedback: FeedbackFile, reads: bool, recorder: Recorder) -> None:
+        self._feedback, self._reads, self._recorder = feedback, reads, recorder
+        self._seen: float | None = None  # the last mtime seen, unix seconds
+        self._last_look: float | None = None
+
+    def fileno(self) -> int | None:
+        return None
+
+    def deadline(self, now: float) -> float | None:
+        return now if self._last_look is None else self._last_look + HEARTBEAT_CHECK_INTERVAL
+
+    def handle(self, now: float) -> None:
+        since_last_look = (
+            HEARTBEAT_CHECK_INTERVAL if self._last_look is None else now - self._last_look
+        )
+        self._last_look = now
+        mtime = self._feedback.mtime()  # a missing or deleted file is no heartbeat
+        wall = self._recorder.state.wall()
+        if mtime is not None and mtime != self._seen:
+            self._seen = mtime
+            when = heartbeat_on_monotonic(mtime, wall, now, since_last_look)
+            self._recorder.state.health.heartbeat(when)
+            self._recorder.beat(mtime)
+        if self._reads and (values := self._feedback.changes(wall)) is not None:
+            self._recorder.publish(values)
+
+
+class Health:
+    """The health clock: grades the task when its next grade is due, and stops it at the
+    timeout. A task without a timeout has no deadline here. The heartbeat sources are asked
+    for a fresh look first: a grade is never given on a heartbeat older than it has to be."""
+
+    def __init__(self, recorder: Recorder, heartbeats: list[FeedbackHeartbeat]) -> None:
+        self._recorder = recorder
+        self._heartbeats = heartbeats
+
+    def fileno(self) -> int | None:
+        return None
+
+    def deadline(self, now: float) -> float | None:
+        return self._recorder.state.health.next_deadline(now)
+
+    def handle(self, now: float) -> None:
+        for source in self._heartbeats:
+            source.handle(now)
+        state = self._recorder.state
+        if state.health.tick(now) and state.health.state == Status.TIMEOUT:
+            state.stop_for(StopReason.timeout(state.health.timeout))
+
+
+class Recorder:
+    """Writes the row: a new grade at once, heartbeats and feedback at most once a second."""
+
+    def __init__(self, state: Supervision) -> None:
+        self.state = state
+        self._graded: Status = Status.RUNNING  # the grade last written; start() wrote RUNNING
+        self._beat: float | None = None
+        self._beat_written: float | None = None
+        self._unpublished: dict[str, str] | None = None
+        self._last_write: float | None = None
+
+    def beat(self, mtime: float) -> None:
+        self._beat = mtime
+
+    def publish(self, values: dict[str, str]) -> None:
+        self._unpublished = values
+
+    def fileno(self) -> int | None:
+        return None
+
+    def deadline(self, now: float) -> float | None:
+        if self._grade_changed():
+            return now
+        if self._beat is None or (self._beat == self._beat_written and self._unpublished is None):
+            return None
+        return now if self._last_write is None else self._last_write + HEARTBEAT_CHECK_INTERVAL
+
+    def handle(self, now: float) -> None:
+        row = self.state.row
+        if self._grade_changed():
+            self._graded = Status(self.state.health.state)
+            row.write(row.store.grade, self._graded)
+        due = self._last_write is None or now - self._last_write >= HEARTBEAT_CHECK_INTERVAL
+        news = self._beat != self._beat_written or self._unpublished is not None
+        if self._beat is not None and news and due:
+            row.write(row.store.heartbeat, self._beat, self._unpublished)
+            self._beat_written, self._last_write, self._unpublished = self._beat, now, None
+
+    def _grade_changed(self) -> bool:
+        graded = self.state.health.state
+        return graded != self._graded and graded != Status.TIMEOUT
+
+
+def heartbeat_on_monotonic(
+    mtime: float,
+    wall_now: float,
+    mono_now: float,
+    since_last_look: float = HEARTBEAT_CHECK_INTERVAL,
+) -> float:
+    """Place a newly seen feedback mtime on the monotonic timeline the deadlines use.
+
+    A new write happened after the previous look at the file, so when first seen it is at
+    most that old: normally HEARTBEAT_CHECK_INTERVAL, longer after a pause of the supervisor
+    (SIGSTOP, a suspended machine). Clamping its apparent age to that bounds what a step of
+    the wall clock or an mtime in the future can do: neither kills nor shields a task, and a
+    write made long ago during a pause is judged by its real age.
+    """
+    age = min(max(wall_now - mtime, 0.0), max(since_last_look, HEARTBEAT_CHECK_INTERVAL))
+    return mono_now - age

@@ -1,0 +1,178 @@
+"""One sqlite connection as the store uses it: checked at open, fair on the lock, never WAL.
+
+Every write is a short `BEGIN IMMEDIATE` transaction (writers queue on the busy timeout
+instead of failing on a lock upgrade); statements outside a transaction wait for the lock in
+short tries (`locking.patiently`). Database trouble becomes one StoreError. Text bound to a
+statement is made storable first (`records.storable`).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from taskwatcher.engine import sqlite_schema
+from taskwatcher.engine.errors import RowLost, StoreError
+from taskwatcher.engine.locking import SQLITE_WAIT, patiently
+from taskwatcher.engine.records import storable
+from taskwatcher.engine.settings import busy_timeout
+from taskwatcher.engine.sqlite_file import prepare_db_file
+
+Clock = Callable[[], float]
+
+
+class Database:
+    """A checked, upgraded sqlite database, with one connection for one command."""
+
+    def __init__(self, path: Path, clock: Clock) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout()
+        self._clock = clock
+        self._db = _connect(path, self.busy_timeout)
+        self._journal = JournalGuard(path)
+        self._identity = _file_identity(path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def check_still_there(self) -> None:
+        """RowLost when the path no longer names the file opened (deleted, replaced): what is
+        written through this connection would then reach nobody."""
+        if _file_identity(self.path) != self._identity:
+            raise RowLost(f"{self.path} was deleted or replaced")
+
+    @contextmanager
+    def transaction(self) -> Iterator[float]:
+        """A short write transaction; BEGIN IMMEDIATE takes the write lock up front.
+
+        The clock is read once the lock is held, so a wait behind other writers does not
+        date the change in the past.
+        """
+        self.execute("BEGIN IMMEDIATE")
+        now = self._clock()
+        try:
+            yield now
+            with self._errors():  # busy at COMMIT keeps the transaction: try again
+                patiently(lambda: self._db.execute("COMMIT"), self.busy_timeout)
+        except BaseException:
+            if self._db.in_transaction:  # sqlite already rolled back after some I/O errors
+                self.execute("ROLLBACK")
+            raise
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """Run one statement; outside a transaction (BEGIN included) a busy lock is waited for.
+
+        Inside one, the write lock is held already (BEGIN IMMEDIATE): no retry is needed.
+        """
+        params = tuple(storable(value) if isinstance(value, str) else value for value in params)
+        with self._errors():
+            if self._db.in_transaction:
+                return self._db.execute(sql, params)
+            self._journal.check()  # a transaction starts: sqlite is about to read the header
+            return patiently(lambda: self._db.execute(sql, params), self.busy_timeout)
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self.execute(sql, params).fetchall()
+
+    def row(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        return self.execute(sql, params).fetchone()
+
+    def recreate(self) -> None:
+        """Drop every table and build the latest schema, in one transaction."""
+        with self.transaction(), self._errors():
+            sqlite_schema.recreate(self._db)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Database trouble mid-command (disk full, lock wait exhausted) becomes one StoreError."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise StoreError(f"{self.path}: {error}") from error
+
+
+def _connect(path: Path, timeout: float) -> sqlite3.Connection:
+    """One connection to a checked, upgraded database; StoreError if unusable.
+
+    Nothing is written before the file is known to be an sqlite database of a known version.
+    """
+    prepare_db_file(path)
+    try:
+        connection = sqlite3.connect(path, timeout=SQLITE_WAIT, isolation_level=None)
+    except sqlite3.Error as error:
+        raise StoreError(f"{path}: cannot open the database ({error})") from None
+    try:
+        patiently(lambda: sqlite_schema.prepare(connection, path), timeout)
+    except sqlite3.OperationalError as error:
+        connection.close()
+        raise StoreError(f"{path}: cannot use the database ({error})") from None
+    except sqlite3.DatabaseError as error:
+        connection.close()
+        raise StoreError(f"{path}: not a taskwatcher database ({error})") from None
+    except BaseException:
+        connection.close()
+        raise
+    connection.row_factory = sqlite3.Row
+    return connection
+
+
+class JournalGuard:
+    """Keeps sqlite away from a database another program switched to WAL since it was opened.
+
+    In WAL mode sqlite maps the `-shm` file, and a damaged one kills the process with SIGBUS;
+    any writer of the database can switch it (`PRAGMA journal_mode = WAL`). So before each
+    transaction the header's version bytes (offset 18) are read from sqlite's own descriptor
+    (opening and closing another one would drop sqlite's POSIX locks), and a WAL database is
+    refused. A switch between this check and sqlite's next read is not caught.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = _sqlite_descriptor(path)
+
+    def check(self) -> None:
+        """StoreError, touching nothing, when the database is in WAL mode now."""
+        if self._fd is not None and os.pread(self._fd, 2, 18) == _WAL_VERSIONS:
+            raise StoreError(
+                f"{self.path}: switched to WAL mode by another program; refused, so that its"
+                " -shm file cannot crash this process (open it with taskwatcher to switch back)"
+            )
+
+
+_WAL_VERSIONS = b"\x02\x02"
+
+
+def _sqlite_descriptor(path: Path) -> int | None:
+    """The descriptor sqlite opened on the database file (same device and inode), if any."""
+    wanted = _file_identity(path)
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            status = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if (status.st_dev, status.st_ino) == wanted:
+            return int(name)
+    return None
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file the path names now, None when nothing is there."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def monotonic_pause(started: float) -> None:
+    """Leave the lock free as long as the batch that began at `started` held it.
+
+    sqlite's lock is not fair: a waiting writer retries after sleeping, and finds the lock
+    free soon enough only if a long change pauses between its batches.
+    """
+    time.sleep(time.monotonic() - started)

@@ -1,0 +1,142 @@
+"""The reads of the sqlite store: live tasks, published feedback, history. Reads never write.
+
+History is walked a page at a time (keyset pagination), so no read stays open to block a
+writer while a large output is printed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+from taskwatcher.engine.errors import InvalidRequest, UnknownTask
+from taskwatcher.engine.records import Ended, Task, decode_feedback, typed
+from taskwatcher.engine.sqlite_db import Database
+
+#: Columns whose record field has another name.
+_TASK_FIELDS = {"id": "taskid", "is_unique": "unique"}
+
+
+class SqliteReads:
+    """What every command may read; the writes build on it (`sqlite_store.SqliteStore`)."""
+
+    _db: Database
+
+    def get_task(self, taskid: int) -> Task | None:
+        """The live task, or None once it has finished (or never was)."""
+        row = self._db.row("SELECT * FROM tasks WHERE id = ?", (taskid,))
+        return None if row is None else task_from_row(row)
+
+    def list_tasks(self, *, name: str | None = None, status: str | None = None) -> list[Task]:
+        """Live tasks, oldest first."""
+        where, params = _filters(("name = ?", name), ("status = ?", status))
+        return [
+            task_from_row(row)
+            for row in self._db.rows(f"SELECT * FROM tasks{where} ORDER BY id", params)
+        ]
+
+    def live_count(self) -> int:
+        return self._db.rows("SELECT count(*) FROM tasks")[0][0]
+
+    def load_feedback(self, taskid: int) -> dict[str, str]:
+        """The live task's feedback as its supervisor last published it ({} before any)."""
+        self._live(taskid)
+        return self._published(taskid) or {}
+
+    def live_feedback(self) -> dict[int, dict[str, str]]:
+        """The published feedback of every live task that has some, by task id."""
+        rows = self._db.rows("SELECT id, feedback FROM feedbacks")
+        return {row["id"]: decode_feedback(row["feedback"]) or {} for row in rows}
+
+    def history_of(self, taskid: int) -> Ended | None:
+        """The history record of one finished task, or None if it has not finished."""
+        row = self._db.row("SELECT * FROM history WHERE taskid = ?", (taskid,))
+        return None if row is None else typed(Ended, dict(row))
+
+    def history(self, **filters: Any) -> list[Ended]:
+        """Finished tasks, newest first: iter_history() as a list."""
+        return list(self.iter_history(**filters))
+
+    def iter_history(
+        self,
+        *,
+        name: str | None = None,
+        outcome: str | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        limit: int | None = None,
+        page: int = 500,
+        max_id: int | None = None,
+    ) -> Iterator[Ended]:
+        """Finished tasks, newest first (`since` inclusive, `before` exclusive, on endtime),
+        fetched `page` rows at a time.
+
+        For outputs too large to hold: each page is one short query that resumes after the
+        last row seen (keyset pagination), so no read stays open between pages to block a
+        writer. Only rows with an id up to `max_id` (default: the largest when the walk
+        starts) are walked: rows archived meanwhile do not slip in, and a second walk given
+        the first one's largest id sees the same rows.
+        """
+        if page < 1:
+            raise InvalidRequest(f"a history page holds 1 row or more, not {page}")
+        if max_id is None:
+            max_id = self._db.rows("SELECT coalesce(max(id), 0) FROM history")[0][0]
+        where, params = _filters(
+            ("taskname = ?", name),
+            ("outcome = ?", outcome),
+            ("endtime >= ?", since),
+            ("endtime < ?", before),
+            ("id <= ?", max_id),
+        )
+        left = float("inf") if limit is None else limit
+        after: tuple[Any, ...] = ()
+        while left > 0:
+            size = min(page, left)
+            rows = self._history_page(where, params, size, after)
+            yield from (typed(Ended, dict(row)) for row in rows)
+            if len(rows) < size:
+                return
+            left -= size
+            after = (rows[-1]["endtime"], rows[-1]["id"])
+
+    def _history_page(
+        self, where: str, params: tuple[Any, ...], size: int, after: tuple[Any, ...]
+    ) -> list[sqlite3.Row]:
+        """One page of history, newest first, after the (endtime, id) `after` if given.
+
+        `(endtime, id) < (?, ?)` means `endtime < ? OR (endtime = ? AND id < ?)`; written as a
+        row value, sqlite seeks the endtime index instead of scanning it from the top.
+        """
+        if after:
+            where, params = f"{where} AND (endtime, id) < (?, ?)", (*params, *after)
+        return self._db.rows(
+            f"SELECT * FROM history{where} ORDER BY endtime DESC, id DESC LIMIT ?",
+            (*params, size),
+        )
+
+    def _published(self, taskid: int) -> dict[str, str] | None:
+        row = self._db.row("SELECT feedback FROM feedbacks WHERE id = ?", (taskid,))
+        return None if row is None else decode_feedback(row["feedback"])
+
+    def _live(self, taskid: int) -> Task:
+        """The live task; UnknownTask, saying how it ended when it has, if there is none."""
+        task = self.get_task(taskid)
+        if task is not None:
+            return task
+        ended = self._db.row("SELECT outcome FROM history WHERE taskid = ?", (taskid,))
+        if ended is None:
+            raise UnknownTask(f"no task {taskid}")
+        raise UnknownTask(f"task {taskid} has already ended ({ended['outcome']})")
+
+
+def task_from_row(row: sqlite3.Row) -> Task:
+    return typed(Task, {_TASK_FIELDS.get(key, key): row[key] for key in row.keys()})  # noqa: SIM118
+
+
+def _filters(*conditions: tuple[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause from (condition, value) pairs, skipping values that are None."""
+    chosen = [(clause, value) for clause, value in conditions if value is not None]
+    if not chosen:
+        return "", ()
+    return " WHERE " + " AND ".join(clause for clause, _ in chosen), tuple(v for _, v in chosen)
