@@ -161,6 +161,12 @@ class FeedbackFile:
         self._published = values
         return values
 
+    @property
+    def incomplete(self) -> str | None:
+        """Why the last read stopped short of the file's end (its budget ran out, a read
+        failed); None when its values stand for the whole file."""
+        return self._reader.incomplete
+
     def final(self) -> tuple[dict[str, str] | None, str | None]:
         """The values as the file stands at the end (None for a task that wrote nothing), and
         why they may miss something: a read that ran out of its budget or skipped part of the
