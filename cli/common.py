@@ -126,3 +126,25 @@ def _whole(text: str) -> int | None:
         return int(text)
     except ValueError:  # more digits than int() converts
         return None
+
+
+def subcommand(
+    subparsers, name: str, handler, help_text: str, example: str
+) -> argparse.ArgumentParser:
+    """A twctl subcommand: its help, one example, --db accepted after it, and its handler,
+    called as handler(store, args) -> exit status."""
+    parser = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_db_option(parser, inherited=True)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def json_flag(parser: argparse.ArgumentParser) -> None:
+    """--json: machine-readable output, the same keys in every command."""
+    parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")

@@ -12,11 +12,13 @@ from taskwatcher.cli.columns import HISTORY_COLUMNS, LIST_COLUMNS
 from taskwatcher.cli.common import (
     add_db_option,
     fail,
+    json_flag,
     non_negative_seconds,
     open_store,
     positive_int,
     positive_seconds,
     setup_logging,
+    subcommand,
     task_id,
 )
 from taskwatcher.cli.history import PAGE, HistoryWalk, terminal_page
@@ -173,21 +175,6 @@ def _cmd_watch(store: Store, args: argparse.Namespace) -> int:
     return watch(store, once=args.once, interval=args.interval)
 
 
-def _subcommand(
-    subparsers, name: str, handler, help_text: str, example: str
-) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_db_option(parser, inherited=True)
-    parser.set_defaults(handler=handler)
-    return parser
-
-
 def _seconds_option(
     parser: argparse.ArgumentParser,
     flag: str,
@@ -201,10 +188,6 @@ def _seconds_option(
 def _names(statuses: Iterable[Status]) -> list[str]:
     """Plain strings for argparse choices, so an error lists RUNNING, not <Status.RUNNING>."""
     return sorted(status.value for status in statuses)
-
-
-def _json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_upkeep(sub) -> None:
     """init, update, reserve and clear: the commands that change the database itself."""
-    init = _subcommand(
+    init = subcommand(
         sub,
         "init",
         _cmd_init,
@@ -234,7 +217,7 @@ def _add_upkeep(sub) -> None:
     )
     init.add_argument("--force", action="store_true", help="even while tasks are live")
 
-    update = _subcommand(
+    update = subcommand(
         sub,
         "update",
         _cmd_update,
@@ -245,7 +228,7 @@ def _add_upkeep(sub) -> None:
         update, "--grace", housekeeping.LOST_GRACE, "SIGTERM-to-SIGKILL wait for leftover processes"
     )
 
-    reserve = _subcommand(
+    reserve = subcommand(
         sub,
         "reserve",
         _cmd_reserve,
@@ -259,7 +242,7 @@ def _add_upkeep(sub) -> None:
     for field in ("info1", "info2", "info3"):
         reserve.add_argument(f"--{field}", metavar="TEXT", help="free text kept with the task")
 
-    clear = _subcommand(sub, "clear", _cmd_clear, "empty the history", "twctl clear --before 30d")
+    clear = subcommand(sub, "clear", _cmd_clear, "empty the history", "twctl clear --before 30d")
     clear.add_argument(
         "--before",
         type=parse_when,
@@ -270,12 +253,12 @@ def _add_upkeep(sub) -> None:
 
 def _add_reads(sub) -> None:
     """list, feedback, history, show and watch."""
-    listing = _subcommand(sub, "list", _cmd_list, "show live tasks", "twctl list --json")
+    listing = subcommand(sub, "list", _cmd_list, "show live tasks", "twctl list --json")
     listing.add_argument("--name", help="only tasks with this name")
     listing.add_argument("--status", type=str.upper, choices=_names(LIVE_STATUSES))
-    _json_flag(listing)
+    json_flag(listing)
 
-    feedback = _subcommand(
+    feedback = subcommand(
         sub,
         "feedback",
         _cmd_feedback,
@@ -285,7 +268,7 @@ def _add_reads(sub) -> None:
     feedback.add_argument("taskid", type=task_id)
     feedback.add_argument("--pretty", action="store_true", help="indent the JSON")
 
-    history = _subcommand(
+    history = subcommand(
         sub,
         "history",
         _cmd_history,
@@ -305,13 +288,13 @@ def _add_reads(sub) -> None:
     count.add_argument(
         "--all", action="store_true", help=f"every row (on a terminal the default is {PAGE})"
     )
-    _json_flag(history)
+    json_flag(history)
 
-    show = _subcommand(sub, "show", _cmd_show, "everything known about one task", "twctl show 12")
+    show = subcommand(sub, "show", _cmd_show, "everything known about one task", "twctl show 12")
     show.add_argument("taskid", type=task_id)
-    _json_flag(show)
+    json_flag(show)
 
-    watch = _subcommand(
+    watch = subcommand(
         sub,
         "watch",
         _cmd_watch,
@@ -334,7 +317,7 @@ def _add_stops(sub) -> None:
             "twctl killall nightly",
         ),
     ):
-        killer = _subcommand(sub, name, handler, help_text, example)
+        killer = subcommand(sub, name, handler, help_text, example)
         killer.add_argument(target, type=task_id if target == "taskid" else str)
         _seconds_option(killer, "--wait", control.DEFAULT_KILL_WAIT, "how long to wait for the end")
 
