@@ -83,7 +83,6 @@ def _database(folder: Path, name: str, wal: bool) -> Path:
                 host=socket.gethostname(),
                 token_hash=_token_hash(taskid),
                 uid=os.getuid(),
-                has_feedback=True,
             )
             store.claim(taskid, launch)
             store.set_child(taskid, launch.token_hash, os.getpid(), created)

@@ -69,7 +69,6 @@ def start_live_task(store: Store, name: str, feedback: Path | None = None) -> tu
         uid=os.getuid(),
         command=["sleep", "3600"],
         timeout=30,
-        has_feedback=feedback is not None,
         feedpath=None if feedback is None else str(feedback),
     )
     store.claim(taskid, launch)

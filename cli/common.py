@@ -100,6 +100,18 @@ def task_id(text: str) -> int:
     return value
 
 
+#: Multipliers of the size suffixes `--log-max-bytes` takes, as dd(1) and sort(1) read them.
+_SIZE_SUFFIXES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def byte_count(text: str) -> int:
+    """argparse type: a size of one byte or more, as `4096`, `64K`, `16M` or `1G`."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*([KMG]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if match is None or int(match.group(1)) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size of 1 byte or more (16M, 4096)")
+    return int(match.group(1)) * _SIZE_SUFFIXES[match.group(2).upper()]
+
+
 def positive_int(text: str) -> int:
     """argparse type: a count of one or more (`--limit 0` or `-1` would mean nothing useful)."""
     value = _whole(text)

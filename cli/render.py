@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, TextIO
@@ -27,6 +27,10 @@ _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, *ran
 #: Bidirectional controls: they reorder what follows them, so a name could hide or fake text.
 _BIDI_CONTROLS = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 _CONTROL_ESCAPES |= {code: f"\\u{code:04x}" for code in _BIDI_CONTROLS}
+#: What a task's output keeps on a terminal: its lines and tabs; every other control is shown.
+_OUTPUT_ESCAPES = {
+    code: text for code, text in _CONTROL_ESCAPES.items() if code not in (ord("\n"), ord("\t"))
+}
 #: A C1 control in orjson's UTF-8 output: 0xc2 never continues a character, and C1 controls
 #: can only stand inside strings, so replacing these two bytes keeps the JSON exact.
 _C1_IN_UTF8 = re.compile(b"\xc2[\x80-\x9f]")
@@ -58,6 +62,12 @@ def escape(value: object) -> str:
     if value is None:
         return "-"
     return storable(str(value)).translate(_CONTROL_ESCAPES)
+
+
+def escape_output(text: str) -> str:
+    """A task's output as a terminal shows it: as `escape` makes cells, but newlines and
+    tabs kept, so the output reads as lines while no byte of it can drive the terminal."""
+    return storable(text).translate(_OUTPUT_ESCAPES)
 
 
 def cell(value: object) -> str:
@@ -265,11 +275,22 @@ def silence_stdout() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def key_values(pairs: Iterable[tuple[str, Any]]) -> str:
-    """`key: value` lines with aligned keys, for `twctl show`."""
+def key_values(pairs: Iterable[tuple[str, Any]], whole: Collection[str] = ()) -> str:
+    """`key: value` lines with aligned keys, for `twctl show`; the values of the keys in
+    `whole` (a path to copy, a task's output) are not cut, and each of their lines gets an
+    aligned line of its own."""
     pairs = list(pairs)
     width = max((len(key) for key, _ in pairs), default=0)
-    return "\n".join(f"{key.ljust(width)}  {_shown(value)}" for key, value in pairs)
+    indent = "\n" + " " * (width + 2)
+    return "\n".join(
+        f"{key.ljust(width)}  "
+        + (indent.join(_block(value)) if key in whole and value else _shown(value))
+        for key, value in pairs
+    )
+
+
+def _block(value: object) -> list[str]:
+    return [escape_output(line) for line in str(value).split("\n")]
 
 
 def _shown(value: Any) -> str:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
-from taskwatcher.cli import interruptible
+from taskwatcher.cli import interruptible, waiting
 from taskwatcher.cli.aliases import expand_aliases
 from taskwatcher.cli.columns import HISTORY_COLUMNS, LIST_COLUMNS
 from taskwatcher.cli.common import (
@@ -22,6 +22,7 @@ from taskwatcher.cli.common import (
     task_id,
 )
 from taskwatcher.cli.history import PAGE, HistoryWalk, terminal_page
+from taskwatcher.cli.logs import add_log_commands, report_left_logs
 from taskwatcher.cli.render import (
     cell,
     escape,
@@ -34,6 +35,7 @@ from taskwatcher.cli.timespec import parse_when
 from taskwatcher.engine import control, housekeeping
 from taskwatcher.engine.errors import InvalidRequest, LiveTasksExist, StoreError
 from taskwatcher.engine.lifecycle import FINAL_STATUSES, LIVE_STATUSES, Status
+from taskwatcher.engine.logs import LogSweep
 from taskwatcher.engine.records import Ended
 from taskwatcher.engine.store import Store
 from taskwatcher.grammar.errors import TaskwatcherError
@@ -103,10 +105,13 @@ def _cmd_history(store: Store, args: argparse.Namespace) -> int:
 
 
 def _cmd_clear(store: Store, args: argparse.Namespace) -> int:
-    removed = store.clear_history(before=args.before, progress=_progress_notice("removed"))
+    sweep = LogSweep()  # the rows' logs go once their batch is committed
+    notice = _progress_notice("removed")
+    removed = store.clear_history(before=args.before, progress=notice, logs=sweep.remove)
     if sys.stderr.isatty() and removed:
         print(file=sys.stderr)  # end the progress line
     print(f"{removed} history row(s) removed")
+    report_left_logs(sweep)
     return 0
 
 
@@ -165,7 +170,7 @@ def _cmd_show(store: Store, args: argparse.Namespace) -> int:
     if args.json:
         print_json(details, pretty=True)
     else:
-        print(key_values(details.items()))
+        print(key_values(details.items(), whole=("logfile", "output_tail")))
     return 0
 
 
@@ -203,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upkeep(sub)
     _add_reads(sub)
     _add_stops(sub)
+    waiting.add_wait(sub)
+    add_log_commands(sub)
     return parser
 
 

@@ -11,27 +11,49 @@ from pathlib import Path
 from taskwatcher.cli import interruptible
 from taskwatcher.cli.common import (
     add_db_option,
+    byte_count,
     fail,
     non_negative_seconds,
     open_store,
     setup_logging,
     task_id,
 )
-from taskwatcher.engine.errors import NotRecorded, ReservationRequired
+from taskwatcher.engine.capture import OutputMode
+from taskwatcher.engine.errors import InvalidRequest, NotRecorded
+from taskwatcher.engine.output import DEFAULT_LOG_MAX_BYTES
+from taskwatcher.engine.request import DEFAULT_GRACE, Heartbeat, LaunchRequest
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED
-from taskwatcher.engine.supervisor import DEFAULT_GRACE, LaunchRequest, run_task
+from taskwatcher.engine.supervisor import run_task
 from taskwatcher.grammar.errors import TaskwatcherError
 
 EPILOG = """\
-exit status: the command's own status; 124 no heartbeat within --timeout;
-128+N the command ended by signal N; 125 twrun failed (reservation, database,
-options); 126 command not executable; 127 command not found.
+exit status: the command's own status; 124 no heartbeat within --timeout, or
+--max-runtime reached; 128+N the command ended by signal N; 125 twrun failed
+(reservation, database, options); 126 command not executable; 127 command not found.
 
-example:
+output: captured through pipes, so most programs buffer it (C stdio and Python
+flush every few KiB, not every line): run Python with PYTHONUNBUFFERED=1, other
+programs with `stdbuf -oL`, when their output must show (or be a heartbeat) at once.
+
+examples:
+  twrun --name nightly --timeout 30 -- ./nightly.py      # writes to $TASKWATCHER_FEEDBACK
   id=$(twctl reserve --name nightly --unique)
   twrun --taskid "$id" --feedpath . --timeout 30 -- ./nightly.py --feedback feedback_$id.log
 """
+
+
+def heartbeat_sources(text: str) -> frozenset[Heartbeat]:
+    """argparse type: a comma-separated list of heartbeat sources, such as `feedback,output`."""
+    words = [word.strip() for word in text.split(",") if word.strip()]
+    known = ", ".join(source.value for source in Heartbeat)
+    try:
+        sources = frozenset(Heartbeat(word) for word in words)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {known}") from None
+    if not sources:
+        raise argparse.ArgumentTypeError(f"name at least one of {known}")
+    return sources
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_db_option(parser)
-    parser.add_argument("--taskid", type=task_id, help="reserved task id (required with feedback)")
+    parser.add_argument("--taskid", type=task_id, help="a reserved task id (default: reserve one)")
     parser.add_argument("--name", help="task name (default: the command's base name)")
+    parser.add_argument(
+        "--unique", action="store_true", help="reserve --name so no other live task holds it"
+    )
     for field in ("info1", "info2", "info3"):
         parser.add_argument(f"--{field}", metavar="TEXT", help="free text kept with the task")
     parser.add_argument("--feedpath", type=Path, metavar="DIR", help="folder of feedback_ID.log")
@@ -60,7 +85,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=non_negative_seconds,
         metavar="SECONDS",
-        help="kill the task when its feedback file is not updated for this long (0: never)",
+        help="kill the task when it gives no heartbeat for this long (0: never)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=heartbeat_sources,
+        default=frozenset({Heartbeat.FEEDBACK}),
+        metavar="LIST",
+        help="what counts as a heartbeat: feedback (its file changes), output (any byte on "
+        "stdout or stderr), or both: feedback,output (default: feedback)",
+    )
+    parser.add_argument(
+        "--max-runtime",
+        type=non_negative_seconds,
+        metavar="SECONDS",
+        help="kill the task after this long whatever its heartbeats (0: never)",
+    )
+    parser.add_argument(
+        "--output",
+        type=OutputMode,
+        choices=list(OutputMode),
+        default=OutputMode.TEE,
+        help="tee: log the output and show it (default); log: log it only; "
+        "inherit: neither, the task writes to twrun's own stdout and stderr",
+    )
+    parser.add_argument("--logdir", type=Path, metavar="DIR", help="folder of task_ID.log")
+    parser.add_argument(
+        "--log-max-bytes",
+        type=byte_count,
+        default=DEFAULT_LOG_MAX_BYTES,
+        metavar="N",
+        help="rotate the log once past N bytes (K, M, G suffixes; default 16M)",
     )
     parser.add_argument(
         "--grace",
@@ -77,6 +132,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _request(command: list[str], args: argparse.Namespace) -> LaunchRequest:
+    """The launch request the options describe; InvalidRequest for options that clash."""
+    return LaunchRequest(
+        argv=command,
+        taskid=args.taskid,
+        name=args.name,
+        unique=args.unique,
+        info1=args.info1,
+        info2=args.info2,
+        info3=args.info3,
+        feedpath=args.feedpath,
+        timeout=args.timeout,
+        max_runtime=args.max_runtime,
+        grace=args.grace,
+        keep_feedback=args.keep_feedback,
+        heartbeat=args.heartbeat,
+        output=args.output,
+        logdir=args.logdir,
+        log_max_bytes=args.log_max_bytes,
+    )
+
+
 @interruptible
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `twrun` console script."""
@@ -85,24 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not command:
         fail("twrun: no command given (twrun [OPTIONS] -- COMMAND [ARG...])", SUPERVISOR_FAILED)
     setup_logging("twrun", args.debug)
-    request = LaunchRequest(
-        argv=command,
-        taskid=args.taskid,
-        name=args.name,
-        info1=args.info1,
-        info2=args.info2,
-        info3=args.info3,
-        feedpath=args.feedpath,
-        timeout=args.timeout,
-        grace=args.grace,
-        keep_feedback=args.keep_feedback,
-    )
-    if request.timeout and not request.expects_feedback:
-        print(
-            "twrun: --timeout ignored: the task writes no feedback "
-            "(give --feedpath, or --feedback to the command)",
-            file=sys.stderr,
-        )
+    try:
+        request = _request(command, args)
+    except InvalidRequest as error:
+        fail(f"twrun: {error}", SUPERVISOR_FAILED)
     # Outside supervision a kill request has nothing to stop, and its default action would
     # kill twrun: a late `twctl kill` must not turn the child's exit status into 138.
     signal.signal(KILL_REQUEST_SIGNAL, signal.SIG_IGN)
@@ -111,8 +174,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             end = run_task(store, request)
     except NotRecorded as error:
         fail(f"twrun: {error}", SUPERVISOR_FAILED)
-    except ReservationRequired as error:
-        fail(f"twrun: {error} (twctl reserve, then --taskid ID)", SUPERVISOR_FAILED)
     except TaskwatcherError as error:
         code = getattr(error, "exit_code", SUPERVISOR_FAILED)
         fail(f"twrun: {error}", code)

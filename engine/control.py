@@ -1,4 +1,4 @@
-"""Operations on tasks from outside their supervisor: kill, feedback, show, listings.
+"""Operations on tasks from outside their supervisor: kill, wait, feedback, show, listings.
 
 `twctl` is a thin layer over these functions; a script can import them and do the same.
 Housekeeping is `engine.housekeeping`.
@@ -22,7 +22,13 @@ from taskwatcher.engine.errors import (
     NotYourTask,
     UnknownTask,
 )
-from taskwatcher.engine.housekeeping import LOST_GRACE, archive_lost, is_ghost, may_clean_up
+from taskwatcher.engine.housekeeping import (
+    LOST_GRACE,
+    Upkeep,
+    archive_lost,
+    is_ghost,
+    may_clean_up,
+)
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.ownership import user_name
 from taskwatcher.engine.records import Ended, Task
@@ -30,7 +36,6 @@ from taskwatcher.engine.store import Store
 
 #: How long `kill` waits by default for the supervisor to stop and archive the task.
 DEFAULT_KILL_WAIT = 30.0
-_POLL_INTERVAL = 0.05
 
 
 def requester() -> str:
@@ -50,7 +55,8 @@ def history_listing(store: Store, **filters: Any) -> Iterator[dict[str, Any]]:
 
 
 def current_feedback(store: Store, taskid: int) -> dict[str, str]:
-    """The task's feedback now: as its supervisor last published it, from history once ended.
+    """The task's feedback now: as its supervisor last published it (empty before the task
+    wrote any), from history once ended.
 
     The file itself is never opened here: its path comes from the database, which anyone
     able to write it could point at any file.
@@ -60,8 +66,6 @@ def current_feedback(store: Store, taskid: int) -> dict[str, str]:
         return _feedback_in_history(store, taskid)
     if task.status == Status.RESERVED:
         raise NoFeedback(f"task {taskid} is reserved and has not started")
-    if not task.feedback:
-        raise NoFeedback(f"task {taskid} does not write feedback")
     try:
         return store.load_feedback(taskid)
     except UnknownTask:
@@ -165,19 +169,30 @@ def wait_ended(
     on_wait: Callable[[list[int]], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[Ended]:
-    """Wait until every task is in history; KillTimeout names those still running."""
+    """Wait until every task is in history; KillTimeout names those still running (a
+    reservation counts as running), UnknownTask at once an id that never existed.
+
+    Wakes when the store may have changed (`Store.wait_for_change`), so an end is seen as
+    soon as it is recorded; `timeout` may be infinite. Housekeeping runs meanwhile
+    (`Upkeep`).
+    """
+    for taskid in taskids:
+        if store.get_task(taskid) is None:
+            _history_or_unknown(store, taskid)
     deadline = clock() + timeout
+    upkeep = Upkeep(store, clock)
     pending = list(taskids)
     while True:
         pending = [taskid for taskid in pending if store.get_task(taskid) is not None]
         if not pending:
             return [_history_or_unknown(store, taskid) for taskid in taskids]
-        if clock() >= deadline:
+        now = clock()
+        if now >= deadline:
             listed = ", ".join(map(str, pending))
             raise KillTimeout(f"task(s) {listed} still running after {timeout:g} s")
         if on_wait is not None:
             on_wait(pending)
-        time.sleep(_POLL_INTERVAL)
+        upkeep.wait(deadline - now)
 
 
 def tasks_named(store: Store, name: str) -> list[int]:

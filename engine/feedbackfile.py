@@ -45,23 +45,23 @@ def given_folder(folder: Path) -> Path:
     return check_folder(folder)
 
 
-def default_folder(folder: Path) -> Path:
-    """The folder beside the database, made private (0700) on first use, then checked."""
+def default_folder(folder: Path, kind: str = "feedback") -> Path:
+    """A folder twrun keeps files in (beside the database by default), made private (0700)
+    on first use, then checked."""
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as error:
-        raise FeedpathUnusable(
-            f"cannot create the feedback folder {folder}: {error.strerror}"
-        ) from None
-    return check_folder(folder)
+        reason = error.strerror
+        raise FeedpathUnusable(f"cannot create the {kind} folder {folder}: {reason}") from None
+    return check_folder(folder, kind)
 
 
-def check_folder(folder: Path) -> Path:
+def check_folder(folder: Path, kind: str = "feedback") -> Path:
     """The folder resolved, refused when another user could redirect it (see `safepath`):
     then the task could write, and its supervisor read or remove, another file."""
     if problem := untrusted_part(folder):
         raise FeedpathUnusable(
-            f"feedback folder {folder}: {problem}; use a folder only you (or root) can change"
+            f"{kind} folder {folder}: {problem}; use a folder only you (or root) can change"
         )
     return Path(os.path.realpath(folder))
 

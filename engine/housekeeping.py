@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import time
+from collections.abc import Callable
 
 from taskwatcher.engine import process, wakeup
 from taskwatcher.engine.errors import UnknownTask
@@ -127,3 +129,27 @@ def _lost_reason(task: Task) -> str:
     if owner_of(task) is None:
         reason += "; recorded without a task token, so no process was looked for"
     return reason
+
+
+#: How often a command waiting for tasks runs housekeeping, which archives the tasks nobody
+#: else will.
+HOUSEKEEPING_INTERVAL = 1.0
+
+
+class Upkeep:
+    """Waits for the store to change, or runs housekeeping instead when it is due: whoever
+    waits for tasks sees a task whose supervisor died end LOST, and a reservation nobody
+    launches end EXPIRED, rather than waiting for them in vain."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+        self._store, self._clock = store, clock
+        self._due = clock() + HOUSEKEEPING_INTERVAL
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the store may have changed (housekeeping counts as a change)."""
+        now = self._clock()
+        if now >= self._due:
+            housekeep(self._store)
+            self._due = now + HOUSEKEEPING_INTERVAL
+            return True
+        return self._store.wait_for_change(min(timeout, self._due - now))

@@ -36,13 +36,19 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def spawn(
-    argv: Sequence[str], env: Mapping[str, str] | None, *, die_with_parent: bool = True
-) -> subprocess.Popen:
-    """Start argv exactly as given (no shell) as leader of a new process group.
+    argv: Sequence[str],
+    env: Mapping[str, str] | None,
+    *,
+    die_with_parent: bool = True,
+    pipes: int = 0,
+) -> tuple[subprocess.Popen, tuple[int, ...]]:
+    """Start argv exactly as given (no shell) as leader of a new process group, with the
+    read ends (the caller's to close) of the `pipes` its output goes to: 0, it inherits
+    stdout and stderr; 1, both go to one pipe, whose order is then exactly theirs; 2, one
+    each, stdout first. stdin is always inherited.
 
     The own group lets the whole task be signalled with one killpg() and keeps terminal
-    signals meant for the supervisor away from it; stdin/stdout/stderr are inherited so the
-    user sees the task's output. env None inherits the caller's environment.
+    signals meant for the supervisor away from it. env None inherits the caller's environment.
 
     die_with_parent arms PR_SET_PDEATHSIG (PARENT_DEATH_SIGNAL) between fork and exec. The
     kernel ties it to the *thread* that forked, so spawn from the supervisor's main thread; it
@@ -54,14 +60,29 @@ def spawn(
     if not argv:
         raise ValueError("argv must name a command")
     arm_death_signal = _death_signal_arming(os.getpid()) if die_with_parent else None
+    # Pipes of our own rather than Popen's: their read ends are the supervisor's to close.
+    made = [os.pipe2(os.O_CLOEXEC) for _ in range(pipes)]
+    writers = [write for _, write in made] or [None]
     try:
-        return subprocess.Popen(
-            list(argv), env=env, process_group=0, close_fds=True, preexec_fn=arm_death_signal
+        child = subprocess.Popen(
+            list(argv),
+            env=env,
+            process_group=0,
+            close_fds=True,
+            preexec_fn=arm_death_signal,
+            stdout=writers[0],
+            stderr=writers[-1],
         )
     except OSError as error:
+        for read, _ in made:
+            os.close(read)
         if error.filename is None:  # failed before exec (fork, pipes): not the command's fault
             raise
         raise _launch_error(error, argv[0], env) from error
+    finally:
+        for _, write in made:
+            os.close(write)
+    return child, tuple(read for read, _ in made)
 
 
 def become_subreaper() -> None:

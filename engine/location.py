@@ -36,3 +36,9 @@ def default_feedpath(location: str | os.PathLike[str]) -> Path:
     """Feedback files go beside the database, so one --db keeps a whole setup together."""
     path = Path(location)
     return path.parent / f"{path.stem}-feedback"
+
+
+def default_logdir(location: str | os.PathLike[str]) -> Path:
+    """Task logs go beside the database too, in a folder of their own."""
+    path = Path(location)
+    return path.parent / f"{path.stem}-logs"

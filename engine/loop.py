@@ -2,9 +2,9 @@
 the earliest deadline any of them asks for, and hands each event to its source.
 
 A source is a descriptor to watch (or none) plus a deadline for a look without an event (or
-none), and a handler. The child's pidfd, the signal pipe, the wake socket, the feedback
-file's heartbeat, the kill request in the database and the health clock are sources today;
-a task's output pipes, a notify socket or a database notification channel fit the same shape.
+none), and a handler. The child's pidfd, the signal pipe, the wake socket, the task's output
+pipes, the feedback file's heartbeat, the kill request in the database and the health clock
+are sources today; a notify socket or a database notification channel fit the same shape.
 """
 
 from __future__ import annotations

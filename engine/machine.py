@@ -56,7 +56,6 @@ class TaskState:
         self,
         taskid: int,
         timeout: float | None = None,
-        has_feedback: bool = False,
         *,
         state: Status = Status.RESERVED,
         started_at: float | None = None,
@@ -66,7 +65,6 @@ class TaskState:
             raise ValueError(f"timeout cannot be negative: {timeout}")
         self.taskid = taskid
         self.timeout = timeout or None  # 0 disables the timeout, as with timeout(1)
-        self.has_feedback = has_feedback
         self.started_at = started_at
         self.last_heartbeat = last_heartbeat if last_heartbeat is not None else started_at
         MACHINE.add_model(self, initial=state)
@@ -81,7 +79,7 @@ class TaskState:
         release(self)
 
     def mark_start(self, now: float) -> None:
-        """The heartbeat clock starts at launch, before any feedback file exists."""
+        """The heartbeat clock starts at launch, before any heartbeat came."""
         self.started_at = now
         self.last_heartbeat = now
 
@@ -98,11 +96,8 @@ class TaskState:
         return (now - self.last_heartbeat) / self.timeout
 
     def grade(self, now: float) -> Status:
-        """The health `now`; a task without feedback is RUNNING until its timeout runs out."""
-        graded = health(self.age_fraction(now))
-        if not self.has_feedback and graded is not Status.TIMEOUT:
-            return Status.RUNNING
-        return graded
+        """The health `now`, from the age of the last heartbeat of any source."""
+        return health(self.age_fraction(now))
 
     grades_silent = _grade_is(Status.SILENT)
     grades_stalled = _grade_is(Status.STALLED)

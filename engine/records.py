@@ -36,8 +36,8 @@ class Launch:
     info2: str | None = None
     info3: str | None = None
     timeout: float | None = None
-    has_feedback: bool = False
     feedpath: str | None = None
+    logfile: str | None = None  # None: the output is not captured
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class Ending:
     exitcode: int | None = None
     endtime: float | None = None  # when the task ended; None: when it is archived
     feedback: dict[str, str] | None = None
+    output_tail: str | None = None  # the last lines of the captured output
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Task:
     info2: str | None = None
     info3: str | None = None
     pid: int | None = None
-    feedback: bool = False  # whether it writes feedback
+    feedback: bool = False  # whether it has written feedback
     reservetime: float | None = None
     starttime: float | None = None
     lastupdate: float | None = None
@@ -81,6 +82,7 @@ class Task:
     kill_requested_at: float | None = None
     uid: int | None = None
     token_hash: str | None = None
+    logfile: str | None = None
 
     @property
     def started(self) -> bool:
@@ -121,6 +123,8 @@ class Ended:
     timeout: float | None = None
     killed_by: str | None = None
     command: list[str] | None = field(default=None)
+    logfile: str | None = None
+    output_tail: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """As `twctl history --json` shows it: DESIGN.md's keys first, then the extras."""
@@ -133,13 +137,13 @@ TASK_JSON_KEYS = (
     "taskid", "name", "info1", "info2", "info3", "pid", "status", "feedback", "reservetime",
     "starttime", "duration", "lastupdate", "timer", "timeout", "unique", "host",
     "supervisor_pid", "supervisor_ctime", "pgid", "child_ctime", "heartbeat", "feedpath",
-    "command", "kill_request", "kill_requested_at", "uid", "token_hash",
+    "command", "kill_request", "kill_requested_at", "uid", "token_hash", "logfile",
 )  # fmt: skip
 #: `history --json`: likewise.
 ENDED_JSON_KEYS = (
     "id", "taskid", "taskname", "info1", "info2", "info3", "termsignal", "termerror",
     "exitcode", "outcome", "starttime", "endtime", "duration", "feedback", "reservetime",
-    "host", "pid", "timeout", "killed_by", "command",
+    "host", "pid", "timeout", "killed_by", "command", "logfile", "output_tail",
 )  # fmt: skip
 
 

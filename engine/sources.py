@@ -157,10 +157,11 @@ class Wakeups:
 
 
 class FeedbackHeartbeat:
-    """The feedback file: its modification time is a heartbeat, its content the feedback."""
+    """The feedback file: its content is the feedback and, when it is one of the task's
+    heartbeat sources, its modification time a heartbeat."""
 
-    def __init__(self, feedback: FeedbackFile, reads: bool, recorder: Recorder) -> None:
-        self._feedback, self._reads, self._recorder = feedback, reads, recorder
+    def __init__(self, feedback: FeedbackFile, beats: bool, recorder: Recorder) -> None:
+        self._feedback, self._beats, self._recorder = feedback, beats, recorder
         self._seen: float | None = None  # the last mtime seen, unix seconds
         self._last_look: float | None = None
 
@@ -179,10 +180,11 @@ class FeedbackHeartbeat:
         wall = self._recorder.state.wall()
         if mtime is not None and mtime != self._seen:
             self._seen = mtime
-            when = heartbeat_on_monotonic(mtime, wall, now, since_last_look)
-            self._recorder.state.health.heartbeat(when)
-            self._recorder.beat(mtime)
-        if self._reads and (values := self._feedback.changes(wall)) is not None:
+            if self._beats:
+                self._recorder.heard(
+                    heartbeat_on_monotonic(mtime, wall, now, since_last_look), mtime
+                )
+        if (values := self._feedback.changes(wall)) is not None:
             self._recorder.publish(values)
 
 
@@ -209,6 +211,22 @@ class Health:
             state.stop_for(StopReason.timeout(state.health.timeout))
 
 
+class MaxRuntime:
+    """The wall-clock limit of a task, whatever its heartbeats: timeout(1)'s meaning."""
+
+    def __init__(self, state: Supervision, started: float, seconds: float) -> None:
+        self._state, self._deadline, self._seconds = state, started + seconds, seconds
+
+    def fileno(self) -> int | None:
+        return None
+
+    def deadline(self, now: float) -> float | None:
+        return self._deadline
+
+    def handle(self, now: float) -> None:
+        self._state.stop_for(StopReason.max_runtime(self._seconds))
+
+
 class Recorder:
     """Writes the row: a new grade at once, heartbeats and feedback at most once a second."""
 
@@ -220,8 +238,14 @@ class Recorder:
         self._unpublished: dict[str, str] | None = None
         self._last_write: float | None = None
 
-    def beat(self, mtime: float) -> None:
-        self._beat = mtime
+    def heard(self, when: float, wall: float) -> None:
+        """A heartbeat from any source: `when` on the monotonic clock, `wall` for the row."""
+        self.state.health.heartbeat(when)
+        self._beat = wall
+
+    def output(self, now: float) -> None:
+        """The task wrote output, which counts as a heartbeat now."""
+        self.heard(now, self.state.wall())
 
     def publish(self, values: dict[str, str]) -> None:
         self._unpublished = values
@@ -232,7 +256,7 @@ class Recorder:
     def deadline(self, now: float) -> float | None:
         if self._grade_changed():
             return now
-        if self._beat is None or (self._beat == self._beat_written and self._unpublished is None):
+        if self._beat == self._beat_written and self._unpublished is None:
             return None
         return now if self._last_write is None else self._last_write + HEARTBEAT_CHECK_INTERVAL
 
@@ -242,9 +266,9 @@ class Recorder:
             self._graded = Status(self.state.health.state)
             row.write(row.store.grade, self._graded)
         due = self._last_write is None or now - self._last_write >= HEARTBEAT_CHECK_INTERVAL
-        news = self._beat != self._beat_written or self._unpublished is not None
-        if self._beat is not None and news and due:
-            row.write(row.store.heartbeat, self._beat, self._unpublished)
+        beat = self._beat if self._beat != self._beat_written else None
+        if due and (beat is not None or self._unpublished is not None):
+            row.write(row.store.heartbeat, beat, self._unpublished)
             self._beat_written, self._last_write, self._unpublished = self._beat, now, None
 
     def _grade_changed(self) -> bool:

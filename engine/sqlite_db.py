@@ -1,4 +1,5 @@
-"""One sqlite connection as the store uses it: checked at open, fair on the lock, never WAL.
+"""One sqlite connection as the store uses it: checked at open, fair on the lock, never WAL,
+and watched, without a lock, for the commits of other connections.
 
 Every write is a short `BEGIN IMMEDIATE` transaction (writers queue on the busy timeout
 instead of failing on a lock upgrade); statements outside a transaction wait for the lock in
@@ -34,7 +35,9 @@ class Database:
         self.busy_timeout = busy_timeout()
         self._clock = clock
         self._db = _connect(path, self.busy_timeout)
-        self._journal = JournalGuard(path)
+        descriptor = _sqlite_descriptor(path)
+        self._journal = JournalGuard(path, descriptor)
+        self._changes = ChangeWatch(path, descriptor)
         self._identity = _file_identity(path)
 
     def close(self) -> None:
@@ -81,6 +84,11 @@ class Database:
 
     def row(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         return self.execute(sql, params).fetchone()
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """True once another connection may have committed since the previous call (or since
+        the opening), False after `timeout` seconds; see `ChangeWatch`."""
+        return self._changes.wait(timeout)
 
     def recreate(self) -> None:
         """Drop every table and build the latest schema, in one transaction."""
@@ -131,9 +139,9 @@ class JournalGuard:
     refused. A switch between this check and sqlite's next read is not caught.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, descriptor: int | None) -> None:
         self.path = path
-        self._fd = _sqlite_descriptor(path)
+        self._fd = descriptor
 
     def check(self) -> None:
         """StoreError, touching nothing, when the database is in WAL mode now."""
@@ -145,6 +153,50 @@ class JournalGuard:
 
 
 _WAL_VERSIONS = b"\x02\x02"
+
+#: Seconds between two looks of a ChangeWatch: its reaction time (a look costs a few µs).
+CHANGE_POLL = 0.02
+
+
+class ChangeWatch:
+    """Notices commits of other connections without taking any lock, for waiters.
+
+    A look is one stat of the path (another file put in its place) and a read of sqlite's
+    file change counter (header offset 24, 4 bytes), which every commit in rollback-journal
+    mode increments, from sqlite's own descriptor (see JournalGuard). Half the cost of a
+    `PRAGMA data_version` query (`make bench`), which also takes the shared lock a writer's
+    commit has to wait for; the counter catches the commits a coarse mtime cannot tell apart.
+    """
+
+    def __init__(self, path: Path, descriptor: int | None) -> None:
+        self.path = path
+        self._fd = descriptor
+        self._seen = self._look()
+
+    def wait(self, timeout: float) -> bool:
+        """True as soon as a look differs from the last one taken, False after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            look = self._look()
+            if look != self._seen:
+                self._seen = look
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(CHANGE_POLL, left))
+
+    def _look(self) -> tuple[object, ...]:
+        try:
+            status = os.stat(self.path)
+        except OSError:
+            return ()  # gone: a change once, then nothing more to see
+        seen = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+        try:
+            counter = None if self._fd is None else os.pread(self._fd, 4, 24)
+        except OSError:
+            counter = None
+        return (*seen, counter)
 
 
 def _sqlite_descriptor(path: Path) -> int | None:

@@ -100,6 +100,11 @@ class SqliteReads:
             left -= size
             after = (rows[-1]["endtime"], rows[-1]["id"])
 
+    def wait_for_change(self, timeout: float) -> bool:
+        """True once another connection may have committed since the previous call, False
+        after `timeout` seconds: the file is watched without a lock (`ChangeWatch`)."""
+        return self._db.wait_for_change(timeout)
+
     def _history_page(
         self, where: str, params: tuple[Any, ...], size: int, after: tuple[Any, ...]
     ) -> list[sqlite3.Row]:

@@ -23,7 +23,7 @@ _CREATE_V1 = (
         pid               INTEGER,
         status            TEXT NOT NULL DEFAULT 'RESERVED'
                           CHECK (status IN ('RESERVED', 'RUNNING', 'SILENT', 'STALLED')),
-        feedback          INTEGER NOT NULL DEFAULT 0,          -- 1: the task writes feedback
+        feedback          INTEGER NOT NULL DEFAULT 0,          -- 1: it has written feedback
         reservetime       REAL NOT NULL,
         starttime         REAL,
         duration          REAL,                                -- spec column; computed on read
@@ -35,7 +35,7 @@ _CREATE_V1 = (
         supervisor_ctime  REAL,
         child_ctime       REAL,
         pgid              INTEGER,
-        heartbeat         REAL,                                -- last feedback-file change
+        heartbeat         REAL,                                -- last heartbeat, any source
         feedpath          TEXT,
         command           TEXT,                                -- JSON argv
         kill_request      TEXT,                                -- who asked for the kill
@@ -104,8 +104,15 @@ _OWNERSHIP_V2 = (
     "ALTER TABLE feedbacks_v2 RENAME TO feedbacks",
 )
 
+#: Version 3: the captured output: where its log is, and the end of it kept in history.
+_OUTPUT_V3 = (
+    "ALTER TABLE tasks ADD COLUMN logfile TEXT",  # null: the output is not captured
+    "ALTER TABLE history ADD COLUMN logfile TEXT",
+    "ALTER TABLE history ADD COLUMN output_tail TEXT",  # the last lines of the output
+)
+
 #: MIGRATIONS[n] upgrades a database from version n to n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_CREATE_V1, _OWNERSHIP_V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_CREATE_V1, _OWNERSHIP_V2, _OUTPUT_V3)
 LATEST_VERSION = len(MIGRATIONS)
 TABLES = ("tasks", "feedbacks", "history")
 

@@ -100,8 +100,8 @@ class SqliteStore(SqliteReads):
                 "supervisor_ctime": launch.supervisor_ctime,
                 "host": launch.host,
                 "timeout": launch.timeout,
-                "feedback": launch.has_feedback,
                 "feedpath": launch.feedpath,
+                "logfile": launch.logfile,
                 "command": encode_command(launch.command),
                 "token_hash": launch.token_hash,
                 "uid": launch.uid,
@@ -138,13 +138,21 @@ class SqliteStore(SqliteReads):
             self._update(taskid, token_hash, now, "status = ?", status)
 
     def heartbeat(
-        self, taskid: int, token_hash: str, when: float, feedback: dict[str, str] | None = None
+        self,
+        taskid: int,
+        token_hash: str,
+        when: float | None,
+        feedback: dict[str, str] | None = None,
     ) -> None:
-        """The latest heartbeat (the timer counts from it, never backwards) and, when given,
-        the feedback the supervisor parsed, published for every reader, in one transaction."""
+        """The latest heartbeat (the timer counts from it, never backwards; None: none new)
+        and, when given, the feedback the supervisor parsed, published for every reader and
+        marking the task as one that has written feedback, in one transaction."""
         with self._owned(taskid, token_hash) as now:
-            assignment = "heartbeat = max(coalesce(heartbeat, ?), ?)"
-            self._update(taskid, token_hash, now, assignment, when, when)
+            assignment = "heartbeat = max(coalesce(heartbeat, ?), ?)" if when is not None else ""
+            if feedback is not None:
+                assignment = ", ".join(filter(None, [assignment, "feedback = 1"]))
+            beat = (when, when) if when is not None else ()
+            self._update(taskid, token_hash, now, assignment or "heartbeat = heartbeat", *beat)
             if feedback is not None:
                 self._db.execute(
                     "INSERT INTO feedbacks (id, feedback, lastupdate) VALUES (?, ?, ?)"
@@ -214,26 +222,37 @@ class SqliteStore(SqliteReads):
         return expired
 
     def clear_history(
-        self, before: float | None = None, *, progress: Callable[[int], None] | None = None
+        self,
+        before: float | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+        logs: Callable[[list[tuple[int, str]]], None] | None = None,
     ) -> int:
         """Delete history rows that ended before `before` (all without it); returns how many.
 
         In batches of BATCH_ROWS, each its own transaction, so tasks ending meanwhile are
         recorded between two batches. Not one transaction, then: interrupted, it leaves
         history consistent with part of the rows gone, and running it again finishes.
-        `progress` hears the running total after each batch.
+        `progress` hears the running total after each batch; `logs` the (taskid, logfile)
+        of the batch's rows that had a log, once the batch is committed, so that the files go
+        only with rows surely gone.
         """
         condition, params = ("", ()) if before is None else ("WHERE endtime < ?", (before,))
-        batch = f"DELETE FROM history WHERE id IN (SELECT id FROM history {condition} LIMIT ?)"
+        batch = (
+            f"DELETE FROM history WHERE id IN (SELECT id FROM history {condition} LIMIT ?)"
+            " RETURNING taskid, logfile"
+        )
         removed = 0
         while True:
             started = time.monotonic()
             with self._db.transaction():
-                deleted = self._db.execute(batch, (*params, BATCH_ROWS)).rowcount
-            removed += deleted
+                deleted = self._db.rows(batch, (*params, BATCH_ROWS))
+            removed += len(deleted)
             if progress is not None and deleted:
                 progress(removed)
-            if deleted < BATCH_ROWS:
+            if logs is not None and deleted:
+                logs([(row["taskid"], row["logfile"]) for row in deleted if _text_log(row)])
+            if len(deleted) < BATCH_ROWS:
                 return removed
             monotonic_pause(started)
 
@@ -309,6 +328,7 @@ class SqliteStore(SqliteReads):
                 "starttime": started, "endtime": endtime,
                 "duration": 0.0 if started is None else max(0.0, endtime - started),
                 "feedback": orjson.dumps(feedback), "killed_by": killed_by,
+                "logfile": task.logfile, "output_tail": ending.output_tail,
             },
         )  # fmt: skip
         self._db.execute("DELETE FROM tasks WHERE id = ?", (task.taskid,))
@@ -351,6 +371,12 @@ class SqliteStore(SqliteReads):
         )
         if holder is not None:
             raise UniqueConflict(name, holder["id"])
+
+
+def _text_log(row: Any) -> bool:
+    """Whether a history row names a log as twrun records one: an integer id, a text path
+    (an edited row may hold anything)."""
+    return type(row["taskid"]) is int and isinstance(row["logfile"], str)
 
 
 def _status(value: Status | str) -> Status:

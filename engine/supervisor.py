@@ -1,10 +1,11 @@
 """Supervised execution: claim a reservation, launch the task, supervise it, archive it.
 
-The supervision is a loop over event sources (`engine.loop`, `engine.sources`): the child's
-exit, signals, wake-ups and the kill request, the feedback file's heartbeat, the health
-clock. It sleeps in poll() until the next event or deadline: an idle task costs, per second,
-a stat() of its feedback file and one read of its row (the kill-request check that still
-works when `twctl kill` cannot wake this process: another host, another namespace).
+The supervision is a loop over event sources (`engine.loop`, `engine.sources`,
+`engine.capture`): the child's exit, signals, wake-ups and the kill request, the task's output
+pipes, the feedback file, the health clock and the maximum runtime. It sleeps in poll()
+until the next event or deadline: an idle task costs, per second, a stat() of its feedback
+file and one read of its row (the kill-request check that still works when `twctl kill`
+cannot wake this process: another host, another namespace).
 """
 
 from __future__ import annotations
@@ -19,38 +20,35 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 from taskwatcher.engine import loop, ownership, process
+from taskwatcher.engine.capture import Capture
 from taskwatcher.engine.errors import (
-    FeedpathUnusable,
     LaunchError,
     NotReserved,
-    ReservationRequired,
     StoreError,
     SupervisorUnusable,
     UnknownTask,
 )
 from taskwatcher.engine.feedbackfile import (
-    FEEDBACK_FLAG,
     FeedbackFile,
-    default_folder,
     feedback_elsewhere,
     feedback_name,
-    given_folder,
 )
 from taskwatcher.engine.lifecycle import Status
-from taskwatcher.engine.location import default_feedpath
 from taskwatcher.engine.machine import TaskState, release
+from taskwatcher.engine.output import log_name
 from taskwatcher.engine.records import Launch
+from taskwatcher.engine.request import Heartbeat, LaunchRequest
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox, watched_stop_signals
 from taskwatcher.engine.sources import (
     ChildExit,
     FeedbackHeartbeat,
     Health,
     KillRequests,
+    MaxRuntime,
     Reaper,
     Recorder,
     Signals,
@@ -59,6 +57,7 @@ from taskwatcher.engine.sources import (
 )
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED, StopReason, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store
+from taskwatcher.engine.taskfiles import feedback_folder, log_folder, make_feedback_file, make_log
 from taskwatcher.engine.taskrow import TaskRow
 from taskwatcher.engine.wakeup import WakeSocket
 from taskwatcher.grammar.errors import TaskwatcherError
@@ -68,37 +67,6 @@ log = logging.getLogger(__name__)
 #: File descriptors a supervisor may hold at once (database and journal, signal pipe, wake
 #: socket, pidfds, the feedback file, /proc entries, the launch's pipe), with a margin.
 DESCRIPTORS_NEEDED = 10
-#: Seconds between SIGTERM and SIGKILL when a task is stopped (supervisord's stopwaitsecs idea).
-DEFAULT_GRACE = 5.0
-
-
-@dataclass(frozen=True)
-class LaunchRequest:
-    """Everything `twrun` was asked to do, before anything is touched."""
-
-    argv: Sequence[str]
-    taskid: int | None = None
-    name: str | None = None
-    info1: str | None = None
-    info2: str | None = None
-    info3: str | None = None
-    feedpath: Path | None = None
-    timeout: float | None = None
-    grace: float = DEFAULT_GRACE
-    keep_feedback: bool = False
-
-    @property
-    def expects_feedback(self) -> bool:
-        """The spec's rule: `--feedback` in the command, or a feedback folder given to twrun."""
-        marked = any(
-            arg == FEEDBACK_FLAG or arg.startswith(FEEDBACK_FLAG + "=") for arg in self.argv
-        )
-        return marked or self.feedpath is not None
-
-    @property
-    def heartbeat_timeout(self) -> float | None:
-        """The timeout applies to the heartbeat, so a task without feedback has none; 0 is none."""
-        return (self.timeout or None) if self.expects_feedback else None
 
 
 def run_task(
@@ -120,19 +88,21 @@ def run_task(
     taskid = reservation.taskid
     token = ownership.new_token()
     with ExitStack() as resources:
-        row, feedback_file, inbox, wake = _claim(store, request, reservation, token, resources)
-        feedback = FeedbackFile(feedback_file)
-        _make_feedback_file(row, request, feedback)
-        if warning := feedback_elsewhere(request.argv, feedback_file):
+        claimed = _claim(store, request, reservation, token, resources)
+        row, inbox, wake = claimed.row, claimed.inbox, claimed.wake
+        feedback = make_feedback_file(row, request, claimed.feedback_file)
+        capture = make_log(row, request, claimed.logfile)
+        if feedback is not None and (warning := feedback_elsewhere(request.argv, feedback.path)):
             log.warning("%s", warning)
-        child = _launch(row, request, _child_env(request, taskid, feedback_file, token))
+        env = _child_env(request, taskid, feedback and feedback.path, token)
+        child, pipes = _launch(row, request, env)
         leader = process.identity_of(child.pid)
         row.write(store.set_child, child.pid, leader and leader.create_time)
-        health = TaskState(taskid, request.heartbeat_timeout, request.expects_feedback)
+        health = TaskState(taskid, request.heartbeat_timeout)
         health.start(monotonic())
         state = Supervision(health, row, clock)
         try:
-            _supervise(child, inbox, wake, state, feedback, request.expects_feedback, monotonic)
+            _supervise(child, inbox, wake, state, feedback, request, capture, pipes, monotonic)
         finally:  # whatever went wrong, none of the task's processes outlive supervision
             stopped = _stop_everything(child, leader, state.stop, request.grace)
             release(health)
@@ -141,13 +111,14 @@ def run_task(
         # must not kill twrun before the end it saw is recorded.
         last_signal = stopped.last_signal if stopped is not None and state.stop else None
         end = end_of_task(taskid, state.stop, child.returncode, last_signal)
-        final, incomplete = feedback.final() if request.expects_feedback else (None, None)
+        tail = capture.finish() if capture is not None else None
+        final, incomplete = feedback.final() if feedback is not None else (None, None)
         notes = _denied(stopped)
         if incomplete:
             notes.append(f"final feedback incomplete: {incomplete}")
         end = dataclasses.replace(end, endtime=ended_at, termerror=_noted(end.termerror, notes))
-        row.archive(end, final)  # when this fails the feedback file stays: all that is left
-    if not request.keep_feedback:
+        row.archive(end, final, tail)  # when this fails the feedback file stays: all that is left
+    if feedback is not None and not request.keep_feedback:
         feedback.remove()
     return end
 
@@ -175,12 +146,16 @@ class _Reservation(NamedTuple):
 
 
 def _find_reservation(store: Store, request: LaunchRequest) -> _Reservation:
-    """The reserved id to run under, or a fresh one for a task without feedback."""
+    """The reserved id to run under, or one reserved here when none was given."""
     name = request.name or _default_name(request.argv)
     if request.taskid is None:
-        if request.expects_feedback:
-            raise ReservationRequired("this task writes feedback: it needs a reserved task id")
-        taskid = store.reserve(name, info1=request.info1, info2=request.info2, info3=request.info3)
+        taskid = store.reserve(
+            name,
+            unique=request.unique,
+            info1=request.info1,
+            info2=request.info2,
+            info3=request.info3,
+        )
         return _Reservation(taskid, name, made_here=True)
     task = store.get_task(request.taskid)
     if task is None:
@@ -193,13 +168,23 @@ def _find_reservation(store: Store, request: LaunchRequest) -> _Reservation:
     return _Reservation(request.taskid, request.name or task.name or name, made_here=False)
 
 
+class _Claimed(NamedTuple):
+    """What a claimed task is supervised with: its row, where its files go, its inboxes."""
+
+    row: TaskRow
+    feedback_file: Path | None
+    logfile: Path | None
+    inbox: SignalInbox
+    wake: WakeSocket
+
+
 def _claim(
     store: Store,
     request: LaunchRequest,
     reservation: _Reservation,
     token: str,
     resources: ExitStack,
-) -> tuple[TaskRow, Path, SignalInbox, WakeSocket]:
+) -> _Claimed:
     """Everything before the launch that may fail, ending with the claim of the reservation.
 
     The signal inbox and the wake socket live in `resources` until the task is archived. A
@@ -209,10 +194,14 @@ def _claim(
     try:
         inbox = resources.enter_context(SignalInbox([*watched_stop_signals(), KILL_REQUEST_SIGNAL]))
         wake = resources.enter_context(WakeSocket(ownership.token_digest(token)))
-        feedback_file = _feedback_folder(store, request) / feedback_name(reservation.taskid)
+        folders = feedback_folder(store, request), log_folder(store, request)
+        feedback_file, logfile = (
+            None if folder is None else folder / name(reservation.taskid)
+            for folder, name in zip(folders, (feedback_name, log_name), strict=True)
+        )
         row = TaskRow(store, reservation.taskid, ownership.token_digest(token))
         process.become_subreaper()
-        _claim_start(row, request, reservation.name, feedback_file, token)
+        _claim_start(row, request, reservation.name, (feedback_file, logfile), token)
     except BaseException as error:
         if reservation.made_here:
             reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
@@ -220,17 +209,21 @@ def _claim(
         if isinstance(error, OSError) and not isinstance(error, TaskwatcherError):
             raise SupervisorUnusable(f"cannot prepare the supervision: {error.strerror}") from None
         raise
-    return row, feedback_file, inbox, wake
+    return _Claimed(row, feedback_file, logfile, inbox, wake)
 
 
-def _launch(row: TaskRow, request: LaunchRequest, env: dict[str, str]) -> subprocess.Popen:
-    """Start the command; a command that cannot start is archived FAILED before raising.
+def _launch(
+    row: TaskRow, request: LaunchRequest, env: dict[str, str]
+) -> tuple[subprocess.Popen, tuple[int, ...]]:
+    """Start the command, with the read ends of its output pipes: none uncaptured, one for
+    both streams when only logged (their order kept exactly), one each when teed. A
+    command that cannot start is archived FAILED before raising.
 
     LaunchError says 126 or 127 for the command's own fault, 125 when twrun could not even
     fork (too many processes or descriptors).
     """
     try:
-        return process.spawn(request.argv, env)
+        return process.spawn(request.argv, env, pipes=request.output.pipes)
     except process.LaunchError as error:
         failure = error
     except OSError as error:
@@ -263,46 +256,12 @@ def _cancel_reservation(store: Store, taskid: int, reason: str) -> None:
         log.warning("task %s: cannot cancel its reservation: %s", taskid, error)
 
 
-def _feedback_folder(store: Store, request: LaunchRequest) -> Path:
-    """The folder of the task's feedback file: given, or the one beside the database.
-
-    The default folder is required only for a task that writes feedback: for one that does
-    not it is made when it can be (its program may still use $TASKWATCHER_FEEDBACK), but a
-    folder it never needs must not stop it.
-    """
-    if request.feedpath is not None:
-        return given_folder(request.feedpath)
-    try:
-        return default_folder(default_feedpath(store.location))
-    except FeedpathUnusable as error:
-        if request.expects_feedback:
-            raise
-        log.info("%s (the task writes no feedback)", error)
-        return default_feedpath(store.location)
-
-
-def _make_feedback_file(row: TaskRow, request: LaunchRequest, feedback: FeedbackFile) -> None:
-    """Create the file once the claim made the id ours, before anything is launched.
-
-    Before the claim the file may be the live one of a twrun that won the same id. When it
-    cannot be made, a task that writes feedback ends FAILED in history, with nothing launched.
-    """
-    try:
-        feedback.create()
-    except FeedpathUnusable as error:
-        if not request.expects_feedback:
-            log.info("%s (the task writes no feedback)", error)
-            return
-        row.archive(TaskEnd(row.taskid, Status.FAILED, SUPERVISOR_FAILED, None, str(error)), None)
-        raise
-
-
 def _default_name(argv: Sequence[str]) -> str:
     return os.path.basename(argv[0]) if argv else "task"
 
 
 def _child_env(
-    request: LaunchRequest, taskid: int, feedback_file: Path, token: str
+    request: LaunchRequest, taskid: int, feedback_file: Path | None, token: str
 ) -> dict[str, str]:
     """The parent's environment plus where and how often the task should report.
 
@@ -312,14 +271,21 @@ def _child_env(
     env = dict(os.environ)
     env[ownership.TOKEN_VARIABLE] = token
     env["TASKWATCHER_TASKID"] = str(taskid)
-    env["TASKWATCHER_FEEDBACK"] = str(feedback_file)
+    if feedback_file is not None:
+        env["TASKWATCHER_FEEDBACK"] = str(feedback_file)
+    else:  # not one inherited from an enclosing task either
+        env.pop("TASKWATCHER_FEEDBACK", None)
     timeout = request.heartbeat_timeout
     env["TASKWATCHER_TIMEOUT"] = f"{timeout:g}" if timeout else "0"
     return env
 
 
 def _claim_start(
-    row: TaskRow, request: LaunchRequest, name: str, feedback_file: Path, token: str
+    row: TaskRow,
+    request: LaunchRequest,
+    name: str,
+    files: tuple[Path | None, Path | None],
+    token: str,
 ) -> None:
     """Mark the reservation RUNNING under this supervisor before anything is launched.
 
@@ -329,6 +295,7 @@ def _claim_start(
     """
     supervisor = process.identity_of(os.getpid())
     assert supervisor is not None  # this very process
+    feedback_file, logfile = files
     launch = Launch(
         supervisor_pid=supervisor.pid,
         supervisor_ctime=supervisor.create_time,
@@ -341,8 +308,8 @@ def _claim_start(
         info2=request.info2,
         info3=request.info3,
         timeout=request.heartbeat_timeout,
-        has_feedback=request.expects_feedback,
-        feedpath=str(feedback_file),
+        feedpath=None if feedback_file is None else str(feedback_file),
+        logfile=None if logfile is None else str(logfile),
     )
     row.store.claim(row.taskid, launch)
 
@@ -352,25 +319,38 @@ def _supervise(
     inbox: SignalInbox,
     wake: WakeSocket,
     state: Supervision,
-    feedback: FeedbackFile,
-    reads_feedback: bool,
+    feedback: FeedbackFile | None,
+    request: LaunchRequest,
+    capture: Capture | None,
+    pipes: tuple[int, ...],
     monotonic: Callable[[], float],
 ) -> None:
     """Run the loop over the task's event sources until the child exits or must be stopped."""
     recorder = Recorder(state)
     requests = KillRequests(state)
+    if capture is not None:
+        beat = recorder.output if Heartbeat.OUTPUT in request.heartbeat else None
+        for task_fd, own_fd in zip(pipes, (1, 2), strict=False):
+            capture.watch(task_fd, own_fd, beat)
+    heartbeats = (
+        [FeedbackHeartbeat(feedback, Heartbeat.FEEDBACK in request.heartbeat, recorder)]
+        if feedback is not None
+        else []
+    )
     with process.ChildWatch(child) as child_watch:
-        heartbeat = FeedbackHeartbeat(feedback, reads_feedback, recorder)
-        sources = [
+        sources: list[loop.Source] = [
             ChildExit(child, child_watch, state),
             Signals(inbox, requests, state),
             Wakeups(wake, requests),
+            *(capture.sources if capture is not None else ()),
             requests,
-            heartbeat,
-            Health(recorder, [heartbeat]),
+            *heartbeats,
+            Health(recorder, heartbeats),
             recorder,
             Reaper(child),
         ]
+        if request.max_runtime:
+            sources.append(MaxRuntime(state, monotonic(), request.max_runtime))
         loop.run(sources, lambda: state.over, monotonic)
 
 

@@ -41,12 +41,15 @@ class TaskRow:
         """Who asked for the task to be killed, if anyone (and the row is still its own)."""
         return self._attempt(self.store.kill_request, self.taskid, self.token_hash)
 
-    def archive(self, end: TaskEnd, feedback: dict[str, str] | None) -> None:
+    def archive(
+        self, end: TaskEnd, feedback: dict[str, str] | None, output_tail: str | None = None
+    ) -> None:
         """Move the row to history; NotRecorded, saying how the task ended, when that fails."""
         if self.lost is not None:
             raise not_recorded(end, self.lost)
+        ending = end.ending(feedback, output_tail)
         try:
-            self.store.archive(self.taskid, end.ending(feedback), token_hash=self.token_hash)
+            self.store.archive(self.taskid, ending, token_hash=self.token_hash)
         except (RowLost, StoreError) as error:
             raise not_recorded(end, str(error)) from error
         except Exception as error:  # a damaged row: say how the task ended all the same

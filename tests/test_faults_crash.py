@@ -92,7 +92,7 @@ def test_archive_killed_at_every_statement_leaves_one_row(db_path: Path, tmp_pat
 
         def started_task() -> int:
             taskid = store.reserve("victim")
-            claim(store, taskid, pid=1, has_feedback=True)
+            claim(store, taskid, pid=1)
             store.heartbeat(taskid, TOKEN_HASH, time.time(), feedback={"step": "last"})
             return taskid
 

@@ -35,8 +35,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from taskwatcher.engine import control, housekeeping
 from taskwatcher.engine.errors import UniqueConflict, UnknownTask
 from taskwatcher.engine.lifecycle import FINAL_STATUSES, TRANSITIONS, Status
+from taskwatcher.engine.request import LaunchRequest
 from taskwatcher.engine.store import Store, open_store
-from taskwatcher.engine.supervisor import LaunchRequest, run_task
+from taskwatcher.engine.supervisor import run_task
 from tests.helpers import wait_for
 
 RESERVATION_TTL = 600.0

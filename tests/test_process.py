@@ -88,7 +88,7 @@ import psutil
 from taskwatcher.engine import process
 process.become_subreaper()
 pidfile = sys.argv[2]
-child = process.spawn([sys.executable, "-c", sys.argv[1], pidfile], None)
+child, _ = process.spawn([sys.executable, "-c", sys.argv[1], pidfile], None)
 leader = process.identity_of(child.pid)
 child.wait()
 daemon = process.identity_of(int(open(pidfile).read()))
@@ -107,7 +107,7 @@ print(json.dumps(report))
 PARENT_OF_SLEEP = """\
 import sys, time
 from taskwatcher.engine.process import spawn
-child = spawn(["sleep", "60"], None, die_with_parent=sys.argv[1] == "yes")
+child, _ = spawn(["sleep", "60"], None, die_with_parent=sys.argv[1] == "yes")
 print(child.pid, flush=True)
 time.sleep(60)
 """
@@ -134,7 +134,7 @@ def launch() -> Iterator[Callable[..., subprocess.Popen]]:
     started: list[tuple[subprocess.Popen, ProcessIdentity | None]] = []
 
     def start(argv: list[str], env: dict[str, str] | None = None, **options) -> subprocess.Popen:
-        child = spawn(argv, env, **options)
+        child, _ = spawn(argv, env, **options)
         started.append((child, identity_of(child.pid)))
         return child
 

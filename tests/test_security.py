@@ -42,7 +42,8 @@ def files_under(folder: Path) -> set[str]:
 
 
 def test_names_and_info_never_reach_the_filesystem(tmp_path: Path) -> None:
-    """The only path derived for a task is feedback_<integer id>.log; no shell reads a name."""
+    """The only paths derived for a task are feedback_<id>.log and task_<id>.log, from its
+    integer id; no shell reads a name."""
     db = tmp_path / "deep" / "er" / "tasks.db"
     work = tmp_path / "work"
     work.mkdir()
@@ -59,8 +60,10 @@ def test_names_and_info_never_reach_the_filesystem(tmp_path: Path) -> None:
     assert list(work.iterdir()) == []
     feedback_files = {f"deep/er/tasks-feedback/feedback_{n}.log" for n in range(1, 7)}
     database_files = {"deep", "deep/er", "deep/er/tasks.db", "deep/er/tasks.db-journal"}
-    database_files.add("deep/er/tasks-feedback")
-    assert files_under(tmp_path) - {"work"} == database_files | feedback_files
+    database_files |= {"deep/er/tasks-feedback", "deep/er/tasks-logs"}
+    logs = {f"deep/er/tasks-logs/task_{n}.log" for n in range(1, 7)}
+    written = {path for path in files_under(tmp_path) if not path.startswith("cache")}
+    assert written - {"work"} == database_files | feedback_files | logs
 
 
 def mode(path: Path) -> int:

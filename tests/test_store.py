@@ -58,7 +58,6 @@ def launch(store: Store, taskid: int, **overrides) -> None:
         "supervisor_ctime": T0 - 2,
         "host": "box",
         "timeout": 30.0,
-        "has_feedback": True,
         "feedpath": "/tmp/feedback_1.log",
         "command": ["sleep", "a b"],
     }
@@ -243,9 +242,19 @@ def test_start_records_the_launch(store, clock):
     assert (row.name, row.info1, row.info2) == ("job", "reserved", "given")
     assert (row.pid, row.pgid, row.supervisor_pid, row.host) == (4242, 4242, 4241, "box")
     assert (row.child_ctime, row.supervisor_ctime) == (T0 - 1, T0 - 2)
-    assert row.feedback is True and row.timeout == 30
+    assert row.feedback is False and row.timeout == 30  # no feedback written yet
     assert row.command == ["sleep", "a b"]
     assert row.token_hash == TOKEN_HASH
+
+
+def test_feedback_marks_the_task_as_one_that_wrote_some(store):
+    taskid = started(store)
+    store.heartbeat(taskid, TOKEN_HASH, T0 + 1)
+    assert store.get_task(taskid).feedback is False  # a heartbeat alone is no feedback
+    store.heartbeat(taskid, TOKEN_HASH, None, {"progress": "1"})
+    row = store.get_task(taskid)
+    assert (row.feedback, row.heartbeat) == (True, T0 + 1)  # no new heartbeat: kept
+    assert store.load_feedback(taskid) == {"progress": "1"}
 
 
 def test_start_names_an_anonymous_reservation(store):
@@ -554,7 +563,7 @@ def test_reinitialize_never_reuses_task_ids(db_path):
 
 
 def test_final_feedback_is_null_only_for_tasks_that_published_none(store):
-    quiet = started(store, "quiet", has_feedback=False)
+    quiet = started(store, "quiet")
     finish(store, quiet, Status.COMPLETED)
     silent = started(store, "silent")
     finish(store, silent, Status.COMPLETED)

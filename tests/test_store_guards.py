@@ -37,7 +37,7 @@ def task_in(store: Store, status: Status) -> int:
     """A task recorded in `status`, reached the way a supervisor reaches it."""
     taskid = store.reserve("guarded")
     if status != Status.RESERVED:
-        claim(store, taskid, has_feedback=True, timeout=10)
+        claim(store, taskid, timeout=10)
     if status == Status.STALLED:
         store.grade(taskid, TOKEN_HASH, Status.STALLED)
     elif status == Status.SILENT:

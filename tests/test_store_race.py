@@ -52,7 +52,7 @@ for _ in range(25):
     token_hash = token_digest(new_token())
     store.claim(taskid, Launch(
         supervisor_pid=os.getpid(), supervisor_ctime=created, host=socket.gethostname(),
-        token_hash=token_hash, uid=os.getuid(), timeout=5, has_feedback=True,
+        token_hash=token_hash, uid=os.getuid(), timeout=5,
     ))
     store.set_child(taskid, token_hash, os.getpid(), created)
     store.heartbeat(taskid, token_hash, time.time())

@@ -400,7 +400,7 @@ def test_feedback_of_a_task_archived_while_reading(
 ) -> None:
     with open_store(db_path) as store:
         taskid = store.reserve("ending")
-        token_hash = claim(store, taskid, host="elsewhere", has_feedback=True)
+        token_hash = claim(store, taskid, host="elsewhere")
         store.heartbeat(taskid, token_hash, store.now(), feedback={"progress": "6"})
         load = store.load_feedback
 

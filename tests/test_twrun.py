@@ -118,14 +118,14 @@ def test_keep_feedback_leaves_the_file(db_path: Path, tmp_path: Path) -> None:
     assert (tmp_path / f"feedback_{taskid}.log").read_text() == "[k]v\n"
 
 
-def test_feedback_without_reservation_launches_nothing(db_path: Path, tmp_path: Path) -> None:
-    marker = tmp_path / "ran"
-    result = run_cli("twrun", "--db", db_path, "--", "touch", marker, "--feedback")
-    assert result.returncode == 125
-    assert "reserve" in result.stderr
-    assert not marker.exists()
+def test_a_task_that_writes_feedback_needs_no_reservation(db_path: Path) -> None:
+    """twrun reserves an id itself; the task finds its file in $TASKWATCHER_FEEDBACK."""
+    script = 'echo "[progress]50" > "$TASKWATCHER_FEEDBACK"'
+    result = run_cli("twrun", "--db", db_path, "--", "sh", "-c", script, "sh", "--feedback")
+    assert result.returncode == 0, result.stderr
     with open_store(db_path) as store:
-        assert store.list_tasks() == [] and store.history() == []
+        (record,) = store.history()
+    assert (record.outcome, record.feedback) == ("COMPLETED", {"progress": "50"})
 
 
 @pytest.mark.parametrize("taskid", ["999", "expired"])
@@ -233,12 +233,13 @@ def test_kill_request_through_the_store(db_path: Path, tmp_path: Path) -> None:
     assert record.termerror == "killed on request by tester@here"
 
 
-def test_timeout_ignored_without_feedback(db_path: Path) -> None:
-    result = run_cli("twrun", "--db", db_path, "--timeout", "0.2", "--", "sleep", "0.6")
-    assert result.returncode == 0, result.stderr
-    assert "ignored" in result.stderr
+def test_timeout_applies_to_a_task_that_writes_no_feedback(db_path: Path) -> None:
+    """The spec's timeout: no heartbeat (feedback by default) for that long kills the task."""
+    result = run_cli("twrun", "--db", db_path, "--timeout", "0.5", "--", "sleep", "30")
+    assert result.returncode == 124, result.stderr
     (record,) = open_store(db_path).history()
-    assert record.outcome == "COMPLETED"
+    assert (record.outcome, record.termerror) == ("TIMEOUT", "no heartbeat for 0.5 s")
+    assert record.duration < 10
 
 
 def test_leftover_background_process_is_stopped(db_path: Path, tmp_path: Path) -> None:
@@ -257,3 +258,21 @@ def test_usage_error_is_125(db_path: Path) -> None:
     assert result.returncode == 125
     assert "Traceback" not in result.stderr
     assert os.path.exists(db_path) is False
+
+
+def test_unique_reserves_the_name_itself_and_refuses_a_name_held(db_path: Path) -> None:
+    holder = reserve(db_path, "--name", "nightly", "--unique")
+    refused = run_cli("twrun", "--db", db_path, "--unique", "--name", "nightly", "--", "true")
+    assert refused.returncode == 125
+    assert f"task {holder}" in refused.stderr and "nightly" in refused.stderr
+    assert run_cli("twctl", "--db", db_path, "kill", holder).returncode == 0
+    ran = run_cli("twrun", "--db", db_path, "--unique", "--name", "nightly", "--", "true")
+    assert ran.returncode == 0, ran.stderr
+    assert history(db_path, int(holder) + 1).taskname == "nightly"
+
+
+@pytest.mark.parametrize("words", [["--unique"], ["--unique", "--name", "x", "--taskid", "1"]])
+def test_unique_needs_a_name_and_no_reserved_id(db_path: Path, words: list[str]) -> None:
+    result = run_cli("twrun", "--db", db_path, *words, "--", "true")
+    assert result.returncode == 125
+    assert result.stderr == "twrun: a unique task needs a name, and no reserved id\n"

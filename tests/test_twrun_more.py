@@ -13,11 +13,12 @@ from taskwatcher.engine.feedbackfile import feedback_elsewhere
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.machine import TaskState
 from taskwatcher.engine.records import Launch
+from taskwatcher.engine.request import LaunchRequest
 from taskwatcher.engine.sources import HEARTBEAT_CHECK_INTERVAL, heartbeat_on_monotonic
 from taskwatcher.engine.sqlite_store import SqliteStore
 from taskwatcher.engine.stopping import StopReason, end_of_task
 from taskwatcher.engine.store import open_store
-from taskwatcher.engine.supervisor import LaunchRequest, run_task
+from taskwatcher.engine.supervisor import run_task
 from tests.helpers import run_cli, start_cli, wait_for
 from tests.run_helpers import PY, history, live_row, reserve
 
@@ -156,13 +157,13 @@ def test_heartbeat_placed_on_the_monotonic_clock(
 
 def test_after_a_pause_a_write_is_judged_by_its_real_age() -> None:
     """Stopped 10 s (SIGSTOP) with a 3 s timeout: a write made 9 s ago is 9 s old, not 1."""
-    with TaskState(1, timeout=3.0, has_feedback=True) as task:
+    with TaskState(1, timeout=3.0) as task:
         task.start(100.0)
         woke = 110.0  # the supervisor looked last at 100.0
         task.heartbeat(heartbeat_on_monotonic(1001.0, 1010.0, woke, since_last_look=10.0))
         task.tick(woke)
         assert task.state is Status.TIMEOUT
-    with TaskState(2, timeout=3.0, has_feedback=True) as task:  # without the pause: alive
+    with TaskState(2, timeout=3.0) as task:  # without the pause: alive
         task.start(109.0)
         task.heartbeat(heartbeat_on_monotonic(1009.5, 1010.0, 110.0, since_last_look=1.0))
         task.tick(110.0)

@@ -1,0 +1,205 @@
+"""A task's captured output: one log file in order of arrival, rotated once at its limit, a
+copy to the supervisor's own stdout/stderr, and the end of it for history.
+
+The supervision loop only reads the task's pipes and hands the bytes on: every write (to the
+log, which may sit on a slow disk, and to twrun's stdout, whose reader may be slow) happens in
+a thread of its own with a bounded backlog. A full backlog stops the loop reading that pipe,
+so the task meets the same back-pressure as writing to a slow reader directly, at most one
+pipe buffer later, and no deadline of the loop ever waits on a write.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from taskwatcher.engine.errors import FeedpathUnusable
+
+#: Bytes a writer may have waiting before the loop stops reading the pipes that feed it.
+BACKLOG_LIMIT = 4 * 1024 * 1024
+#: The most a writer joins into one write.
+WRITE_SIZE = 1024 * 1024
+#: What history keeps of the output: its last lines, and at most this many bytes of them.
+TAIL_LINES = 20
+TAIL_BYTES = 8 * 1024
+#: The default size of a log file; past it the log rotates once to `.log.1`.
+DEFAULT_LOG_MAX_BYTES = 16 * 1024 * 1024
+#: Seconds the end of a task waits for its log, then for the copy to twrun's own output.
+LOG_FLUSH_TIMEOUT = 10.0
+TEE_FLUSH_TIMEOUT = 1.0
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_APPEND
+
+
+def log_name(taskid: int) -> str:
+    """`task_<id>.log`: the only part of a log's path derived for a task, from an integer."""
+    return f"task_{int(taskid)}.log"
+
+
+def rotated(path: Path) -> Path:
+    """Where a log goes when it reaches its limit: `task_<id>.log.1`."""
+    return path.with_name(path.name + ".1")
+
+
+class LogFile:
+    """A task's log, written by its writer thread alone; at most `max_bytes` in each of the
+    current file and the one rotated before it."""
+
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_LOG_MAX_BYTES) -> None:
+        if max_bytes < 1:
+            raise ValueError("a log needs room for at least one byte")
+        self.path = path
+        self.max_bytes = max_bytes
+        self._fd: int | None = None
+        self._size = 0
+
+    def create(self) -> None:
+        """Remove leftovers of an earlier task of the same id, then make the file anew:
+        0600, ours, never through a link. FeedpathUnusable when that fails."""
+        try:
+            for leftover in (self.path, rotated(self.path)):
+                leftover.unlink(missing_ok=True)
+            self._fd = os.open(self.path, _CREATE_FLAGS, 0o600)
+        except OSError as error:
+            raise FeedpathUnusable(f"cannot create the log {self.path}: {error.strerror}") from None
+
+    def write(self, data: bytes) -> None:
+        """Append, rotating once the file is full, so the two files never exceed the limit."""
+        view = memoryview(data)
+        while view:
+            if self._size >= self.max_bytes:
+                self._rotate()
+            room = self.max_bytes - self._size
+            written = os.write(self._descriptor(), view[:room])
+            self._size += written
+            view = view[written:]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _rotate(self) -> None:
+        os.close(self._descriptor())
+        self._fd = None
+        os.replace(self.path, rotated(self.path))
+        self._fd = os.open(self.path, _CREATE_FLAGS, 0o600)
+        self._size = 0
+
+    def _descriptor(self) -> int:
+        if self._fd is None:
+            raise OSError(f"{self.path} is closed")
+        return self._fd
+
+
+class Writer:
+    """A thread that writes what it is given, in order, so the caller never waits on a write.
+
+    Once a write fails the writer keeps the error, drops what is left and takes nothing more.
+    `wake` is called (from the writer's thread) when a full backlog has room again, and when
+    a write failed: the moments its feeder must look again.
+    """
+
+    def __init__(
+        self, name: str, write: Callable[[bytes], object], wake: Callable[[], None]
+    ) -> None:
+        self._write = write
+        self._wake = wake
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._pending = 0
+        self._closing = False
+        self._changed = threading.Condition()
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def full(self) -> bool:
+        return self._pending >= BACKLOG_LIMIT
+
+    def offer(self, data: bytes) -> None:
+        with self._changed:
+            if self.error is None and not self._closing:
+                self._chunks.append(data)
+                self._pending += len(data)
+                self._changed.notify()
+
+    def close(self, timeout: float) -> bool:
+        """Finish what is waiting, for at most `timeout` seconds; whether all of it was written."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify()
+        self._thread.join(timeout)
+        return not self._thread.is_alive() and self.error is None
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._chunks and not self._closing:
+                    self._changed.wait()
+                if not self._chunks:
+                    return
+                chunk = self._take()
+            try:
+                self._write(chunk)
+            except OSError as error:
+                with self._changed:
+                    self.error = error
+                    self._chunks.clear()
+                    self._pending = 0
+                self._wake()
+                return
+            with self._changed:
+                was_full = self.full
+                self._pending -= len(chunk)
+                if was_full and not self.full:
+                    self._wake()
+
+    def _take(self) -> bytes:
+        """What is waiting, joined up to WRITE_SIZE: one write for many small reads."""
+        taken = [self._chunks.popleft()]
+        size = len(taken[0])
+        while self._chunks and size + len(self._chunks[0]) <= WRITE_SIZE:
+            taken.append(self._chunks.popleft())
+            size += len(taken[-1])
+        return taken[0] if len(taken) == 1 else b"".join(taken)
+
+
+def write_all(fd: int) -> Callable[[bytes], None]:
+    """A write of every byte to `fd` (a terminal, pipe or file that may take them piecemeal)."""
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    return write
+
+
+class Tail:
+    """The last bytes of the output and of the supervisor's notes, for history."""
+
+    def __init__(self) -> None:
+        self._kept = bytearray()
+        self.ends_line = True
+
+    def add(self, data: bytes) -> None:
+        if not data:
+            return
+        self._kept += data
+        if len(self._kept) > 2 * TAIL_BYTES:
+            del self._kept[:-TAIL_BYTES]
+        self.ends_line = data.endswith(b"\n")
+
+    def text(self) -> str | None:
+        """The last TAIL_LINES lines within TAIL_BYTES; None when there was no output at all.
+
+        Bytes that are not UTF-8 read as `\\xNN`; control characters are kept as they are
+        (JSON escapes them, terminals get them escaped by the CLI)."""
+        if not self._kept:
+            return None
+        kept = bytes(self._kept[-TAIL_BYTES:])
+        lines = kept.removesuffix(b"\n").split(b"\n")[-TAIL_LINES:]
+        return b"\n".join(lines).decode(errors="backslashreplace")
