@@ -6,7 +6,7 @@ import importlib
 import sys
 import time
 
-SUITES = ("grammar", "store", "journal", "twrun", "twctl", "wait", "load", "capture")
+SUITES = ("grammar", "store", "journal", "twrun", "twctl", "wait", "load", "capture", "notify")
 
 
 def main(names: list[str]) -> None:

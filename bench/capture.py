@@ -13,7 +13,6 @@ Targets: throughput at least 0.5x `cat`'s; the chatty task costs twrun under 1% 
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
@@ -21,9 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
-from bench.measure import seconds, show, target
+from bench.measure import cpu_share, seconds, show, target
 
 TWRUN = str(Path(sys.executable).parent / "twrun")
 FLOOD_BYTES = 200_000_000
@@ -66,21 +63,8 @@ def throughput(folder: Path) -> None:
 
 def chatty_cpu(folder: Path) -> None:
     """twrun's own CPU while its task prints 10 lines a second, output teed to /dev/null."""
-    db = folder / "chatty.db"
-    command = [TWRUN, "--db", str(db), "--", "sh", "-c", CHATTY]
-    with open(os.devnull, "w") as sink:
-        twrun = subprocess.Popen(command, stdout=sink, stderr=sink)
-        try:
-            time.sleep(SETTLE)
-            supervisor = psutil.Process(twrun.pid)
-            before, started = supervisor.cpu_times(), time.perf_counter()
-            time.sleep(CHATTY_SECONDS)
-            after, elapsed = supervisor.cpu_times(), time.perf_counter() - started
-        finally:
-            twrun.terminate()
-            twrun.wait(timeout=30)
-    used = (after.user + after.system) - (before.user + before.system)
-    share = used / elapsed
+    command = [TWRUN, "--db", str(folder / "chatty.db"), "--", "sh", "-c", CHATTY]
+    share = cpu_share(command, SETTLE, CHATTY_SECONDS)
     show(f"twrun's CPU, task printing 10 lines/s for {CHATTY_SECONDS:g} s",
          f"{share * 100:.2f} %", target(share < 0.01, "< 1% of a core"))  # fmt: skip
 

@@ -110,3 +110,22 @@ def fill_history(path: Path, rows: int, names: int) -> None:
             ),
         )
     connection.close()
+
+
+def cpu_share(command: Sequence[str], settle: float, window: float) -> float:
+    """The share of one core `command`'s own process uses (user + system, its threads
+    included, its children not) over `window` seconds, after `settle` seconds of start-up;
+    then it is stopped. Its output is discarded."""
+    import psutil  # only the suites that measure CPU need it
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(settle)
+        watched = psutil.Process(process.pid)
+        before, started = watched.cpu_times(), time.perf_counter()
+        time.sleep(window)
+        after, elapsed = watched.cpu_times(), time.perf_counter() - started
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return ((after.user + after.system) - (before.user + before.system)) / elapsed

@@ -17,6 +17,7 @@ LIST_COLUMNS = [
     Column("feedback", "feedback", yes_no, yes_no),
     seconds_column("timer", "timer"),
     seconds_column("timeout", "timeout"),
+    Column("said", "said"),
 ]
 
 HISTORY_COLUMNS = [

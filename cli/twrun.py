@@ -21,7 +21,7 @@ from taskwatcher.cli.common import (
 from taskwatcher.engine.capture import OutputMode
 from taskwatcher.engine.errors import InvalidRequest, NotRecorded
 from taskwatcher.engine.output import DEFAULT_LOG_MAX_BYTES
-from taskwatcher.engine.request import DEFAULT_GRACE, Heartbeat, LaunchRequest
+from taskwatcher.engine.request import DEFAULT_GRACE, DEFAULT_HEARTBEAT, Heartbeat, LaunchRequest
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED
 from taskwatcher.engine.supervisor import run_task
@@ -90,10 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--heartbeat",
         type=heartbeat_sources,
-        default=frozenset({Heartbeat.FEEDBACK}),
+        default=DEFAULT_HEARTBEAT,
         metavar="LIST",
-        help="what counts as a heartbeat: feedback (its file changes), output (any byte on "
-        "stdout or stderr), or both: feedback,output (default: feedback)",
+        help="what counts as a heartbeat, comma-separated: feedback (its file changes), "
+        "output (any byte on stdout or stderr), notify (sd_notify WATCHDOG=1) "
+        "(default: feedback,notify)",
     )
     parser.add_argument(
         "--max-runtime",

@@ -44,9 +44,14 @@ def requester() -> str:
 
 
 def listing(store: Store, *, name: str | None = None, status: str | None = None) -> list[dict]:
-    """Live tasks as `list --json` shows them, durations and timers as of now."""
+    """Live tasks as `list --json` shows them, durations and timers as of now, and what each
+    last said of itself (`said`: its feedback key `status`, as sd_notify `STATUS=` sets it)."""
     now = store.now()
-    return [task.as_json(now) for task in store.list_tasks(name=name, status=status)]
+    tasks = store.list_tasks(name=name, status=status)
+    said = store.live_feedback() if tasks else {}
+    return [
+        {**task.as_json(now), "said": said.get(task.taskid, {}).get("status")} for task in tasks
+    ]
 
 
 def history_listing(store: Store, **filters: Any) -> Iterator[dict[str, Any]]:

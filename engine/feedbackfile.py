@@ -169,13 +169,16 @@ class FeedbackFile:
 
     def final(self) -> tuple[dict[str, str] | None, str | None]:
         """The values as the file stands at the end (None for a task that wrote nothing), and
-        why they may miss something: a read that ran out of its budget or skipped part of the
-        file says so, for history's termerror; None when the whole file was read."""
+        why they may miss something, for history's termerror: a read, this one or an earlier
+        one, that skipped part of the file, or this one running out of its budget; None when
+        every byte was read."""
         self._reader.time_budget = TIME_BUDGET
+        lost_before = list(self._reader.lost)
         values = self._poll(final=True)
         if not values and self._published is None and not self._has_content():
             return None, None
-        return values, self._reader.incomplete
+        reasons = [*lost_before, *filter(None, [self._reader.incomplete])]
+        return values, "; ".join(reasons) or None
 
     def remove(self) -> None:
         """Tidy up after the task; failing to is worth a warning, not a failed task."""

@@ -31,20 +31,28 @@ class Source(Protocol):
 
 
 def run(sources: Sequence[Source], done: Callable[[], bool], clock: Callable[[], float]) -> None:
-    """Poll and dispatch until `done()`; sources are handled in the order given."""
+    """Poll and dispatch until `done()`; sources are handled in the order given.
+
+    Each turn asks every source once for its descriptor and deadline; a source is handled
+    when its descriptor is readable or the deadline it gave has come. A deadline that a
+    handler brings forward is seen on the next turn, which then does not sleep.
+    """
+    poller = select.poll()
+    registered: set[int] = set()
     while not done():
         now = clock()
         watched = {fd: source for source in sources if (fd := source.fileno()) is not None}
-        deadlines = [due for source in sources if (due := source.deadline(now)) is not None]
-        wait = min([MAX_SLEEP, *(due - now for due in deadlines)])
-        poller = select.poll()
-        for fd in watched:
+        due = [source.deadline(now) for source in sources]
+        wait = min([MAX_SLEEP, *(when - now for when in due if when is not None)])
+        for fd in registered - watched.keys():
+            poller.unregister(fd)
+        for fd in watched.keys() - registered:
             poller.register(fd, select.POLLIN)
-        ready = [watched[fd] for fd, _ in poller.poll(max(0.0, wait) * 1000)]
+        registered = set(watched)
+        ready = {id(watched[fd]) for fd, _ in poller.poll(max(0.0, wait) * 1000)}
         now = clock()
-        for source in sources:
-            due = source.deadline(now)
-            if any(source is other for other in ready) or (due is not None and due <= now):
+        for source, when in zip(sources, due, strict=True):
+            if id(source) in ready or (when is not None and when <= now):
                 source.handle(now)
                 if done():
                     return

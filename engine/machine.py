@@ -89,6 +89,27 @@ class TaskState:
             when if self.last_heartbeat is None else max(self.last_heartbeat, when)
         )
 
+    def beat(self, when: float) -> None:
+        """A heartbeat. A RUNNING task stays RUNNING: only its clock moves, without the trip
+        through the machine a self-transition would take (output and sd_notify beat often)."""
+        if self.state == Status.RUNNING:
+            self.mark_heartbeat(when)
+        else:
+            self.heartbeat(when)
+
+    def retime(self, timeout: float, now: float) -> None:
+        """A new heartbeat timeout from `now` on (sd_notify `WATCHDOG_USEC=`), longer or
+        shorter: the task knows its own pace. Its clock restarts, as systemd's does."""
+        if self.state in STARTED_STATUSES:
+            self.timeout = timeout
+            self.heartbeat(now)
+
+    def extend(self, until: float) -> None:
+        """Push the current heartbeat deadline to at least `until` (`EXTEND_TIMEOUT_USEC=`),
+        once: the next deadline counts from real heartbeats again."""
+        if self.state in STARTED_STATUSES and self.timeout is not None:
+            self.heartbeat(until - self.timeout)
+
     def age_fraction(self, now: float) -> float:
         """Heartbeat age as a fraction of the timeout; 0 when there is no timeout."""
         if self.timeout is None or self.last_heartbeat is None:

@@ -83,6 +83,8 @@ class Task:
     uid: int | None = None
     token_hash: str | None = None
     logfile: str | None = None
+    ready: float | None = None  # when the task said it was ready (sd_notify READY=1)
+    stopping: float | None = None  # when it said it was stopping (STOPPING=1)
 
     @property
     def started(self) -> bool:
@@ -138,6 +140,7 @@ TASK_JSON_KEYS = (
     "starttime", "duration", "lastupdate", "timer", "timeout", "unique", "host",
     "supervisor_pid", "supervisor_ctime", "pgid", "child_ctime", "heartbeat", "feedpath",
     "command", "kill_request", "kill_requested_at", "uid", "token_hash", "logfile",
+    "ready", "stopping",
 )  # fmt: skip
 #: `history --json`: likewise.
 ENDED_JSON_KEYS = (

@@ -21,6 +21,11 @@ class Heartbeat(StrEnum):
 
     FEEDBACK = "feedback"  # a change of its feedback file
     OUTPUT = "output"  # any byte on its stdout or stderr
+    NOTIFY = "notify"  # WATCHDOG=1 on its sd_notify socket
+
+
+#: What counts as a heartbeat unless told otherwise: the feedback file, and sd_notify.
+DEFAULT_HEARTBEAT = frozenset({Heartbeat.FEEDBACK, Heartbeat.NOTIFY})
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class LaunchRequest:
     max_runtime: float | None = None
     grace: float = DEFAULT_GRACE
     keep_feedback: bool = False
-    heartbeat: frozenset[Heartbeat] = frozenset({Heartbeat.FEEDBACK})
+    heartbeat: frozenset[Heartbeat] = DEFAULT_HEARTBEAT
     output: OutputMode = OutputMode.TEE
     logdir: Path | None = None
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES

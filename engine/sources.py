@@ -1,50 +1,23 @@
-"""The event sources of a running task's supervision, and what they share.
+"""The event sources of a running task's supervision.
 
 Each source turns one kind of event into a change of the shared `Supervision`: a reason to
 stop, a heartbeat, a health grade. Grading is a function of the last heartbeat (from any
-source that gives heartbeats) and the clock; writing the row is the Recorder's alone, paced
-so that heartbeats reach the database at most once per HEARTBEAT_CHECK_INTERVAL.
+source that gives heartbeats) and the clock; writing the row is the Recorder's alone
+(`engine.supervision`).
 """
 
 from __future__ import annotations
 
 import subprocess
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from taskwatcher.engine import process
 from taskwatcher.engine.feedbackfile import FeedbackFile
 from taskwatcher.engine.lifecycle import Status
-from taskwatcher.engine.machine import TaskState
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox
 from taskwatcher.engine.stopping import StopReason
-from taskwatcher.engine.taskrow import TaskRow
+from taskwatcher.engine.supervision import HEARTBEAT_CHECK_INTERVAL, Recorder, Supervision
 from taskwatcher.engine.wakeup import WAKE_PAUSE, WakeSocket
-
-#: The feedback file is looked at and the kill request read at least this often; also the
-#: least time between two heartbeat writes of the row.
-HEARTBEAT_CHECK_INTERVAL = 1.0
-
-
-@dataclass
-class Supervision:
-    """What the sources share about one running task. Times are monotonic, but `wall`."""
-
-    health: TaskState
-    row: TaskRow
-    wall: Callable[[], float]
-    stop: StopReason | None = None
-    child_exited: bool = False
-
-    @property
-    def over(self) -> bool:
-        return self.child_exited or self.stop is not None
-
-    def stop_for(self, reason: StopReason) -> None:
-        """The first reason to stop is the one kept."""
-        if self.stop is None:
-            self.stop = reason
 
 
 class ChildExit:
@@ -226,54 +199,9 @@ class MaxRuntime:
     def handle(self, now: float) -> None:
         self._state.stop_for(StopReason.max_runtime(self._seconds))
 
-
-class Recorder:
-    """Writes the row: a new grade at once, heartbeats and feedback at most once a second."""
-
-    def __init__(self, state: Supervision) -> None:
-        self.state = state
-        self._graded: Status = Status.RUNNING  # the grade last written; start() wrote RUNNING
-        self._beat: float | None = None
-        self._beat_written: float | None = None
-        self._unpublished: dict[str, str] | None = None
-        self._last_write: float | None = None
-
-    def heard(self, when: float, wall: float) -> None:
-        """A heartbeat from any source: `when` on the monotonic clock, `wall` for the row."""
-        self.state.health.heartbeat(when)
-        self._beat = wall
-
-    def output(self, now: float) -> None:
-        """The task wrote output, which counts as a heartbeat now."""
-        self.heard(now, self.state.wall())
-
-    def publish(self, values: dict[str, str]) -> None:
-        self._unpublished = values
-
-    def fileno(self) -> int | None:
-        return None
-
-    def deadline(self, now: float) -> float | None:
-        if self._grade_changed():
-            return now
-        if self._beat == self._beat_written and self._unpublished is None:
-            return None
-        return now if self._last_write is None else self._last_write + HEARTBEAT_CHECK_INTERVAL
-
-    def handle(self, now: float) -> None:
-        row = self.state.row
-        if self._grade_changed():
-            self._graded = Status(self.state.health.state)
-            row.write(row.store.grade, self._graded)
-        due = self._last_write is None or now - self._last_write >= HEARTBEAT_CHECK_INTERVAL
-        beat = self._beat if self._beat != self._beat_written else None
-        if due and (beat is not None or self._unpublished is not None):
-            row.write(row.store.heartbeat, beat, self._unpublished)
-            self._beat_written, self._last_write, self._unpublished = self._beat, now, None
-
-    def _grade_changed(self) -> bool:
-        graded = self.state.health.state
-        return graded != self._graded and graded != Status.TIMEOUT
+    def extend(self, until: float) -> None:
+        """The task asked for more time (sd_notify `EXTEND_TIMEOUT_USEC=`): at least `until`."""
+        self._deadline = max(self._deadline, until)
 
 
 def heartbeat_on_monotonic(

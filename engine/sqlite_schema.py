@@ -111,8 +111,14 @@ _OUTPUT_V3 = (
     "ALTER TABLE history ADD COLUMN output_tail TEXT",  # the last lines of the output
 )
 
+#: Version 4: what a task said of itself through sd_notify.
+_NOTIFY_V4 = (
+    "ALTER TABLE tasks ADD COLUMN ready REAL",  # when it sent READY=1
+    "ALTER TABLE tasks ADD COLUMN stopping REAL",  # when it sent STOPPING=1
+)
+
 #: MIGRATIONS[n] upgrades a database from version n to n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_CREATE_V1, _OWNERSHIP_V2, _OUTPUT_V3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_CREATE_V1, _OWNERSHIP_V2, _OUTPUT_V3, _NOTIFY_V4)
 LATEST_VERSION = len(MIGRATIONS)
 TABLES = ("tasks", "feedbacks", "history")
 

@@ -161,6 +161,16 @@ class SqliteStore(SqliteReads):
                     (taskid, orjson.dumps(feedback), now),
                 )
 
+    def note(self, taskid: int, token_hash: str, values: Mapping[str, float]) -> None:
+        """What the task told its supervisor of itself: `ready`, `stopping` (wall times), a
+        new heartbeat `timeout` (seconds)."""
+        unknown = set(values) - _NOTES
+        if unknown:
+            raise InvalidRequest(f"task {taskid}: no such note: {', '.join(sorted(unknown))}")
+        with self._owned(taskid, token_hash) as now:
+            assignment = ", ".join(f"{column} = ?" for column in values)
+            self._update(taskid, token_hash, now, assignment, *values.values())
+
     def kill_request(self, taskid: int, token_hash: str) -> str | None:
         """Who asked the supervisor to kill its task, if anyone; RowLost once not its own."""
         self._db.check_still_there()
@@ -377,6 +387,10 @@ def _text_log(row: Any) -> bool:
     """Whether a history row names a log as twrun records one: an integer id, a text path
     (an edited row may hold anything)."""
     return type(row["taskid"]) is int and isinstance(row["logfile"], str)
+
+
+#: The columns `note` may set.
+_NOTES = frozenset({"ready", "stopping", "timeout"})
 
 
 def _status(value: Status | str) -> Status:

@@ -62,6 +62,11 @@ class StopReason:
         return cls(Status.TIMEOUT, f"still running after its maximum runtime of {seconds:g} s")
 
     @classmethod
+    def watchdog(cls) -> StopReason:
+        """The task itself asked to be treated as hung (sd_notify `WATCHDOG=trigger`)."""
+        return cls(Status.TIMEOUT, "watchdog triggered by the task")
+
+    @classmethod
     def by_signal(cls, signum: signal.Signals) -> StopReason:
         """twrun itself received SIGINT, SIGTERM or SIGHUP: pass the same signal on."""
         return cls(Status.KILLED, f"twrun received {signum.name}", first_signal=signum)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,6 +51,7 @@ class Store(Protocol):
         feedback: dict[str, str] | None = None,
     ) -> None: ...
     def kill_request(self, taskid: int, token_hash: str) -> str | None: ...
+    def note(self, taskid: int, token_hash: str, values: Mapping[str, float]) -> None: ...
     def archive(self, taskid: int, ending: Ending, *, token_hash: str | None = None) -> Ended: ...
 
     # requests and housekeeping from outside the supervisor

@@ -39,6 +39,7 @@ from taskwatcher.engine.feedbackfile import (
 )
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.machine import TaskState, release
+from taskwatcher.engine.notify import Notifications, NotifySocket, task_member
 from taskwatcher.engine.output import log_name
 from taskwatcher.engine.records import Launch
 from taskwatcher.engine.request import Heartbeat, LaunchRequest
@@ -50,13 +51,12 @@ from taskwatcher.engine.sources import (
     KillRequests,
     MaxRuntime,
     Reaper,
-    Recorder,
     Signals,
-    Supervision,
     Wakeups,
 )
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED, StopReason, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store
+from taskwatcher.engine.supervision import Recorder, Supervision
 from taskwatcher.engine.taskfiles import feedback_folder, log_folder, make_feedback_file, make_log
 from taskwatcher.engine.taskrow import TaskRow
 from taskwatcher.engine.wakeup import WakeSocket
@@ -89,20 +89,22 @@ def run_task(
     token = ownership.new_token()
     with ExitStack() as resources:
         claimed = _claim(store, request, reservation, token, resources)
-        row, inbox, wake = claimed.row, claimed.inbox, claimed.wake
+        row = claimed.row
         feedback = make_feedback_file(row, request, claimed.feedback_file)
         capture = make_log(row, request, claimed.logfile)
         if feedback is not None and (warning := feedback_elsewhere(request.argv, feedback.path)):
             log.warning("%s", warning)
         env = _child_env(request, taskid, feedback and feedback.path, token)
+        env["NOTIFY_SOCKET"] = claimed.notify.address
         child, pipes = _launch(row, request, env)
         leader = process.identity_of(child.pid)
         row.write(store.set_child, child.pid, leader and leader.create_time)
         health = TaskState(taskid, request.heartbeat_timeout)
         health.start(monotonic())
         state = Supervision(health, row, clock)
+        recorder = Recorder(state)
         try:
-            _supervise(child, inbox, wake, state, feedback, request, capture, pipes, monotonic)
+            _supervise(child, claimed, recorder, feedback, request, capture, pipes, monotonic)
         finally:  # whatever went wrong, none of the task's processes outlive supervision
             stopped = _stop_everything(child, leader, state.stop, request.grace)
             release(health)
@@ -113,7 +115,10 @@ def run_task(
         end = end_of_task(taskid, state.stop, child.returncode, last_signal)
         tail = capture.finish() if capture is not None else None
         final, incomplete = feedback.final() if feedback is not None else (None, None)
+        final = recorder.final(final)
         notes = _denied(stopped)
+        if state.errno is not None and end.outcome == Status.FAILED:
+            notes.append(f"errno {state.errno} ({os.strerror(state.errno)})")
         if incomplete:
             notes.append(f"final feedback incomplete: {incomplete}")
         end = dataclasses.replace(end, endtime=ended_at, termerror=_noted(end.termerror, notes))
@@ -176,6 +181,7 @@ class _Claimed(NamedTuple):
     logfile: Path | None
     inbox: SignalInbox
     wake: WakeSocket
+    notify: NotifySocket
 
 
 def _claim(
@@ -194,6 +200,7 @@ def _claim(
     try:
         inbox = resources.enter_context(SignalInbox([*watched_stop_signals(), KILL_REQUEST_SIGNAL]))
         wake = resources.enter_context(WakeSocket(ownership.token_digest(token)))
+        notify = resources.enter_context(NotifySocket())
         folders = feedback_folder(store, request), log_folder(store, request)
         feedback_file, logfile = (
             None if folder is None else folder / name(reservation.taskid)
@@ -209,7 +216,7 @@ def _claim(
         if isinstance(error, OSError) and not isinstance(error, TaskwatcherError):
             raise SupervisorUnusable(f"cannot prepare the supervision: {error.strerror}") from None
         raise
-    return _Claimed(row, feedback_file, logfile, inbox, wake)
+    return _Claimed(row, feedback_file, logfile, inbox, wake, notify)
 
 
 def _launch(
@@ -277,6 +284,12 @@ def _child_env(
         env.pop("TASKWATCHER_FEEDBACK", None)
     timeout = request.heartbeat_timeout
     env["TASKWATCHER_TIMEOUT"] = f"{timeout:g}" if timeout else "0"
+    # As systemd gives a service its watchdog; nothing inherited from an enclosing one.
+    env.pop("WATCHDOG_PID", None)
+    if timeout:
+        env["WATCHDOG_USEC"] = str(round(timeout * 1e6))
+    else:
+        env.pop("WATCHDOG_USEC", None)
     return env
 
 
@@ -316,9 +329,8 @@ def _claim_start(
 
 def _supervise(
     child: subprocess.Popen,
-    inbox: SignalInbox,
-    wake: WakeSocket,
-    state: Supervision,
+    claimed: _Claimed,
+    recorder: Recorder,
     feedback: FeedbackFile | None,
     request: LaunchRequest,
     capture: Capture | None,
@@ -326,8 +338,18 @@ def _supervise(
     monotonic: Callable[[], float],
 ) -> None:
     """Run the loop over the task's event sources until the child exits or must be stopped."""
-    recorder = Recorder(state)
+    state = recorder.state
     requests = KillRequests(state)
+    max_runtime = (
+        MaxRuntime(state, monotonic(), request.max_runtime) if request.max_runtime else None
+    )
+    notifications = Notifications(
+        claimed.notify,
+        recorder,
+        task_member(child),
+        beats=Heartbeat.NOTIFY in request.heartbeat,
+        max_runtime=max_runtime,
+    )
     if capture is not None:
         beat = recorder.output if Heartbeat.OUTPUT in request.heartbeat else None
         for task_fd, own_fd in zip(pipes, (1, 2), strict=False):
@@ -340,17 +362,17 @@ def _supervise(
     with process.ChildWatch(child) as child_watch:
         sources: list[loop.Source] = [
             ChildExit(child, child_watch, state),
-            Signals(inbox, requests, state),
-            Wakeups(wake, requests),
+            Signals(claimed.inbox, requests, state),
+            Wakeups(claimed.wake, requests),
             *(capture.sources if capture is not None else ()),
+            notifications,
             requests,
             *heartbeats,
             Health(recorder, heartbeats),
             recorder,
             Reaper(child),
+            *([max_runtime] if max_runtime is not None else []),
         ]
-        if request.max_runtime:
-            sources.append(MaxRuntime(state, monotonic(), request.max_runtime))
         loop.run(sources, lambda: state.over, monotonic)
 
 

@@ -142,6 +142,7 @@ class FeedbackReader:
         self.follow_symlinks = follow_symlinks
         self.warnings: list[str] = []
         self.incomplete: str | None = None
+        self.lost: list[str] = []  # what any poll so far skipped for good, in order
         self._hidden_warnings = 0
         self._restore(state or ReaderState())
 
@@ -222,9 +223,9 @@ class FeedbackReader:
         self._offset = offset
         self._stream.skip_line()
         self._lines_known = False
-        self._incomplete_because(
-            f"skipped {skipped} (more than {budget} behind); keys set only there are lost"
-        )
+        reason = f"skipped {skipped} (more than {budget} behind); keys set only there are lost"
+        self.lost.append(reason)
+        self._incomplete_because(reason)
 
     def _incomplete_because(self, reason: str) -> None:
         self._warn(f"{self.path}: {reason}")

@@ -234,6 +234,23 @@ def test_sparse_terabyte_at_the_end_of_a_task(db_path: Path, tmp_path: Path) -> 
     assert SKIPPED_PAST_THE_BUDGET in record["termerror"]
 
 
+def test_a_skip_during_the_run_is_in_history_though_the_final_read_is_whole(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """The supervisor's look skips the hole while the task sleeps; the final read then has
+    only the last line to read, and history must still say keys may be lost."""
+    writes = 'truncate -s 1T "$F"; sleep 2; printf "\\n[b]2\\n" >> "$F"'
+    result = run_cli(
+        "twrun", "--db", db_path, "--feedpath", tmp_path,
+        "--", "sh", "-c", f'F="$TASKWATCHER_FEEDBACK"; {writes}', timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (record,) = twctl_json(db_path, "history")
+    assert record["feedback"] == {"b": "2"}
+    assert record["termerror"].startswith("final feedback incomplete: skipped 1.0 TiB")
+    assert record["termerror"].endswith(SKIPPED_PAST_THE_BUDGET)
+
+
 def test_truncated_rewritten_and_replaced_between_two_reads(task: HostileTask) -> None:
     db, taskid, path = task.db, task.taskid, task.path
     replace_with(path, lambda new: new.write_text("[a]1\n[b]2\n"))

@@ -1,0 +1,222 @@
+"""systemd's notify protocol, spoken by twrun: programs written for sd_notify(3) run unchanged.
+
+Each task gets a datagram socket of its own in Linux's abstract namespace (nothing on disk to
+plant or to remove), named in the child's `NOTIFY_SOCKET`. A datagram is newline-separated
+`KEY=VALUE` pairs, as sd_notify sends them. Only processes of the task are heard: the socket
+asks for credentials (SO_PASSCRED) and a datagram whose sender is not the task's main process,
+in its process group or a descendant of it, or that carries no credentials, is dropped, like
+one that is malformed or larger than NOTIFY_BUFFER. File descriptors that come with a
+datagram (SCM_RIGHTS) are always closed: for `BARRIER=1` that is the answer its sender waits
+for.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import struct
+import subprocess
+from collections.abc import Callable, Iterator
+
+from taskwatcher.engine.sources import MaxRuntime
+from taskwatcher.engine.stopping import StopReason
+from taskwatcher.engine.supervision import Recorder
+
+log = logging.getLogger(__name__)
+
+#: The largest datagram heard, as systemd's own limit (NOTIFY_BUFFER_MAX); longer is dropped.
+NOTIFY_BUFFER = 4096
+#: Datagrams read per turn of the loop: a flood cannot starve the other sources.
+PER_TURN = 256
+#: A socket that woke the loop BUSY_TURNS times within BUSY_WINDOW seconds is then read only
+#: every NOTIFY_PAUSE seconds, a batch at a time: a task that notifies a hundred times a
+#: second costs twrun a few turns a second, while a lone notification is read at once.
+BUSY_TURNS = 3
+BUSY_WINDOW = 0.1
+NOTIFY_PAUSE = 0.05
+#: File descriptors one datagram may bring; all are closed.
+MAX_FDS = 32
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+_ANCILLARY = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(MAX_FDS * 4)
+_MICROSECONDS = 1e6
+
+
+class NotifySocket:
+    """The task's notify socket, bound under a random abstract name, credentials on."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(
+            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+        )
+        self._name = f"taskwatcher-notify-{secrets.token_hex(16)}"
+        try:
+            self._socket.bind("\0" + self._name)
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        except OSError:
+            self._socket.close()
+            raise
+
+    @property
+    def address(self) -> str:
+        """`NOTIFY_SOCKET` as sd_notify reads it: `@` for the abstract namespace."""
+        return "@" + self._name
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def receive(self) -> Iterator[tuple[bytes, int | None]]:
+        """The datagrams waiting, at most PER_TURN, each with its sender's pid (None without
+        credentials); truncated ones are dropped. Descriptors that came along are closed."""
+        for _ in range(PER_TURN):
+            try:
+                data, ancillary, flags, _ = self._socket.recvmsg(NOTIFY_BUFFER, _ANCILLARY)
+            except (BlockingIOError, InterruptedError):
+                return
+            pid = _sender(ancillary)
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                log.debug("notify: dropped a datagram over %d bytes", NOTIFY_BUFFER)
+                continue
+            yield data, pid
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> NotifySocket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _sender(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The sender's pid from SCM_CREDENTIALS; every SCM_RIGHTS descriptor closed on the way."""
+    pid = None
+    for level, kind, data in ancillary:
+        if level != socket.SOL_SOCKET:
+            continue
+        if kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
+            pid = _UCRED.unpack_from(data)[0]
+        elif kind == socket.SCM_RIGHTS:
+            descriptors = array.array("i")
+            descriptors.frombytes(data[: len(data) - len(data) % descriptors.itemsize])
+            for fd in descriptors:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+    return pid
+
+
+def parse(datagram: bytes) -> list[tuple[str, str]]:
+    """The KEY=VALUE pairs of a datagram; lines without `=` or not UTF-8 are skipped."""
+    pairs = []
+    for line in datagram.split(b"\n"):
+        key, equals, value = line.partition(b"=")
+        if not equals or not key:
+            continue
+        try:
+            pairs.append((key.decode(), value.decode()))
+        except UnicodeDecodeError:
+            log.debug("notify: skipped a line that is not UTF-8")
+    return pairs
+
+
+def task_member(child: subprocess.Popen) -> Callable[[int], bool]:
+    """Whether a pid is one of the task's processes: its main process, in its group, or a
+    descendant of it (systemd's NotifyAccess=all, scoped to the task)."""
+
+    def member(pid: int) -> bool:
+        if pid == child.pid:
+            return True
+        try:
+            if os.getpgid(pid) == child.pid:
+                return True
+        except OSError:
+            return False
+        return child.pid in _ancestors(pid)
+
+    return member
+
+
+def _ancestors(pid: int) -> list[int]:
+    """The pids above `pid`, read from /proc; empty once any of them is gone."""
+    chain = []
+    while pid > 1 and len(chain) < 1000:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+        except OSError:
+            return []
+        pid = int(fields[1])
+        chain.append(pid)
+    return chain
+
+
+class Notifications:
+    """The notify socket as an event source: each message applied to the supervision."""
+
+    def __init__(
+        self,
+        notify: NotifySocket,
+        recorder: Recorder,
+        member: Callable[[int], bool],
+        *,
+        beats: bool,
+        max_runtime: MaxRuntime | None = None,
+    ) -> None:
+        self._notify, self._recorder, self._member = notify, recorder, member
+        self._beats, self._max_runtime = beats, max_runtime
+        self._turns: collections.deque[float] = collections.deque(maxlen=BUSY_TURNS)
+        self._muted_until: float | None = None
+
+    def fileno(self) -> int | None:
+        return None if self._muted_until is not None else self._notify.fileno()
+
+    def deadline(self, now: float) -> float | None:
+        return self._muted_until
+
+    def handle(self, now: float) -> None:
+        self._muted_until = None
+        self._turns.append(now)
+        if len(self._turns) == BUSY_TURNS and now - self._turns[0] < BUSY_WINDOW:
+            self._muted_until = now + NOTIFY_PAUSE
+        for datagram, pid in self._notify.receive():
+            if pid is None or not self._member(pid):
+                log.debug("notify: ignored a datagram from pid %s, not the task's", pid)
+                continue
+            for key, value in parse(datagram):
+                self._apply(key, value, now)
+
+    def _apply(self, key: str, value: str, now: float) -> None:
+        state = self._recorder.state
+        if key == "WATCHDOG" and value == "1":
+            if self._beats:
+                self._recorder.heard(now, state.wall())
+        elif key == "WATCHDOG" and value == "trigger":
+            state.stop_for(StopReason.watchdog())
+        elif key == "WATCHDOG_USEC" and (usec := _whole(value)):
+            state.health.retime(usec / _MICROSECONDS, now)
+            self._recorder.note(timeout=usec / _MICROSECONDS)
+        elif key == "EXTEND_TIMEOUT_USEC" and (usec := _whole(value)) is not None:
+            until = now + usec / _MICROSECONDS
+            state.health.extend(until)
+            if self._max_runtime is not None:
+                self._max_runtime.extend(until)
+        elif key == "STATUS":
+            self._recorder.status(value)
+        elif key == "READY" and value == "1":
+            self._recorder.note(ready=state.wall())
+        elif key == "STOPPING" and value == "1":
+            self._recorder.note(stopping=state.wall())
+        elif key == "ERRNO" and (errno := _whole(value)) is not None:
+            state.errno = errno
+        elif key != "BARRIER":  # a barrier is answered by closing its descriptors
+            log.debug("notify: ignored %s=%s", key, value[:80])
+
+
+def _whole(text: str) -> int | None:
+    """A non-negative decimal integer, as sd_notify sends them; None for anything else."""
+    return int(text) if text.isascii() and text.isdigit() else None
