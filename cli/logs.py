@@ -111,8 +111,8 @@ def _print_json(tasklog: TaskLog, lines: Iterable[bytes]) -> None:
 
 def _say_rotated(taskid: int, kept: int) -> None:
     print(
-        f"twctl: task {taskid}'s log was rotated: only the last {kept} bytes of its output"
-        " are kept",
+        f"twctl: task {taskid}'s log was rotated: these are the last {kept} bytes of its"
+        " output; any before them are gone",
         file=sys.stderr,
         flush=True,
     )

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 
+from taskwatcher.engine import loop
 from taskwatcher.engine.output import (
     LOG_FLUSH_TIMEOUT,
     TEE_FLUSH_TIMEOUT,
@@ -65,6 +66,7 @@ class Capture:
         )
         self.pipes: list[OutputPipe] = []
         self._log_failure_said = False
+        self.incomplete: str | None = None
 
     @property
     def sources(self) -> list[OutputPipe | Doorbell]:
@@ -96,20 +98,29 @@ class Capture:
     def backlogged(self, copy: Writer | None) -> bool:
         return self._log.full or (copy is not None and copy.full)
 
+    def pump(self, seconds: float) -> None:
+        """Read the pipes for `seconds`: the waits while the task is being stopped."""
+        until = _Until(time.monotonic() + seconds)
+        loop.run([*self.sources, until], until.passed, time.monotonic)
+
     def finish(self) -> str | None:
-        """Read what the pipes still hold, let the writers finish; the tail for history."""
+        """Read what the pipes still hold, let the writers finish; the tail for history.
+        When the log misses something, `incomplete` says why afterwards."""
         give_up = time.monotonic() + DRAIN_TIME
         for pipe in self.pipes:
             pipe.drain(give_up)
         for fd, copy in self._copies.items():
             if not copy.close(TEE_FLUSH_TIMEOUT) and copy.error is None:
                 self.note(f"output to fd {fd} not finished within {TEE_FLUSH_TIMEOUT:g} s")
-        if not self._log.close(LOG_FLUSH_TIMEOUT):
-            reason = self._log.error or f"not finished within {LOG_FLUSH_TIMEOUT:g} s"
-            self._warn(f"the log {self.logfile.path} may miss the end of the output: {reason}")
-        else:
+        if self._log.close(LOG_FLUSH_TIMEOUT):
             self.logfile.close()
-        self._room.close()
+        elif self._log.error is None:
+            self.incomplete = f"not written within {LOG_FLUSH_TIMEOUT:g} s of the end"
+            self._warn(f"the log {self.logfile.path} may miss the end of the output")
+        if self._log.error is not None:
+            self.incomplete = self._log.error.strerror or str(self._log.error)
+        if not any(writer.busy for writer in (self._log, *self._copies.values())):
+            self._room.close()  # else a writer still stuck may ring it: left to the exit
         return self.tail.text()
 
     @staticmethod
@@ -145,8 +156,9 @@ class OutputPipe:
         if self._fd is None:
             return
         if self._copy is not None and self._copy.error is not None:
-            self._pass_on_break()
-            return
+            self._copy_failed()
+            if self._fd is None:
+                return
         # Read until the pipe is empty (or the writers full): one turn of the loop per burst.
         while not self._capture.backlogged(self._copy) and self._read(now):
             pass
@@ -155,7 +167,7 @@ class OutputPipe:
         """At the end: everything still in the pipe, as long as it comes before `give_up`."""
         while self._fd is not None and time.monotonic() < give_up:
             if self._copy is not None and self._copy.error is not None:
-                self._pass_on_break()
+                self._copy_failed()
             elif not self._read(time.monotonic()):
                 break
         self._close()
@@ -182,22 +194,47 @@ class OutputPipe:
             self._heartbeat(now)
         return True
 
-    def _pass_on_break(self) -> None:
-        """twrun's own stream broke: close the task's pipe for it, and say so in the log."""
+    def _copy_failed(self) -> None:
+        """Copying to twrun's own stream failed. Its reader went away (EPIPE): close the
+        task's pipe for it, so the task meets EPIPE or SIGPIPE as it would have without
+        twrun. Any other failure (a full disk, a closed descriptor) is twrun's own: the copy
+        stops and the log goes on. Either way the log says so."""
         assert self._copy is not None and self._copy.error is not None
         stream = "stdout" if self._own_fd == 1 else "stderr"
-        reason = (
-            "its reader is gone"
-            if self._copy.error.errno == errno.EPIPE
-            else (self._copy.error.strerror or str(self._copy.error))
-        )
-        self._capture.note(f"twrun's {stream} broke ({reason}): the task's {stream} was closed")
-        self._close()
+        error, self._copy = self._copy.error, None
+        if error.errno == errno.EPIPE:
+            self._capture.note(
+                f"twrun's {stream} broke (its reader is gone): the task's {stream} was closed"
+            )
+            self._close()
+            return
+        reason = error.strerror or str(error)
+        self._capture.note(f"copying to twrun's {stream} failed ({reason}): logged only from now")
+        log.warning("cannot copy the task's %s to twrun's own: %s", stream, reason)
 
     def _close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class _Until:
+    """A source that only gives the loop a deadline, to run it for a while."""
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self._deadline
+
+    def fileno(self) -> int | None:
+        return None
+
+    def deadline(self, now: float) -> float | None:
+        return self._deadline
+
+    def handle(self, now: float) -> None:
+        pass
 
 
 class Doorbell:

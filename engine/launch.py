@@ -8,11 +8,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import resource
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
-from taskwatcher.engine.errors import LaunchError
+from taskwatcher.engine.errors import LaunchError, SupervisorUnusable
 
 #: prctl(2) options, from <linux/prctl.h>.
 PR_SET_PDEATHSIG = 1
@@ -27,6 +28,11 @@ PR_SET_CHILD_SUBREAPER = 36
 #: task that catches or ignores SIGTERM would run on unsupervised, which is exactly what
 #: `die_with_parent` exists to prevent.
 PARENT_DEATH_SIGNAL = signal.SIGKILL
+
+#: File descriptors a supervisor may hold at once (database and journal, signal pipe, wake
+#: and notify sockets, pidfds, the feedback file, the log, the writers' doorbell pipe, both
+#: ends of the output pipes while launching, /proc entries, the launch's pipe), with a margin.
+DESCRIPTORS_NEEDED = 24
 
 #: Shell conventions (and DESIGN's twrun exit codes) for a command that could not start.
 NOT_EXECUTABLE = 126
@@ -144,3 +150,19 @@ def _locate(command: str, env: Mapping[str, str] | None) -> str | None:
         return command if os.path.exists(command) else None
     candidates = (os.path.join(folder, command) for folder in os.get_exec_path(env))
     return next((path for path in candidates if os.path.exists(path)), None)
+
+
+def check_descriptors(limits: tuple[int, int] | None = None) -> None:
+    """Refuse to start with too few free file descriptors, before anything is reserved.
+
+    Short of them mid-way, a supervisor could neither watch its task nor record its end.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE) if limits is None else limits
+    if soft == resource.RLIM_INFINITY:
+        return
+    used = len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
+    if soft - used < DESCRIPTORS_NEEDED:
+        raise SupervisorUnusable(
+            f"too few file descriptors: the limit (ulimit -n) is {soft} and {used} are open;"
+            f" twrun needs {DESCRIPTORS_NEEDED} free"
+        )

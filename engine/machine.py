@@ -91,10 +91,12 @@ class TaskState:
 
     def beat(self, when: float) -> None:
         """A heartbeat. A RUNNING task stays RUNNING: only its clock moves, without the trip
-        through the machine a self-transition would take (output and sd_notify beat often)."""
+        through the machine a self-transition would take (output and sd_notify beat often).
+        Once the task is over (TIMEOUT included) a heartbeat changes nothing: output read
+        while it is being stopped is no sign of life."""
         if self.state == Status.RUNNING:
             self.mark_heartbeat(when)
-        else:
+        elif self.state in STARTED_STATUSES:
             self.heartbeat(when)
 
     def retime(self, timeout: float, now: float) -> None:

@@ -11,6 +11,7 @@ pipe buffer later, and no deadline of the loop ever waits on a write.
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import threading
 from collections.abc import Callable
@@ -30,6 +31,9 @@ DEFAULT_LOG_MAX_BYTES = 16 * 1024 * 1024
 #: Seconds the end of a task waits for its log, then for the copy to twrun's own output.
 LOG_FLUSH_TIMEOUT = 10.0
 TEE_FLUSH_TIMEOUT = 1.0
+#: Free space a log leaves on its file system, for the database that usually shares it:
+#: this much, or a tenth of a smaller file system; looked at before every write.
+LOG_RESERVE = 64 * 1024 * 1024
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_APPEND
 
 
@@ -67,6 +71,7 @@ class LogFile:
 
     def write(self, data: bytes) -> None:
         """Append, rotating once the file is full, so the two files never exceed the limit."""
+        self._keep_reserve(len(data))
         view = memoryview(data)
         while view:
             if self._size >= self.max_bytes:
@@ -75,6 +80,16 @@ class LogFile:
             written = os.write(self._descriptor(), view[:room])
             self._size += written
             view = view[written:]
+
+    def _keep_reserve(self, coming: int) -> None:
+        """ENOSPC before the log eats the space the database needs to record the task."""
+        space = os.fstatvfs(self._descriptor())
+        reserve = min(LOG_RESERVE, space.f_blocks * space.f_frsize // 10)
+        if space.f_bavail * space.f_frsize - coming < reserve:
+            raise OSError(
+                errno.ENOSPC,
+                f"less than {reserve / 1024 / 1024:.1f} MiB free, kept for the database",
+            )
 
     def close(self) -> None:
         if self._fd is not None:
@@ -118,6 +133,11 @@ class Writer:
     @property
     def full(self) -> bool:
         return self._pending >= BACKLOG_LIMIT
+
+    @property
+    def busy(self) -> bool:
+        """Still in a write (or holding some): its thread may yet call `wake`."""
+        return self._thread.is_alive()
 
     def offer(self, data: bytes) -> None:
         with self._changed:
@@ -201,5 +221,7 @@ class Tail:
         if not self._kept:
             return None
         kept = bytes(self._kept[-TAIL_BYTES:])
+        if len(self._kept) > TAIL_BYTES:  # cut where it may split a character: start after it
+            kept = kept[next((i for i, byte in enumerate(kept[:4]) if byte & 0xC0 != 0x80), 0) :]
         lines = kept.removesuffix(b"\n").split(b"\n")[-TAIL_LINES:]
         return b"\n".join(lines).decode(errors="backslashreplace")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -37,6 +36,7 @@ from taskwatcher.engine.feedbackfile import (
     feedback_elsewhere,
     feedback_name,
 )
+from taskwatcher.engine.launch import check_descriptors
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.machine import TaskState, release
 from taskwatcher.engine.notify import Notifications, NotifySocket, task_member
@@ -64,10 +64,6 @@ from taskwatcher.grammar.errors import TaskwatcherError
 
 log = logging.getLogger(__name__)
 
-#: File descriptors a supervisor may hold at once (database and journal, signal pipe, wake
-#: socket, pidfds, the feedback file, /proc entries, the launch's pipe), with a margin.
-DESCRIPTORS_NEEDED = 10
-
 
 def run_task(
     store: Store,
@@ -91,12 +87,19 @@ def run_task(
         claimed = _claim(store, request, reservation, token, resources)
         row = claimed.row
         feedback = make_feedback_file(row, request, claimed.feedback_file)
-        capture = make_log(row, request, claimed.logfile)
-        if feedback is not None and (warning := feedback_elsewhere(request.argv, feedback.path)):
-            log.warning("%s", warning)
-        env = _child_env(request, taskid, feedback and feedback.path, token)
-        env["NOTIFY_SOCKET"] = claimed.notify.address
-        child, pipes = _launch(row, request, env)
+        try:  # a task that never started leaves no feedback file behind
+            capture = make_log(row, request, claimed.logfile)
+            if feedback is not None and (
+                warning := feedback_elsewhere(request.argv, feedback.path)
+            ):
+                log.warning("%s", warning)
+            env = _child_env(request, taskid, feedback and feedback.path, token)
+            env["NOTIFY_SOCKET"] = claimed.notify.address
+            child, pipes = _launch(row, request, env)
+        except BaseException:
+            if feedback is not None and not request.keep_feedback:
+                feedback.remove()
+            raise
         leader = process.identity_of(child.pid)
         row.write(store.set_child, child.pid, leader and leader.create_time)
         health = TaskState(taskid, request.heartbeat_timeout)
@@ -106,7 +109,8 @@ def run_task(
         try:
             _supervise(child, claimed, recorder, feedback, request, capture, pipes, monotonic)
         finally:  # whatever went wrong, none of the task's processes outlive supervision
-            stopped = _stop_everything(child, leader, state.stop, request.grace)
+            idle = capture.pump if capture is not None else time.sleep
+            stopped = _stop_everything(child, leader, state.stop, request.grace, idle)
             release(health)
         ended_at = clock()
         # Still inside the inbox: a stop or kill request that comes now, too late to matter,
@@ -121,6 +125,8 @@ def run_task(
             notes.append(f"errno {state.errno} ({os.strerror(state.errno)})")
         if incomplete:
             notes.append(f"final feedback incomplete: {incomplete}")
+        if capture is not None and capture.incomplete:
+            notes.append(f"log incomplete: {capture.incomplete}")
         end = dataclasses.replace(end, endtime=ended_at, termerror=_noted(end.termerror, notes))
         row.archive(end, final, tail)  # when this fails the feedback file stays: all that is left
     if feedback is not None and not request.keep_feedback:
@@ -237,22 +243,6 @@ def _launch(
         failure = LaunchError(f"cannot start the command: {error.strerror}", SUPERVISOR_FAILED)
     row.archive(TaskEnd(row.taskid, Status.FAILED, failure.exit_code, None, str(failure)), None)
     raise failure
-
-
-def check_descriptors(limits: tuple[int, int] | None = None) -> None:
-    """Refuse to start with too few free file descriptors, before anything is reserved.
-
-    Short of them mid-way, a supervisor could neither watch its task nor record its end.
-    """
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE) if limits is None else limits
-    if soft == resource.RLIM_INFINITY:
-        return
-    used = len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
-    if soft - used < DESCRIPTORS_NEEDED:
-        raise SupervisorUnusable(
-            f"too few file descriptors: the limit (ulimit -n) is {soft} and {used} are open;"
-            f" twrun needs {DESCRIPTORS_NEEDED} free"
-        )
 
 
 def _cancel_reservation(store: Store, taskid: int, reason: str) -> None:
@@ -381,8 +371,10 @@ def _stop_everything(
     leader: process.ProcessIdentity | None,
     stop: StopReason | None,
     grace: float,
+    idle: Callable[[float], object],
 ) -> process.StopResult | None:
-    """Stop the task when asked, and in every case leave none of its processes behind.
+    """Stop the task when asked, and in every case leave none of its processes behind;
+    `idle` passes the waits (reading the task's output).
 
     Returns how stopping went, or None when nothing was left to stop.
     """
@@ -391,7 +383,7 @@ def _stop_everything(
         first = stop.first_signal if stop else signal.SIGTERM
         if stop is not None or process.remnants(leader, child.pid, adopter=os.getpid()):
             stopped = process.terminate_task(
-                leader, child.pid, grace=grace, first=first, adopter=os.getpid()
+                leader, child.pid, grace=grace, first=first, adopter=os.getpid(), idle=idle
             )
     child.wait()
     process.reap_adopted()

@@ -69,6 +69,7 @@ def terminate_task(
     first: int = signal.SIGTERM,
     *,
     adopter: int | None = None,
+    idle: Callable[[float], object] = time.sleep,
 ) -> StopResult:
     """Stop every remnant of the task: `first`, up to grace seconds, then SIGKILL for the rest.
 
@@ -79,16 +80,18 @@ def terminate_task(
     will not let us signal is reported in `denied` and not waited for; waiting ends after
     grace even for processes that cannot die (uninterruptible sleep). The leader is never
     reaped here (see the module docstring); other exited children of the caller among the
-    remnants (orphans adopted by a subreaper) are.
+    remnants (orphans adopted by a subreaper) are. `idle(seconds)` is how the waits pass:
+    a supervisor reads the task's output meanwhile, so a task that writes as it shuts down
+    is not blocked on a full pipe.
     """
     snapshot = _snapshot(leader, pgid, adopter)
     denied = _send(snapshot, first)
-    survivors = _wait_gone(_without(snapshot.processes, denied), grace, leader.pid)
+    survivors = _wait_gone(_without(snapshot.processes, denied), grace, leader.pid, idle)
     rest = _freeze(lambda: _snapshot(leader, pgid, adopter).including(survivors), denied, grace)
     if not _without(rest.processes, denied) and not rest.outsider_groups:
         return StopResult(signal_name(first), tuple(sorted(denied)))
     denied |= _send(rest, signal.SIGKILL, each=True, whole_groups=True)
-    _wait_gone(_without(rest.processes, denied), grace, leader.pid)
+    _wait_gone(_without(rest.processes, denied), grace, leader.pid, idle)
     return StopResult(signal_name(signal.SIGKILL), tuple(sorted(denied)))
 
 
@@ -294,7 +297,10 @@ def _without(processes: list[psutil.Process], pids: Collection[int]) -> list[psu
 
 
 def _wait_gone(
-    processes: list[psutil.Process], timeout: float, leader_pid: int
+    processes: list[psutil.Process],
+    timeout: float,
+    leader_pid: int,
+    idle: Callable[[float], object] = time.sleep,
 ) -> list[psutil.Process]:
     """Wait up to timeout for the processes to exit; return those still running."""
     deadline = time.monotonic() + timeout
@@ -304,7 +310,7 @@ def _wait_gone(
         remaining = deadline - time.monotonic()
         if not processes or remaining <= 0:
             return processes
-        time.sleep(min(pause, remaining))
+        idle(min(pause, remaining))
         pause = min(pause * 2, MAX_POLL_INTERVAL)
 
 

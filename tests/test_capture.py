@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,91 @@ def test_the_readme_python_example_runs_as_written_and_times_out_once_it_stops(
     assert result.returncode == 124
     record = history(db_path, 2)
     assert (record.outcome, record.feedback["progress"]) == ("TIMEOUT", "40")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB file system of its own (tmpfs), where only root may mount one."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small file system here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_log_leaves_the_database_room_to_record_the_end(small_disk: Path) -> None:
+    """Beside the database on a small disk, a flood of output stops being logged before the
+    disk is full: the task still runs, and its end is recorded."""
+    db = small_disk / "tasks.db"
+    flood = "head -c 6000000 /dev/zero; echo done >&2"
+    result = run_cli("twrun", "--db", db, "--output", "log", "--", "sh", "-c", flood)
+    assert result.returncode == 0, result.stderr
+    assert "kept for the database" in result.stderr
+    record = history(db, 1)
+    assert record.outcome == "COMPLETED"
+    assert record.termerror == "log incomplete: less than 0.4 MiB free, kept for the database"
+    assert (small_disk / "tasks-logs" / "task_1.log").stat().st_size < 4 * 1024 * 1024
+
+
+def test_output_while_a_timed_out_task_shuts_down_is_logged_and_the_end_recorded(
+    db_path: Path,
+) -> None:
+    """Output read after the timeout is no heartbeat, and never stops the recording."""
+    polite = 'trap "echo bye; exit 1" TERM; sleep 30 & wait'
+    result = run_cli(
+        "twrun", "--db", db_path, "--output", "log", "--timeout", "1", "--heartbeat", "output",
+        "--", "sh", "-c", polite,
+    )  # fmt: skip
+    assert result.returncode == 124, result.stderr
+    assert history(db_path, 1).outcome == "TIMEOUT"
+    assert (logs_of(db_path) / "task_1.log").read_text() == "bye\n"
+
+
+def test_a_task_that_writes_a_lot_as_it_stops_is_read_meanwhile_not_killed(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """3 MB written on SIGTERM fill any pipe: twrun reads during the grace period, so the
+    task exits on its own (by SIGTERM's handler), not by SIGKILL after the grace."""
+    dumper = script(
+        tmp_path,
+        "dumper.py",
+        """\
+        import signal, sys, time
+        def dump(*_):
+            sys.stdout.write("x" * 3_000_000 + "\\nclean-exit\\n")
+            sys.stdout.flush()
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, dump)
+        time.sleep(60)
+        """,
+    )
+    result = run_cli(
+        "twrun", "--db", db_path, "--output", "log", "--max-runtime", "1", "--grace", "20",
+        "--", PY, dumper,
+    )  # fmt: skip
+    assert result.returncode == 124
+    record = history(db_path, 1)
+    assert (record.outcome, record.termsignal) == ("TIMEOUT", "SIGTERM")
+    assert record.duration < 15
+    assert (logs_of(db_path) / "task_1.log").read_text().endswith("\nclean-exit\n")
+
+
+def test_a_failing_copy_to_twrun_stdout_stops_the_copy_not_the_task(db_path: Path) -> None:
+    """/dev/full is twrun's trouble, not the task's: only a reader gone (EPIPE) is passed on."""
+    task = "echo a; sleep 0.3; echo b; exit 0"
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [BIN / "twrun", "--db", db_path, "--", "sh", "-c", task],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert history(db_path, 1).outcome == "COMPLETED"
+    log = (logs_of(db_path) / "task_1.log").read_text()
+    assert log.startswith("a\n") and log.endswith("b\n")
+    assert "copying to twrun's stdout failed (No space left on device)" in log

@@ -96,14 +96,16 @@ def test_a_user_without_passwd_entry_or_home(open_folder: Path) -> None:
     assert cancelled["killed_by"].startswith("uid 12345@")
 
 
-@pytest.mark.parametrize("reserved", [False, True])
+@pytest.mark.parametrize(("reserved", "limit"), [(False, 9), (True, 9), (False, 16)])
 def test_too_few_file_descriptors_is_one_line_before_anything(
-    db_path: Path, tmp_path: Path, reserved: bool
+    db_path: Path, tmp_path: Path, reserved: bool, limit: int
 ) -> None:
+    """16 passed an older count that forgot the output pipes and the notify socket."""
     marker = tmp_path / "ran"
     taskid = ["--taskid", str(reserve(db_path))] if reserved else []
     result = subprocess.run(
-        ["prlimit", "--nofile=9", BIN / "twrun", "--db", db_path, *taskid, "--", "touch", marker],
+        ["prlimit", f"--nofile={limit}", BIN / "twrun", "--db", db_path, *taskid,
+         "--", "touch", marker],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 125
@@ -111,6 +113,16 @@ def test_too_few_file_descriptors_is_one_line_before_anything(
     assert not marker.exists()
     assert twctl_json(db_path, "history") == []
     assert [row["status"] for row in twctl_json(db_path, "list")] == ["RESERVED"] * reserved
+
+
+def test_the_descriptors_twrun_asks_for_are_enough_for_a_teed_task(db_path: Path) -> None:
+    """At the limit the check allows, a task with captured output and a timeout runs."""
+    result = subprocess.run(
+        ["prlimit", "--nofile=30", BIN / "twrun", "--db", db_path, "--timeout", "5",
+         "--", "sh", "-c", "echo out; echo err >&2"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout, result.stderr) == (0, "out\n", "err\n")
 
 
 def test_a_database_path_that_is_not_utf8_prints_escaped(tmp_path: Path) -> None:

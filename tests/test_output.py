@@ -70,3 +70,6 @@ def test_the_tail_is_the_last_lines_within_its_byte_budget() -> None:
     long_line.add(b"x" * (3 * TAIL_BYTES) + b"\xff\n")
     text = long_line.text()
     assert text.endswith("x\\xff") and len(text.encode()) <= TAIL_BYTES + 3
+    euros = Tail()
+    euros.add("€".encode() * 3000)  # 9,000 bytes: the cut falls inside a character
+    assert set(euros.text()) == {"€"}
