@@ -102,6 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="kill the task after this long whatever its heartbeats (0: never)",
     )
+    _add_output_options(parser)
+    parser.add_argument(
+        "--grace",
+        type=non_negative_seconds,
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help=f"wait between SIGTERM and SIGKILL (default {DEFAULT_GRACE:g})",
+    )
+    parser.add_argument(
+        "--keep-feedback", action="store_true", help="leave the feedback file after the end"
+    )
+    parser.add_argument("-v", "--debug", action="count", default=0, help="more logging")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    return parser
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--output, --logdir, --log-max-bytes: where the task's stdout and stderr go."""
     parser.add_argument(
         "--output",
         type=OutputMode,
@@ -118,19 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="rotate the log once past N bytes (K, M, G suffixes; default 16M)",
     )
-    parser.add_argument(
-        "--grace",
-        type=non_negative_seconds,
-        default=DEFAULT_GRACE,
-        metavar="SECONDS",
-        help=f"wait between SIGTERM and SIGKILL (default {DEFAULT_GRACE:g})",
-    )
-    parser.add_argument(
-        "--keep-feedback", action="store_true", help="leave the feedback file after the end"
-    )
-    parser.add_argument("-v", "--debug", action="count", default=0, help="more logging")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
-    return parser
 
 
 def _request(command: list[str], args: argparse.Namespace) -> LaunchRequest:

@@ -112,25 +112,39 @@ def run_task(
             idle = capture.pump if capture is not None else time.sleep
             stopped = _stop_everything(child, leader, state.stop, request.grace, idle)
             release(health)
-        ended_at = clock()
         # Still inside the inbox: a stop or kill request that comes now, too late to matter,
         # must not kill twrun before the end it saw is recorded.
-        last_signal = stopped.last_signal if stopped is not None and state.stop else None
-        end = end_of_task(taskid, state.stop, child.returncode, last_signal)
-        tail = capture.finish() if capture is not None else None
-        final, incomplete = feedback.final() if feedback is not None else (None, None)
-        final = recorder.final(final)
-        notes = _denied(stopped)
-        if state.errno is not None and end.outcome == Status.FAILED:
-            notes.append(f"errno {state.errno} ({os.strerror(state.errno)})")
-        if incomplete:
-            notes.append(f"final feedback incomplete: {incomplete}")
-        if capture is not None and capture.incomplete:
-            notes.append(f"log incomplete: {capture.incomplete}")
-        end = dataclasses.replace(end, endtime=ended_at, termerror=_noted(end.termerror, notes))
-        row.archive(end, final, tail)  # when this fails the feedback file stays: all that is left
+        end = _record_end(child, recorder, stopped, feedback, capture, clock())
     if feedback is not None and not request.keep_feedback:
         feedback.remove()
+    return end
+
+
+def _record_end(
+    child: subprocess.Popen,
+    recorder: Recorder,
+    stopped: process.StopResult | None,
+    feedback: FeedbackFile | None,
+    capture: Capture | None,
+    ended_at: float,
+) -> TaskEnd:
+    """Archive how the task ended, with its final feedback, the end of its output and what
+    else history should know; returns the end. When archiving fails the feedback file stays:
+    all that is left of the task."""
+    state = recorder.state
+    last_signal = stopped.last_signal if stopped is not None and state.stop else None
+    end = end_of_task(state.row.taskid, state.stop, child.returncode, last_signal)
+    tail = capture.finish() if capture is not None else None
+    final, incomplete = feedback.final() if feedback is not None else (None, None)
+    notes = _denied(stopped)
+    if state.errno is not None and end.outcome == Status.FAILED:
+        notes.append(f"errno {state.errno} ({os.strerror(state.errno)})")
+    if incomplete:
+        notes.append(f"final feedback incomplete: {incomplete}")
+    if capture is not None and capture.incomplete:
+        notes.append(f"log incomplete: {capture.incomplete}")
+    end = dataclasses.replace(end, endtime=ended_at, termerror=_noted(end.termerror, notes))
+    state.row.archive(end, recorder.final(final), tail)
     return end
 
 
