@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 
-from taskwatcher.engine import loop
 from taskwatcher.engine.output import (
     LOG_FLUSH_TIMEOUT,
     TEE_FLUSH_TIMEOUT,
@@ -97,11 +96,6 @@ class Capture:
 
     def backlogged(self, copy: Writer | None) -> bool:
         return self._log.full or (copy is not None and copy.full)
-
-    def pump(self, seconds: float) -> None:
-        """Read the pipes for `seconds`: the waits while the task is being stopped."""
-        until = _Until(time.monotonic() + seconds)
-        loop.run([*self.sources, until], until.passed, time.monotonic)
 
     def finish(self) -> str | None:
         """Read what the pipes still hold, let the writers finish; the tail for history.
@@ -216,25 +210,6 @@ class OutputPipe:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-class _Until:
-    """A source that only gives the loop a deadline, to run it for a while."""
-
-    def __init__(self, deadline: float) -> None:
-        self._deadline = deadline
-
-    def passed(self) -> bool:
-        return time.monotonic() >= self._deadline
-
-    def fileno(self) -> int | None:
-        return None
-
-    def deadline(self, now: float) -> float | None:
-        return self._deadline
-
-    def handle(self, now: float) -> None:
-        pass
 
 
 class Doorbell:

@@ -56,3 +56,29 @@ def run(sources: Sequence[Source], done: Callable[[], bool], clock: Callable[[],
                 source.handle(now)
                 if done():
                     return
+
+
+def run_for(sources: Sequence[Source], seconds: float, clock: Callable[[], float]) -> None:
+    """Run the sources for `seconds`: the waits while a task is being stopped, when its
+    output and notifications must still be read."""
+    until = _Until(clock() + seconds, clock)
+    run([*sources, until], until.passed, clock)
+
+
+class _Until:
+    """A source that only gives the loop a deadline."""
+
+    def __init__(self, deadline: float, clock: Callable[[], float]) -> None:
+        self._deadline, self._clock = deadline, clock
+
+    def passed(self) -> bool:
+        return self._clock() >= self._deadline
+
+    def fileno(self) -> int | None:
+        return None
+
+    def deadline(self, now: float) -> float | None:
+        return self._deadline
+
+    def handle(self, now: float) -> None:
+        pass

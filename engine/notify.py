@@ -1,11 +1,11 @@
 """systemd's notify protocol, spoken by twrun: programs written for sd_notify(3) run unchanged.
 
-Each task gets a datagram socket of its own in Linux's abstract namespace (nothing on disk to
-plant or to remove), named in the child's `NOTIFY_SOCKET`. A datagram is newline-separated
-`KEY=VALUE` pairs, as sd_notify sends them. Only processes of the task are heard: the socket
-asks for credentials (SO_PASSCRED) and a datagram whose sender is not the task's main process,
-in its process group or a descendant of it, or that carries no credentials, is dropped, like
-one that is malformed or larger than NOTIFY_BUFFER. File descriptors that come with a
+Each task gets a datagram socket of its own, in a 0700 folder of its own (no other user can
+send to it, nor flood it), named in the child's `NOTIFY_SOCKET`. A datagram is
+newline-separated `KEY=VALUE` pairs, as sd_notify sends them. Only processes of the task are
+heard: the socket asks for credentials (SO_PASSCRED), and a datagram whose sender is not one
+of the task's processes (`task_member`), or that carries no credentials, is dropped, like one
+that is malformed or larger than NOTIFY_BUFFER. File descriptors that come with a
 datagram (SCM_RIGHTS) are always closed: for `BARRIER=1` that is the answer its sender waits
 for.
 """
@@ -17,10 +17,10 @@ import collections
 import contextlib
 import logging
 import os
-import secrets
 import socket
 import struct
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 
 from taskwatcher.engine.sources import MaxRuntime
@@ -44,47 +44,54 @@ MAX_FDS = 32
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 _ANCILLARY = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(MAX_FDS * 4)
 _MICROSECONDS = 1e6
+_U64_DIGITS = 20
+_INT_LIMIT = 2**31  # ERRNO= is a C int; 0 is no error
 
 
 class NotifySocket:
-    """The task's notify socket, bound under a random abstract name, credentials on."""
+    """The task's notify socket: a path in a 0700 folder of its own (made with mkdtemp in
+    $XDG_RUNTIME_DIR, else the temporary folder), so no other user can even send to it;
+    credentials on. The socket and its folder are removed by `close`."""
 
     def __init__(self) -> None:
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        parent = runtime if runtime and os.path.isdir(runtime) else None
+        self._folder = tempfile.mkdtemp(prefix="taskwatcher-notify-", dir=parent)
+        self.address = os.path.join(self._folder, "notify")  # NOTIFY_SOCKET
         self._socket = socket.socket(
             socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
         )
-        self._name = f"taskwatcher-notify-{secrets.token_hex(16)}"
         try:
-            self._socket.bind("\0" + self._name)
+            self._socket.bind(self.address)
             self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         except OSError:
-            self._socket.close()
+            self.close()
             raise
-
-    @property
-    def address(self) -> str:
-        """`NOTIFY_SOCKET` as sd_notify reads it: `@` for the abstract namespace."""
-        return "@" + self._name
 
     def fileno(self) -> int:
         return self._socket.fileno()
 
-    def receive(self) -> Iterator[tuple[bytes, int | None]]:
-        """The datagrams waiting, at most PER_TURN, each with its sender's pid (None without
-        credentials); truncated ones are dropped. Descriptors that came along are closed."""
+    def receive(self) -> Iterator[tuple[bytes, tuple[int, int] | None]]:
+        """The datagrams waiting, at most PER_TURN, each with its sender's (pid, uid), None
+        without credentials; truncated ones are dropped. Descriptors that came along are
+        closed."""
         for _ in range(PER_TURN):
             try:
                 data, ancillary, flags, _ = self._socket.recvmsg(NOTIFY_BUFFER, _ANCILLARY)
             except (BlockingIOError, InterruptedError):
                 return
-            pid = _sender(ancillary)
+            sender = _sender(ancillary)
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 log.debug("notify: dropped a datagram over %d bytes", NOTIFY_BUFFER)
                 continue
-            yield data, pid
+            yield data, sender
 
     def close(self) -> None:
         self._socket.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.address)
+        with contextlib.suppress(OSError):
+            os.rmdir(self._folder)
 
     def __enter__(self) -> NotifySocket:
         return self
@@ -93,21 +100,23 @@ class NotifySocket:
         self.close()
 
 
-def _sender(ancillary: list[tuple[int, int, bytes]]) -> int | None:
-    """The sender's pid from SCM_CREDENTIALS; every SCM_RIGHTS descriptor closed on the way."""
-    pid = None
+def _sender(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, int] | None:
+    """The sender's (pid, uid) from SCM_CREDENTIALS; every SCM_RIGHTS descriptor closed on
+    the way."""
+    sender = None
     for level, kind, data in ancillary:
         if level != socket.SOL_SOCKET:
             continue
         if kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
-            pid = _UCRED.unpack_from(data)[0]
+            pid, uid, _ = _UCRED.unpack_from(data)
+            sender = (pid, uid)
         elif kind == socket.SCM_RIGHTS:
             descriptors = array.array("i")
             descriptors.frombytes(data[: len(data) - len(data) % descriptors.itemsize])
             for fd in descriptors:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-    return pid
+    return sender
 
 
 def parse(datagram: bytes) -> list[tuple[str, str]]:
@@ -124,19 +133,26 @@ def parse(datagram: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
-def task_member(child: subprocess.Popen) -> Callable[[int], bool]:
-    """Whether a pid is one of the task's processes: its main process, in its group, or a
-    descendant of it (systemd's NotifyAccess=all, scoped to the task)."""
+def task_member(child: subprocess.Popen) -> Callable[[int, int], bool]:
+    """Whether a sender (pid, uid) is one of the task's processes: its main process, in its
+    group, a descendant of it, or an orphan of it that this supervisor adopted as subreaper
+    (systemd's NotifyAccess=all, scoped to the task). A sender that already exited cannot be
+    looked up (`systemd-notify` without a barrier, a short-lived helper): it is heard when it
+    ran as the task's user, the only user besides root who can reach the socket at all."""
+    supervisor, user = os.getpid(), os.geteuid()
 
-    def member(pid: int) -> bool:
+    def member(pid: int, uid: int) -> bool:
         if pid == child.pid:
             return True
         try:
             if os.getpgid(pid) == child.pid:
                 return True
+        except ProcessLookupError:
+            return uid == user
         except OSError:
             return False
-        return child.pid in _ancestors(pid)
+        ancestors = _ancestors(pid)
+        return child.pid in ancestors or supervisor in ancestors
 
     return member
 
@@ -162,7 +178,7 @@ class Notifications:
         self,
         notify: NotifySocket,
         recorder: Recorder,
-        member: Callable[[int], bool],
+        member: Callable[[int, int], bool],
         *,
         beats: bool,
         max_runtime: MaxRuntime | None = None,
@@ -183,9 +199,9 @@ class Notifications:
         self._turns.append(now)
         if len(self._turns) == BUSY_TURNS and now - self._turns[0] < BUSY_WINDOW:
             self._muted_until = now + NOTIFY_PAUSE
-        for datagram, pid in self._notify.receive():
-            if pid is None or not self._member(pid):
-                log.debug("notify: ignored a datagram from pid %s, not the task's", pid)
+        for datagram, sender in self._notify.receive():
+            if sender is None or not self._member(*sender):
+                log.debug("notify: ignored a datagram from %s, not the task's", sender)
                 continue
             for key, value in parse(datagram):
                 self._apply(key, value, now)
@@ -211,12 +227,16 @@ class Notifications:
             self._recorder.note(ready=state.wall())
         elif key == "STOPPING" and value == "1":
             self._recorder.note(stopping=state.wall())
-        elif key == "ERRNO" and (errno := _whole(value)) is not None:
+        elif key == "ERRNO" and (errno := _whole(value)) and errno < _INT_LIMIT:
             state.errno = errno
         elif key != "BARRIER":  # a barrier is answered by closing its descriptors
             log.debug("notify: ignored %s=%s", key, value[:80])
 
 
 def _whole(text: str) -> int | None:
-    """A non-negative decimal integer, as sd_notify sends them; None for anything else."""
-    return int(text) if text.isascii() and text.isdigit() else None
+    """A non-negative decimal integer of 64 bits at most, as systemd reads them; None for
+    anything else."""
+    if not (text.isascii() and text.isdigit() and len(text) <= _U64_DIGITS):
+        return None
+    number = int(text)
+    return number if number < 2**64 else None

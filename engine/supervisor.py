@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -39,22 +38,13 @@ from taskwatcher.engine.feedbackfile import (
 from taskwatcher.engine.launch import check_descriptors
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.machine import TaskState, release
-from taskwatcher.engine.notify import Notifications, NotifySocket, task_member
+from taskwatcher.engine.notify import NotifySocket
 from taskwatcher.engine.output import log_name
 from taskwatcher.engine.records import Launch
 from taskwatcher.engine.request import Heartbeat, LaunchRequest
+from taskwatcher.engine.running import listeners_of, stop_everything, supervise
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox, watched_stop_signals
-from taskwatcher.engine.sources import (
-    ChildExit,
-    FeedbackHeartbeat,
-    Health,
-    KillRequests,
-    MaxRuntime,
-    Reaper,
-    Signals,
-    Wakeups,
-)
-from taskwatcher.engine.stopping import SUPERVISOR_FAILED, StopReason, TaskEnd, end_of_task
+from taskwatcher.engine.stopping import SUPERVISOR_FAILED, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.supervision import Recorder, Supervision
 from taskwatcher.engine.taskfiles import feedback_folder, log_folder, make_feedback_file, make_log
@@ -106,11 +96,28 @@ def run_task(
         health.start(monotonic())
         state = Supervision(health, row, clock)
         recorder = Recorder(state)
+        listeners = listeners_of(
+            child, claimed.notify, recorder, request, capture, pipes, monotonic
+        )
         try:
-            _supervise(child, claimed, recorder, feedback, request, capture, pipes, monotonic)
+            supervise(
+                child,
+                claimed.inbox,
+                claimed.wake,
+                recorder,
+                feedback,
+                request,
+                listeners,
+                monotonic,
+            )
         finally:  # whatever went wrong, none of the task's processes outlive supervision
-            idle = capture.pump if capture is not None else time.sleep
-            stopped = _stop_everything(child, leader, state.stop, request.grace, idle)
+            quiet = listeners.while_stopping
+
+            def idle(seconds: float) -> None:
+                loop.run_for(quiet, seconds, monotonic)
+
+            stopped = stop_everything(child, leader, state.stop, request.grace, idle)
+            listeners.notifications.handle(monotonic())  # its last words
             release(health)
         # Still inside the inbox: a stop or kill request that comes now, too late to matter,
         # must not kill twrun before the end it saw is recorded.
@@ -290,7 +297,7 @@ def _child_env(
     env["TASKWATCHER_TIMEOUT"] = f"{timeout:g}" if timeout else "0"
     # As systemd gives a service its watchdog; nothing inherited from an enclosing one.
     env.pop("WATCHDOG_PID", None)
-    if timeout:
+    if timeout and Heartbeat.NOTIFY in request.heartbeat:  # a watchdog that is watched
         env["WATCHDOG_USEC"] = str(round(timeout * 1e6))
     else:
         env.pop("WATCHDOG_USEC", None)
@@ -329,76 +336,3 @@ def _claim_start(
         logfile=None if logfile is None else str(logfile),
     )
     row.store.claim(row.taskid, launch)
-
-
-def _supervise(
-    child: subprocess.Popen,
-    claimed: _Claimed,
-    recorder: Recorder,
-    feedback: FeedbackFile | None,
-    request: LaunchRequest,
-    capture: Capture | None,
-    pipes: tuple[int, ...],
-    monotonic: Callable[[], float],
-) -> None:
-    """Run the loop over the task's event sources until the child exits or must be stopped."""
-    state = recorder.state
-    requests = KillRequests(state)
-    max_runtime = (
-        MaxRuntime(state, monotonic(), request.max_runtime) if request.max_runtime else None
-    )
-    notifications = Notifications(
-        claimed.notify,
-        recorder,
-        task_member(child),
-        beats=Heartbeat.NOTIFY in request.heartbeat,
-        max_runtime=max_runtime,
-    )
-    if capture is not None:
-        beat = recorder.output if Heartbeat.OUTPUT in request.heartbeat else None
-        for task_fd, own_fd in zip(pipes, (1, 2), strict=False):
-            capture.watch(task_fd, own_fd, beat)
-    heartbeats = (
-        [FeedbackHeartbeat(feedback, Heartbeat.FEEDBACK in request.heartbeat, recorder)]
-        if feedback is not None
-        else []
-    )
-    with process.ChildWatch(child) as child_watch:
-        sources: list[loop.Source] = [
-            ChildExit(child, child_watch, state),
-            Signals(claimed.inbox, requests, state),
-            Wakeups(claimed.wake, requests),
-            *(capture.sources if capture is not None else ()),
-            notifications,
-            requests,
-            *heartbeats,
-            Health(recorder, heartbeats),
-            recorder,
-            Reaper(child),
-            *([max_runtime] if max_runtime is not None else []),
-        ]
-        loop.run(sources, lambda: state.over, monotonic)
-
-
-def _stop_everything(
-    child: subprocess.Popen,
-    leader: process.ProcessIdentity | None,
-    stop: StopReason | None,
-    grace: float,
-    idle: Callable[[float], object],
-) -> process.StopResult | None:
-    """Stop the task when asked, and in every case leave none of its processes behind;
-    `idle` passes the waits (reading the task's output).
-
-    Returns how stopping went, or None when nothing was left to stop.
-    """
-    stopped = None
-    if leader is not None:
-        first = stop.first_signal if stop else signal.SIGTERM
-        if stop is not None or process.remnants(leader, child.pid, adopter=os.getpid()):
-            stopped = process.terminate_task(
-                leader, child.pid, grace=grace, first=first, adopter=os.getpid(), idle=idle
-            )
-    child.wait()
-    process.reap_adopted()
-    return stopped

@@ -197,10 +197,86 @@ def test_the_child_gets_the_socket_and_the_watchdog_as_systemd_gives_them(
     env = {**os.environ, "WATCHDOG_PID": "1", "WATCHDOG_USEC": "5"}
     assert run_cli("twrun", "--db", db_path, "--", PY, "-c", dump, env=env).returncode == 0
     untimed = json.loads(shown.read_text())
-    assert untimed["NOTIFY_SOCKET"].startswith("@taskwatcher-notify-")
+    folder = Path(untimed["NOTIFY_SOCKET"]).parent
+    assert folder.name.startswith("taskwatcher-notify-") and not folder.exists()  # removed
     assert "WATCHDOG_USEC" not in untimed and "WATCHDOG_PID" not in untimed
     run_cli("twrun", "--db", db_path, "--timeout", "2.5", "--", PY, "-c", dump)
     assert json.loads(shown.read_text())["WATCHDOG_USEC"] == "2500000"
+    run_cli("twrun", "--db", db_path, "--timeout", "2.5", "--heartbeat", "feedback",
+            "--", PY, "-c", dump)  # fmt: skip
+    assert "WATCHDOG_USEC" not in json.loads(shown.read_text())  # pings would not count
+
+
+def test_the_socket_is_private_to_the_tasks_user(db_path: Path, tmp_path: Path) -> None:
+    shown = tmp_path / "mode"
+    looks = f"import os, stat; open({str(shown)!r}, 'w').write(oct(stat.S_IMODE("
+    looks += "os.stat(os.path.dirname(os.environ['NOTIFY_SOCKET'])).st_mode)))"
+    assert run_cli("twrun", "--db", db_path, "--", PY, "-c", looks).returncode == 0
+    assert shown.read_text() == "0o700"
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["WATCHDOG_USEC=" + "9" * 400, "EXTEND_TIMEOUT_USEC=" + "9" * 400, "ERRNO=2147483648",
+     "WATCHDOG_USEC=18446744073709551616", "ERRNO=0"],
+)  # fmt: skip
+def test_numbers_out_of_range_are_ignored_without_harm(
+    db_path: Path, tmp_path: Path, message: str
+) -> None:
+    assert twrun(db_path, "--timeout", "5", "--", *raw(tmp_path, message, "exit:3")) == 3
+    record = history(db_path, 1)
+    assert (record.outcome, record.termerror) == ("FAILED", "exit status 3")
+
+
+def test_last_words_before_the_exit_are_heard_even_after_a_burst(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """A burst puts the socket in its batched mode; what the task says just before it exits
+    must still reach history."""
+    burst = ["WATCHDOG=1"] * 6
+    last = raw(tmp_path, *burst, "STATUS=final words\nERRNO=2", "exit:1")
+    assert twrun(db_path, "--", *last) == 1
+    record = history(db_path, 1)
+    assert record.feedback == {"status": "final words"}
+    assert record.termerror == "exit status 1; errno 2 (No such file or directory)"
+
+
+def test_a_task_is_heard_while_it_is_being_stopped(db_path: Path, tmp_path: Path) -> None:
+    """systemd-notify waits for its barrier: from a SIGTERM handler it must not time out."""
+    polite = (
+        "trap 'systemd-notify STOPPING=1 STATUS=\"shut down cleanly\" && exit 0; exit 7' TERM; "
+        "systemd-notify STATUS=serving; while :; do sleep 0.1; done"
+    )
+    result = run_cli(
+        "twrun", "--db", db_path, "--output", "log", "--max-runtime", "1", "--grace", "10",
+        "--", "sh", "-c", polite,
+    )  # fmt: skip
+    assert result.returncode == 124, result.stderr
+    record = history(db_path, 1)
+    assert (record.termsignal, record.feedback) == ("SIGTERM", {"status": "shut down cleanly"})
+    assert record.duration < 8
+
+
+def test_an_orphan_the_supervisor_adopted_is_heard(db_path: Path, tmp_path: Path) -> None:
+    """A daemon that forks, calls setsid and forks again is re-parented to twrun (a
+    subreaper), not to the task's main process: it is still the task's."""
+    daemon = script(
+        tmp_path,
+        "daemon.py",
+        """        import os, socket, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(0.3)  # by now its parent is gone: adopted by twrun
+                address = os.environ["NOTIFY_SOCKET"]
+                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"STATUS=daemon", address)
+                time.sleep(5)
+            os._exit(0)
+        time.sleep(1.5)
+        """,
+    )
+    assert twrun(db_path, "--grace", "1", "--", PY, str(daemon)) == 0
+    assert history(db_path, 1).feedback == {"status": "daemon"}
 
 
 @pytest.mark.parametrize(

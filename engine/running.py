@@ -1,0 +1,131 @@
+"""A launched task under supervision: its event sources in the loop, and stopping it.
+
+The sources that hear the task itself (its output pipes, its notify socket) stay on while
+it is being stopped, so a task that writes or notifies as it shuts down is heard, and never
+blocked on a full pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from typing import NamedTuple
+
+from taskwatcher.engine import loop, process
+from taskwatcher.engine.capture import Capture
+from taskwatcher.engine.feedbackfile import (
+    FeedbackFile,
+)
+from taskwatcher.engine.notify import Notifications, NotifySocket, task_member
+from taskwatcher.engine.request import Heartbeat, LaunchRequest
+from taskwatcher.engine.signals import SignalInbox
+from taskwatcher.engine.sources import (
+    ChildExit,
+    FeedbackHeartbeat,
+    Health,
+    KillRequests,
+    MaxRuntime,
+    Reaper,
+    Signals,
+    Wakeups,
+)
+from taskwatcher.engine.stopping import StopReason
+from taskwatcher.engine.supervision import Recorder
+from taskwatcher.engine.wakeup import WakeSocket
+
+
+class Listeners(NamedTuple):
+    """The sources that hear the task itself, kept on while it is being stopped."""
+
+    notifications: Notifications
+    max_runtime: MaxRuntime | None
+    while_stopping: list[loop.Source]
+
+
+def listeners_of(
+    child: subprocess.Popen,
+    notify: NotifySocket,
+    recorder: Recorder,
+    request: LaunchRequest,
+    capture: Capture | None,
+    pipes: tuple[int, ...],
+    monotonic: Callable[[], float],
+) -> Listeners:
+    """The notify socket, the output pipes and the maximum runtime, as sources."""
+    state = recorder.state
+    max_runtime = (
+        MaxRuntime(state, monotonic(), request.max_runtime) if request.max_runtime else None
+    )
+    notifications = Notifications(
+        notify,
+        recorder,
+        task_member(child),
+        beats=Heartbeat.NOTIFY in request.heartbeat,
+        max_runtime=max_runtime,
+    )
+    if capture is not None:
+        beat = recorder.output if Heartbeat.OUTPUT in request.heartbeat else None
+        for task_fd, own_fd in zip(pipes, (1, 2), strict=False):
+            capture.watch(task_fd, own_fd, beat)
+    output = capture.sources if capture is not None else []
+    return Listeners(notifications, max_runtime, [notifications, *output])
+
+
+def supervise(
+    child: subprocess.Popen,
+    inbox: SignalInbox,
+    wake: WakeSocket,
+    recorder: Recorder,
+    feedback: FeedbackFile | None,
+    request: LaunchRequest,
+    listeners: Listeners,
+    monotonic: Callable[[], float],
+) -> None:
+    """Run the loop over the task's event sources until the child exits or must be stopped."""
+    state = recorder.state
+    requests = KillRequests(state)
+    heartbeats = (
+        [FeedbackHeartbeat(feedback, Heartbeat.FEEDBACK in request.heartbeat, recorder)]
+        if feedback is not None
+        else []
+    )
+    with process.ChildWatch(child) as child_watch:
+        sources: list[loop.Source] = [
+            ChildExit(child, child_watch, state),
+            Signals(inbox, requests, state),
+            Wakeups(wake, requests),
+            *listeners.while_stopping,
+            requests,
+            *heartbeats,
+            Health(recorder, heartbeats),
+            recorder,
+            Reaper(child),
+            *([listeners.max_runtime] if listeners.max_runtime is not None else []),
+        ]
+        loop.run(sources, lambda: state.over, monotonic)
+
+
+def stop_everything(
+    child: subprocess.Popen,
+    leader: process.ProcessIdentity | None,
+    stop: StopReason | None,
+    grace: float,
+    idle: Callable[[float], object],
+) -> process.StopResult | None:
+    """Stop the task when asked, and in every case leave none of its processes behind;
+    `idle` passes the waits (reading the task's output).
+
+    Returns how stopping went, or None when nothing was left to stop.
+    """
+    stopped = None
+    if leader is not None:
+        first = stop.first_signal if stop else signal.SIGTERM
+        if stop is not None or process.remnants(leader, child.pid, adopter=os.getpid()):
+            stopped = process.terminate_task(
+                leader, child.pid, grace=grace, first=first, adopter=os.getpid(), idle=idle
+            )
+    child.wait()
+    process.reap_adopted()
+    return stopped
