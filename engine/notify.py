@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from taskwatcher.engine.sources import MaxRuntime
 from taskwatcher.engine.stopping import StopReason
 from taskwatcher.engine.supervision import Recorder
+from taskwatcher.engine.tasktree import ProcRow, proc_row
 
 log = logging.getLogger(__name__)
 
@@ -144,30 +145,22 @@ def task_member(child: subprocess.Popen) -> Callable[[int, int], bool]:
     def member(pid: int, uid: int) -> bool:
         if pid == child.pid:
             return True
-        try:
-            if os.getpgid(pid) == child.pid:
-                return True
-        except ProcessLookupError:
+        row = proc_row(pid)
+        if row is None:
             return uid == user
-        except OSError:
-            return False
-        ancestors = _ancestors(pid)
-        return child.pid in ancestors or supervisor in ancestors
+        return row.pgid == child.pid or not {child.pid, supervisor}.isdisjoint(_ancestors(row))
 
     return member
 
 
-def _ancestors(pid: int) -> list[int]:
-    """The pids above `pid`, read from /proc; empty once any of them is gone."""
-    chain = []
-    while pid > 1 and len(chain) < 1000:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                fields = stat.read().rpartition(b")")[2].split()
-        except OSError:
+def _ancestors(row: ProcRow) -> list[int]:
+    """The pids above a process, read from /proc; empty once any of them is gone."""
+    chain = [row.ppid]
+    while chain[-1] > 1 and len(chain) < 1000:
+        parent = proc_row(chain[-1])
+        if parent is None:
             return []
-        pid = int(fields[1])
-        chain.append(pid)
+        chain.append(parent.ppid)
     return chain
 
 

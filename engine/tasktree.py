@@ -148,7 +148,7 @@ def reap_adopted(keep: Collection[int] = ()) -> list[int]:
         reaped.append(waitable.si_pid)
 
 
-class _ProcRow(NamedTuple):
+class ProcRow(NamedTuple):
     pid: int
     ppid: int
     pgid: int
@@ -199,7 +199,7 @@ def _snapshot(leader: ProcessIdentity, pgid: int, adopter: int | None) -> _Snaps
     return _Snapshot(group, _lookup(members), _lookup(tree - members), groups)
 
 
-def _whole_groups(rows: list[_ProcRow], task: set[int], known: set[int]) -> tuple[int, ...]:
+def _whole_groups(rows: list[ProcRow], task: set[int], known: set[int]) -> tuple[int, ...]:
     """The groups of the task's processes, zombies included, that hold nothing else alive.
 
     A process that keeps forking and exiting may be missing from every listing of /proc, but
@@ -222,24 +222,26 @@ def _group_is_tasks(leader: ProcessIdentity, pgid: int) -> bool:
     return holder is None or same_start(holder.create_time, leader.create_time)
 
 
-def _process_table() -> list[_ProcRow]:
+def _process_table() -> list[ProcRow]:
     """pid, ppid, pgid and zombie state of every process (psutil does not expose pgid)."""
-    rows = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as stat_file:
-                stat = stat_file.read()
-        except OSError:  # exited since the listing, or hidden from us
-            continue
-        # The command name in parentheses may contain anything: split after its last ')'.
-        state, ppid, pgid = stat[stat.rindex(b")") + 2 :].split(maxsplit=3)[:3]
-        rows.append(_ProcRow(int(name), int(ppid), int(pgid), state == b"Z"))
-    return rows
+    rows = (proc_row(int(name)) for name in os.listdir("/proc") if name.isdigit())
+    return [row for row in rows if row is not None]
 
 
-def _descendants(rows: Iterable[_ProcRow], roots: Iterable[int]) -> set[int]:
+def proc_row(pid: int) -> ProcRow | None:
+    """One process's pid, ppid, pgid and zombie state from /proc; None once it exited (or
+    is hidden from us)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            stat = stat_file.read()
+    except OSError:
+        return None
+    # The command name in parentheses may contain anything: split after its last ')'.
+    state, ppid, pgid = stat[stat.rindex(b")") + 2 :].split(maxsplit=3)[:3]
+    return ProcRow(pid, int(ppid), int(pgid), state == b"Z")
+
+
+def _descendants(rows: Iterable[ProcRow], roots: Iterable[int]) -> set[int]:
     """Pids below the roots in the parent/child tree of rows (the roots themselves excluded)."""
     children: dict[int, list[int]] = defaultdict(list)
     for row in rows:
