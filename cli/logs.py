@@ -19,7 +19,17 @@ from taskwatcher.cli import EXIT_FAILED
 from taskwatcher.cli.common import fail, json_flag, positive_int, subcommand, task_id
 from taskwatcher.cli.render import escape, escape_output, json_bytes
 from taskwatcher.engine.follow import follow
-from taskwatcher.engine.logs import LogSweep, NotALog, OpenLog, TaskLog, find_log
+from taskwatcher.engine.logs import (
+    LogSweep,
+    NotALog,
+    OpenLog,
+    TaskLog,
+    elsewhere,
+    log_of,
+    pushed_lines,
+    record_of,
+)
+from taskwatcher.engine.records import Ended, Task
 from taskwatcher.engine.stopping import twrun_exit_code
 from taskwatcher.engine.store import Store
 
@@ -64,7 +74,10 @@ def _refusals_escaped(handler: Handler) -> Handler:
 
 @_refusals_escaped
 def _cmd_log(store: Store, args: argparse.Namespace) -> int:
-    tasklog = find_log(store, args.taskid)
+    record = record_of(store, args.taskid)
+    if (host := elsewhere(store, record)) is not None:
+        return _log_elsewhere(store, record, host, args)
+    tasklog = log_of(record)
     with OpenLog(tasklog) as opened:
         lines: Iterable[bytes]
         if args.lines is None:
@@ -84,6 +97,26 @@ def _cmd_log(store: Store, args: argparse.Namespace) -> int:
     # DESIGN.md: `log` exits as the task's twrun did once it has ended; 0 while it runs.
     ended = store.history_of(args.taskid)
     return twrun_exit_code(ended) if ended is not None else 0
+
+
+def _log_elsewhere(store: Store, record: Task | Ended, host: str, args: argparse.Namespace) -> int:
+    """A log on another host's disk: the last lines its supervisor pushed (or history kept),
+    and a note on stderr of where the whole log is."""
+    tasklog = log_of(record)
+    lines = pushed_lines(record, args.lines)
+    if args.json:
+        _print_json(tasklog, lines)
+    else:
+        out = _Output()
+        for line in lines:
+            out.write(line + b"\n")
+        out.close()
+    print(
+        f"twctl: task {record.taskid} ran on host {escape(host)}: these are the last lines its"
+        f" supervisor pushed; the whole log is {escape(tasklog.logfile)} on that host",
+        file=sys.stderr,
+    )
+    return twrun_exit_code(record) if isinstance(record, Ended) else 0
 
 
 @_refusals_escaped

@@ -64,7 +64,8 @@ def _detail_cell(feedback: dict[str, str]) -> Text:
 
 
 def render_frame(store: Store, now: float | None = None) -> Table:
-    """One screen: every live task with status, heartbeat against timeout, progress, details.
+    """One screen: every live task with status, heartbeat against timeout, progress, details,
+    and its host when the tasks run on several.
 
     Feedback is what each supervisor published in the database, never read from the files.
     """
@@ -78,8 +79,11 @@ def render_frame(store: Store, now: float | None = None) -> Table:
         caption="q or Ctrl-C to leave",
         header_style="bold",
     )
+    hosts = len({record["host"] for record in records if record["host"] is not None}) > 1
     table.add_column("id", no_wrap=True)
     table.add_column("name", overflow="fold", min_width=6)
+    if hosts:
+        table.add_column("host", overflow="fold")
     for header in ("status", "pid", "up", "heartbeat"):
         table.add_column(header, no_wrap=True)
     table.add_column("progress", no_wrap=True, min_width=PROGRESS_WIDTH)
@@ -91,6 +95,7 @@ def render_frame(store: Store, now: float | None = None) -> Table:
         table.add_row(
             str(record["taskid"]),
             Text(cell(record["name"])),
+            *([Text(cell(record["host"]))] if hosts else []),
             Text(record["status"], style=STATUS_STYLES.get(record["status"], "")),
             cell(record["pid"]),
             human_duration(record["duration"]),

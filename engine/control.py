@@ -7,7 +7,6 @@ Housekeeping is `engine.housekeeping`.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,6 +31,7 @@ from taskwatcher.engine.housekeeping import (
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.ownership import user_name
 from taskwatcher.engine.records import Ended, Task
+from taskwatcher.engine.settings import host_id
 from taskwatcher.engine.store import Store
 
 #: How long `kill` waits by default for the supervisor to stop and archive the task.
@@ -40,7 +40,7 @@ DEFAULT_KILL_WAIT = 30.0
 
 def requester() -> str:
     """Who is asking, as history's `killed_by` shows it: the real user, not $USER."""
-    return f"{user_name()}@{socket.gethostname()} (pid {os.getpid()})"
+    return f"{user_name()}@{host_id()} (pid {os.getpid()})"
 
 
 def listing(store: Store, *, name: str | None = None, status: str | None = None) -> list[dict]:
@@ -114,8 +114,11 @@ def request_stop(store: Store, taskid: int, who: str) -> Ended | None:
             return store.cancel_reservation(taskid, who)
         except NotReserved:
             task = _live_or_ended(store, taskid)  # twrun claimed it meanwhile: stop it running
-    if task.host != socket.gethostname():
-        raise ForeignTask(f"task {taskid} runs on host {task.host!r}: stop it from there")
+    if task.host != host_id():
+        if not store.many_hosts:
+            raise ForeignTask(f"task {taskid} runs on host {task.host!r}: stop it from there")
+        store.request_kill(taskid, who)  # its supervisor hears it, or its lease runs out
+        return None
     lost = is_ghost(task)
     if lost and not may_clean_up(task):  # said before anything is written
         owner = user_name(task.uid)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 import time
 from collections.abc import Callable
 
@@ -18,6 +17,7 @@ from taskwatcher.engine.leftovers import stop_leftovers
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.ownership import Census, Owner
 from taskwatcher.engine.records import Ended, Ending, Task
+from taskwatcher.engine.settings import host_id
 from taskwatcher.engine.store import Store
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,9 @@ def housekeep(store: Store, *, grace: float = LOST_GRACE) -> list[Ended]:
     """Expire stale reservations and archive tasks whose supervisor vanished as LOST.
 
     A lost task of another user is left for that user or root (`ghosts_of_others`), who can
-    stop its processes. Returns the history records written, so `twctl update` can say
-    what it did.
+    stop its processes. On a database of many hosts, a task of any host whose supervisor's
+    lease ran out is LOST too, after this host's own lost tasks had their processes stopped.
+    Returns the history records written, so `twctl update` can say what it did.
     """
     ended = list(store.expire_reservations())
     census = None  # one look over /proc, taken once the first lost task shows
@@ -43,7 +44,7 @@ def housekeep(store: Store, *, grace: float = LOST_GRACE) -> list[Ended]:
             lost = archive_lost(store, task, grace, census)
             if lost is not None:
                 ended.append(lost)
-    return ended
+    return ended + store.expire_leases()
 
 
 def ghosts_of_others(store: Store) -> list[Task]:
@@ -58,7 +59,7 @@ def is_ghost(task: Task) -> bool:
     as lost too; no signal is ever sent on its account. A supervisor whose socket is bound
     is alive, even when a step of the wall clock moved the create times psutil reports.
     """
-    if task.status == Status.RESERVED or task.host != socket.gethostname():
+    if task.status == Status.RESERVED or task.host != host_id():
         return False
     owner = owner_of(task)
     if owner is not None and wakeup.is_listening(owner.digest):

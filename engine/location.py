@@ -1,6 +1,8 @@
-"""Where the database lives by default, and the folders kept beside it.
+"""Where the database lives by default, and the folders kept beside it (or, for a database
+on a server, in this host's state folder).
 
-Nothing else in the engine knows a database can be a file: that is the sqlite backend's.
+A location is a path (an sqlite file) or a `postgresql://` URL; nothing else in the engine
+tells the two apart.
 """
 
 from __future__ import annotations
@@ -13,32 +15,54 @@ from taskwatcher.engine.errors import StoreError
 ENV_VAR = "TASKWATCHER_DB"
 
 
-def default_db_path() -> Path:
-    """The XDG state location used when neither --db nor $TASKWATCHER_DB is given."""
+#: What a location starts with when it names a PostgreSQL database.
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """Whether a location names a database on a server rather than a file."""
+    return isinstance(location, str) and location.startswith(URL_SCHEMES)
+
+
+def state_folder() -> Path:
+    """This host's `${XDG_STATE_HOME:-~/.local/state}/taskwatcher`."""
     state_home = os.environ.get("XDG_STATE_HOME")
     if not state_home:
         try:
-            state_home = Path.home() / ".local" / "state"
+            state_home = str(Path.home() / ".local" / "state")
         except RuntimeError:  # no $HOME and no passwd entry, as in some containers
             raise StoreError(
                 f"no home folder for the default database: name one in ${ENV_VAR}"
             ) from None
-    return Path(state_home) / "taskwatcher" / "tasks.db"
+    return Path(state_home) / "taskwatcher"
 
 
-def resolve_db_path(cli_value: str | os.PathLike[str] | None) -> Path:
-    """--db wins, then $TASKWATCHER_DB, then the XDG state path (DESIGN.md order)."""
+def default_db_path() -> Path:
+    """The XDG state location used when neither --db nor $TASKWATCHER_DB is given."""
+    return state_folder() / "tasks.db"
+
+
+def resolve_db_path(cli_value: str | os.PathLike[str] | None) -> Path | str:
+    """--db wins, then $TASKWATCHER_DB, then the XDG state path (DESIGN.md order); a URL is
+    kept as it is."""
     chosen = cli_value or os.environ.get(ENV_VAR)
+    if chosen and is_url(str(chosen)):
+        return str(chosen)
     return Path(chosen).expanduser() if chosen else default_db_path()
 
 
 def default_feedpath(location: str | os.PathLike[str]) -> Path:
-    """Feedback files go beside the database, so one --db keeps a whole setup together."""
+    """Feedback files go beside the database, so one --db keeps a whole setup together; with
+    a database on a server, in this host's state folder."""
+    if is_url(location):
+        return state_folder() / "feedback"
     path = Path(location)
     return path.parent / f"{path.stem}-feedback"
 
 
 def default_logdir(location: str | os.PathLike[str]) -> Path:
-    """Task logs go beside the database too, in a folder of their own."""
+    """Task logs go beside the database too, in a folder of their own (see default_feedpath)."""
+    if is_url(location):
+        return state_folder() / "logs"
     path = Path(location)
     return path.parent / f"{path.stem}-logs"

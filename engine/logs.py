@@ -23,6 +23,7 @@ from taskwatcher.engine.errors import UnknownTask
 from taskwatcher.engine.output import log_name, rotated
 from taskwatcher.engine.records import Ended, Task
 from taskwatcher.engine.safepath import untrusted_part
+from taskwatcher.engine.settings import host_id
 from taskwatcher.engine.store import Store
 from taskwatcher.grammar.errors import TaskwatcherError
 
@@ -193,10 +194,26 @@ def close_all(parts: Iterable[LogPart]) -> None:
         os.close(part.fd)
 
 
-def find_log(store: Store, taskid: int) -> TaskLog:
-    """The log of a live or finished task; UnknownTask, or NoLog when it has none."""
+def record_of(store: Store, taskid: int) -> Task | Ended:
+    """The live task, else its history record; UnknownTask for an id no task ever had."""
     task = store.get_task(taskid)
-    return log_of(task if task is not None else history_record(store, taskid))
+    return task if task is not None else history_record(store, taskid)
+
+
+def elsewhere(store: Store, record: Task | Ended) -> str | None:
+    """The host whose disk holds the task's log, when it is not this one (a database of many
+    hosts; with sqlite every task is taken for this host's)."""
+    if not store.many_hosts or record.host in (None, host_id()):
+        return None
+    return record.host
+
+
+def pushed_lines(record: Task | Ended, count: int | None) -> list[bytes]:
+    """The last lines of the output as the task's supervisor pushed them (live) or history
+    kept them (ended): what another host can show of a log it cannot read."""
+    tail = record.output_tail or ""
+    lines = [line.encode() for line in tail.split("\n")] if tail else []
+    return lines if count is None else lines[-count:] if count else []
 
 
 def log_of(record: Task | Ended) -> TaskLog:
@@ -282,9 +299,12 @@ class LogSweep:
     def __init__(self) -> None:
         self.left = 0
 
-    def remove(self, logs: Iterable[tuple[int, str]]) -> None:
-        """For `clear_history(logs=...)`: the (taskid, logfile) of a batch's rows, committed."""
-        for taskid, logfile in logs:
+    def remove(self, logs: Iterable[tuple[int, str, str | None]]) -> None:
+        """For `clear_history(logs=...)`: the (taskid, logfile, host) of a batch's rows,
+        committed. Only this host's logs are here to remove; each host clears its own."""
+        for taskid, logfile, host in logs:
+            if host not in (None, host_id()):
+                continue
             try:
                 TaskLog(taskid, logfile).remove()
             except OSError as error:  # NotALog included

@@ -85,6 +85,8 @@ class Task:
     logfile: str | None = None
     ready: float | None = None  # when the task said it was ready (sd_notify READY=1)
     stopping: float | None = None  # when it said it was stopping (STOPPING=1)
+    lease_until: float | None = None  # server time the supervisor's lease runs out (many hosts)
+    output_tail: str | None = None  # the output's last lines, pushed for other hosts
 
     @property
     def started(self) -> bool:
@@ -173,7 +175,7 @@ def _fit(annotation: str, value: Any) -> Any:
     if annotation.startswith("float"):
         return _real(value)
     if annotation == "bool":
-        return bool(_integer(value))
+        return value if type(value) is bool else bool(_integer(value))
     if annotation.startswith("list"):
         return decode_command(value)
     if annotation.startswith("dict"):

@@ -7,6 +7,7 @@ blocked on a full pipe.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from typing import NamedTuple
 
 from taskwatcher.engine import loop, process
 from taskwatcher.engine.capture import Capture
+from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.feedbackfile import (
     FeedbackFile,
 )
@@ -25,23 +27,30 @@ from taskwatcher.engine.sources import (
     ChildExit,
     FeedbackHeartbeat,
     Health,
+    KillNotices,
     KillRequests,
     MaxRuntime,
+    OutputPush,
     Reaper,
     Signals,
     Wakeups,
 )
 from taskwatcher.engine.stopping import StopReason
 from taskwatcher.engine.supervision import Recorder
+from taskwatcher.engine.taskrow import TaskRow
 from taskwatcher.engine.wakeup import WakeSocket
+
+log = logging.getLogger(__name__)
 
 
 class Listeners(NamedTuple):
-    """The sources that hear the task itself, kept on while it is being stopped."""
+    """The sources that hear the task itself, kept on while it is being stopped, and what
+    passes its output on to other hosts (not while stopping: the end carries the tail)."""
 
     notifications: Notifications
     max_runtime: MaxRuntime | None
     while_stopping: list[loop.Source]
+    output_push: list[loop.Source]
 
 
 def listeners_of(
@@ -70,7 +79,9 @@ def listeners_of(
         for task_fd, own_fd in zip(pipes, (1, 2), strict=False):
             capture.watch(task_fd, own_fd, beat)
     output = capture.sources if capture is not None else []
-    return Listeners(notifications, max_runtime, [notifications, *output])
+    push = capture is not None and state.row.store.many_hosts
+    pushes: list[loop.Source] = [OutputPush(capture.tail, state.row)] if push else []
+    return Listeners(notifications, max_runtime, [notifications, *output], pushes)
 
 
 def supervise(
@@ -85,7 +96,8 @@ def supervise(
 ) -> None:
     """Run the loop over the task's event sources until the child exits or must be stopped."""
     state = recorder.state
-    requests = KillRequests(state)
+    requests = KillRequests(state, monotonic())
+    listen_for_kills(state.row)
     heartbeats = (
         [FeedbackHeartbeat(feedback, Heartbeat.FEEDBACK in request.heartbeat, recorder)]
         if feedback is not None
@@ -96,6 +108,8 @@ def supervise(
             ChildExit(child, child_watch, state),
             Signals(inbox, requests, state),
             Wakeups(wake, requests),
+            KillNotices(state.row.store, state.row.taskid, requests),
+            *listeners.output_push,
             *listeners.while_stopping,
             requests,
             *heartbeats,
@@ -105,6 +119,15 @@ def supervise(
             *([listeners.max_runtime] if listeners.max_runtime is not None else []),
         ]
         loop.run(sources, lambda: state.over, monotonic)
+
+
+def listen_for_kills(row: TaskRow) -> None:
+    """Have the store announce kill requests of the task, where it can; without, the
+    periodic look still reads them."""
+    try:
+        row.store.listen_for_kills(row.taskid)
+    except StoreError as error:
+        log.warning("task %s: %s (kill requests are read once a second)", row.taskid, error)
 
 
 def stop_everything(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from collections.abc import Mapping
 
 from taskwatcher.engine.errors import InvalidRequest
@@ -18,6 +19,26 @@ TTL_VARIABLE = "TASKWATCHER_RESERVATION_TTL"
 #: over 10 s; 30 s lets them all queue.
 DEFAULT_BUSY_TIMEOUT = 30.0
 BUSY_TIMEOUT_VARIABLE = "TASKWATCHER_BUSY_TIMEOUT"
+
+
+#: Seconds a supervisor's lease on its row lasts on a database of many hosts: a task whose
+#: supervisor has not renewed it for that long is LOST.
+DEFAULT_LEASE = 30.0
+LEASE_VARIABLE = "TASKWATCHER_LEASE"
+
+
+HOST_VARIABLE = "TASKWATCHER_HOST"
+
+
+def host_id(environ: Mapping[str, str] = os.environ) -> str:
+    """This host as tasks record it: $TASKWATCHER_HOST, else the host name. Cloned machines
+    sharing a name need the variable, or each would take the other's tasks for its own."""
+    return environ.get(HOST_VARIABLE) or socket.gethostname()
+
+
+def lease_from_env(environ: Mapping[str, str] = os.environ) -> float:
+    """$TASKWATCHER_LEASE in seconds, else the default; InvalidRequest if unusable."""
+    return _seconds_from_env(environ, LEASE_VARIABLE, DEFAULT_LEASE)
 
 
 def reservation_ttl_from_env(environ: Mapping[str, str] = os.environ) -> float:

@@ -12,11 +12,15 @@ import subprocess
 from abc import ABC, abstractmethod
 
 from taskwatcher.engine import process
+from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.feedbackfile import FeedbackFile
 from taskwatcher.engine.lifecycle import Status
+from taskwatcher.engine.output import Tail
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox
 from taskwatcher.engine.stopping import StopReason
+from taskwatcher.engine.store import Store
 from taskwatcher.engine.supervision import HEARTBEAT_CHECK_INTERVAL, Recorder, Supervision
+from taskwatcher.engine.taskrow import TaskRow
 from taskwatcher.engine.wakeup import WAKE_PAUSE, WakeSocket
 
 
@@ -75,15 +79,69 @@ class Reaper(Periodic):
 
 
 class KillRequests(Periodic):
-    """The kill request on the row: read once a second, or at once when asked to."""
+    """The kill request on the row: read once a second, or at once when asked to.
 
-    def __init__(self, state: Supervision) -> None:
+    On a store with leases the read renews the lease too; a supervisor that could not renew
+    it for the lease's length, or finds its row gone, stops its task: the other hosts already
+    count it LOST.
+    """
+
+    def __init__(self, state: Supervision, now: float) -> None:
         super().__init__()
         self._state = state
+        self._renewed = now  # the claim took the lease
+
+    def handle(self, now: float) -> None:
+        super().handle(now)
+        lease, row = self._state.row.store.lease, self._state.row
+        if lease is None:
+            return
+        if row.answered:
+            self._renewed = now
+        elif row.lost is not None or now - self._renewed >= lease:
+            self._state.stop_for(StopReason.lease_lost(lease))
 
     def look(self) -> None:
         if requester := self._state.row.kill_request():
             self._state.stop_for(StopReason.requested(requester))
+
+
+class KillNotices:
+    """Kill requests announced by the store (PostgreSQL's NOTIFY): the request is read at
+    once instead of at the next periodic look, which stays the guaranteed path."""
+
+    def __init__(self, store: Store, taskid: int, requests: KillRequests) -> None:
+        self._store, self._taskid, self._requests = store, taskid, requests
+
+    def fileno(self) -> int | None:
+        return self._store.notices_fileno()
+
+    def deadline(self, now: float) -> float | None:
+        return None
+
+    def handle(self, now: float) -> None:
+        try:
+            heard = self._store.kill_notices()
+        except StoreError:
+            heard = [self._taskid]  # the connection broke: the look says what became of it
+        if self._taskid in heard:
+            self._requests.look_now()
+
+
+class OutputPush(Periodic):
+    """The last lines of the captured output, written to the row at most once a second for
+    readers on other hosts (a store shared by many hosts; the log stays on this one)."""
+
+    def __init__(self, tail: Tail, row: TaskRow) -> None:
+        super().__init__()
+        self._tail, self._row = tail, row
+        self._pushed: str | None = None
+
+    def look(self) -> None:
+        text = self._tail.text()
+        if text is not None and text != self._pushed:
+            self._row.write(self._row.store.push_output, text)
+            self._pushed = text
 
 
 class Signals:

@@ -28,10 +28,18 @@ Clock = Callable[[], float]
 
 
 class Database:
-    """A checked, upgraded sqlite database, with one connection for one command."""
+    """A checked, upgraded sqlite database, with one connection for one command.
+
+    One lock serializes every writer, so rows need no locks of their own, names neither,
+    and nobody is told of changes: waiters watch the file (`ChangeWatch`).
+    """
+
+    for_update = ""
+    skip_locked = ""
 
     def __init__(self, path: Path, clock: Clock) -> None:
         self.path = path
+        self.location = str(path)
         self.busy_timeout = busy_timeout()
         self._clock = clock
         self._db = _connect(path, self.busy_timeout)
@@ -89,6 +97,30 @@ class Database:
         """True once another connection may have committed since the previous call (or since
         the opening), False after `timeout` seconds; see `ChangeWatch`."""
         return self._changes.wait(timeout)
+
+    def lock_name(self, name: str) -> None:
+        """Nothing to do: the transaction holds the one write lock already."""
+
+    def announce(self, kind: str, taskid: int) -> None:
+        """Nothing to do: waiters see the commit in the file (`ChangeWatch`)."""
+
+    def notices(self) -> list[int]:
+        """No kill requests are announced: the supervisor hears them on its wake socket."""
+        return []
+
+    def notices_fileno(self) -> int | None:
+        return None
+
+    def listen_for_kills(self, taskid: int) -> None:
+        """Nothing to do: see `notices`."""
+
+    def pause_between_batches(self, started: float) -> None:
+        """Leave the lock free as long as the batch that began at `started` (monotonic) held it.
+
+        sqlite's lock is not fair: a waiting writer retries after sleeping, and finds the lock
+        free soon enough only if a long change pauses between its batches.
+        """
+        time.sleep(time.monotonic() - started)
 
     def recreate(self) -> None:
         """Drop every table and build the latest schema, in one transaction."""
@@ -219,12 +251,3 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return status.st_dev, status.st_ino
-
-
-def monotonic_pause(started: float) -> None:
-    """Leave the lock free as long as the batch that began at `started` held it.
-
-    sqlite's lock is not fair: a waiting writer retries after sleeping, and finds the lock
-    free soon enough only if a long change pauses between its batches.
-    """
-    time.sleep(time.monotonic() - started)

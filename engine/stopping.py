@@ -72,6 +72,12 @@ class StopReason:
         return cls(Status.KILLED, f"twrun received {signum.name}", first_signal=signum)
 
     @classmethod
+    def lease_lost(cls, seconds: float) -> StopReason:
+        """The supervisor could not renew its lease on the row for its whole length (the
+        database unreachable, or the supervisor paused): other hosts count the task LOST."""
+        return cls(Status.LOST, f"supervisor could not renew its lease for {seconds:g} s")
+
+    @classmethod
     def requested(cls, requester: str) -> StopReason:
         """Someone asked through the database (`twctl kill`)."""
         return cls(Status.KILLED, f"killed on request by {requester}")

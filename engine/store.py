@@ -1,7 +1,8 @@
 """The store the engine needs, as an interface, and where to get one for a location.
 
 Everything the supervisor, housekeeping and twctl do with tasks goes through these methods;
-the backends hold all the SQL (`sqlite_store` today). A location is a path: an sqlite file.
+the backends hold all the SQL (`sql_store`, over `sqlite_db` or `pg_db`). A location is a
+path (an sqlite file) or a `postgresql://` URL (a database many hosts share).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.lifecycle import Status
+from taskwatcher.engine.location import is_url
 from taskwatcher.engine.records import Ended, Ending, Launch, Task
 from taskwatcher.engine.settings import reservation_ttl_from_env
 
@@ -22,8 +25,10 @@ class Store(Protocol):
     processes. Writes of a task's supervisor name its token's digest: a row that is no longer
     its own is never written (RowLost). Every change of status follows the life-cycle table."""
 
-    location: str  # what messages call the database
+    location: str  # what messages call the database (never with a password)
     reservation_ttl: float
+    lease: float | None  # seconds a supervisor's lease lasts; None: no leases (one host)
+    many_hosts: bool  # whether tasks of several hosts share it
 
     def close(self) -> None: ...
     def __enter__(self) -> Store: ...
@@ -51,6 +56,10 @@ class Store(Protocol):
         feedback: dict[str, str] | None = None,
     ) -> None: ...
     def kill_request(self, taskid: int, token_hash: str) -> str | None: ...
+    def push_output(self, taskid: int, token_hash: str, tail: str) -> None: ...
+    def listen_for_kills(self, taskid: int) -> None: ...
+    def kill_notices(self) -> list[int]: ...
+    def notices_fileno(self) -> int | None: ...
     def note(self, taskid: int, token_hash: str, values: Mapping[str, float]) -> None: ...
     def archive(self, taskid: int, ending: Ending, *, token_hash: str | None = None) -> Ended: ...
 
@@ -58,12 +67,13 @@ class Store(Protocol):
     def request_kill(self, taskid: int, requester: str) -> Task: ...
     def cancel_reservation(self, taskid: int, requester: str) -> Ended: ...
     def expire_reservations(self) -> list[Ended]: ...
+    def expire_leases(self) -> list[Ended]: ...
     def clear_history(
         self,
         before: float | None = None,
         *,
         progress: Callable[[int], None] | None = None,
-        logs: Callable[[list[tuple[int, str]]], None] | None = None,
+        logs: Callable[[list[tuple[int, str, str | None]]], None] | None = None,
     ) -> int: ...
     def reinitialize(self) -> None: ...
 
@@ -94,10 +104,26 @@ def open_store(
 ) -> Store:
     """Open (creating on first use) and upgrade the store at `location`; StoreError if unusable.
 
-    Without `reservation_ttl`, $TASKWATCHER_RESERVATION_TTL or the default applies.
+    Without `reservation_ttl`, $TASKWATCHER_RESERVATION_TTL or the default applies. A URL
+    loads the PostgreSQL driver, which nothing else imports.
     """
+    ttl = reservation_ttl_from_env() if reservation_ttl is None else reservation_ttl
+    if is_url(location):
+        return _open_server(str(location), clock, ttl)
     from taskwatcher.engine.sqlite_store import SqliteStore
 
-    ttl = reservation_ttl_from_env() if reservation_ttl is None else reservation_ttl
     # Every path stored or handed to a task is absolute.
     return SqliteStore(Path(location).absolute(), clock, ttl)
+
+
+def _open_server(url: str, clock: Callable[[], float], ttl: float) -> Store:
+    try:
+        from taskwatcher.engine.pg_store import PgStore
+    except ImportError as error:
+        if error.name is None or not error.name.startswith("psycopg"):
+            raise
+        raise StoreError(
+            "a postgresql:// database needs the psycopg driver:"
+            " pip install 'taskwatcher[postgresql]'"
+        ) from None
+    return PgStore(url, clock, ttl)

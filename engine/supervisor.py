@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +42,7 @@ from taskwatcher.engine.output import log_name
 from taskwatcher.engine.records import Launch
 from taskwatcher.engine.request import Heartbeat, LaunchRequest
 from taskwatcher.engine.running import listeners_of, stop_everything, supervise
+from taskwatcher.engine.settings import host_id
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox, watched_stop_signals
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store
@@ -323,7 +323,7 @@ def _claim_start(
     launch = Launch(
         supervisor_pid=supervisor.pid,
         supervisor_ctime=supervisor.create_time,
-        host=socket.gethostname(),
+        host=host_id(),
         token_hash=ownership.token_digest(token),
         uid=os.geteuid(),
         command=list(request.argv),

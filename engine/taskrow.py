@@ -31,6 +31,7 @@ class TaskRow:
         self.taskid = taskid
         self.token_hash = token_hash
         self.lost: str | None = None
+        self.answered = True  # whether the store answered the last call
         self._reported: set[str] = set()
 
     def write(self, update: Callable[..., object], *args: object) -> None:
@@ -56,10 +57,11 @@ class TaskRow:
             raise not_recorded(end, f"unusable row in {self.store.location}: {error!r}") from error
 
     def _attempt(self, action: Callable[..., object], *args: object) -> object:
+        self.answered = False
         if self.lost is not None:
             return None
         try:
-            return action(*args)
+            answer = action(*args)
         except RowLost as error:
             self.lost = str(error)
             log.warning("task %s: %s; its end cannot be recorded", self.taskid, self.lost)
@@ -67,6 +69,9 @@ class TaskRow:
             self._warn(str(error))
         except Exception as error:  # a damaged row must never stop the supervision
             self._warn(f"unusable row in {self.store.location}: {error!r}")
+        else:
+            self.answered = True
+            return answer
         return None
 
     def _warn(self, message: str) -> None:

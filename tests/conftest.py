@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import psutil
 import pytest
+
+from tests.pg_server import ENV_SOCKET, ENV_TCP, with_database
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +42,68 @@ def stranger() -> Iterator[psutil.Process]:
     yield psutil.Process(child.pid)
     child.kill()
     child.wait()
+
+
+def _no_postgres(why: str) -> NoReturn:
+    """Skip a PostgreSQL test without a server; in CI fail it, since CI must run them all."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{why}, and $CI is set: the PostgreSQL tests must run", pytrace=False)
+    pytest.skip(f"{why}: run the tests through `python -m tests.pg_server -- ...` (make test)")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    """The superuser URL of the run's PostgreSQL server ($TASKWATCHER_TEST_PG), over TCP.
+
+    For creating databases and roles; tests use their own database (`pg_url`). Skips without
+    a server, fails without one when $CI is set.
+    """
+    url = os.environ.get(ENV_TCP)
+    if not url:
+        _no_postgres(f"${ENV_TCP} is not set")
+    return url
+
+
+@pytest.fixture
+def pg_database(pg_admin_url: str) -> Iterator[str]:
+    """The name of a database made for this test alone (`tw_<hex>`), dropped afterwards.
+
+    `pg_url` and `pg_socket_url` reach this same database, so a test may use both. The drop
+    is forced: connections the test left open are ended, not waited for.
+    """
+    try:
+        import psycopg
+        from psycopg import sql
+    except ImportError:
+        _no_postgres("psycopg is not installed")
+    name = f"tw_{secrets.token_hex(8)}"
+    with psycopg.connect(pg_admin_url, autocommit=True, connect_timeout=10) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True, connect_timeout=10) as admin:
+            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            admin.execute(drop.format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def pg_url(pg_admin_url: str, pg_database: str) -> str:
+    """A libpq URL over TCP (127.0.0.1) to a fresh database of this test's own, as superuser.
+
+    The database is `pg_database`: created empty for the test, dropped after it.
+    """
+    return with_database(pg_admin_url, pg_database)
+
+
+@pytest.fixture
+def pg_socket_url(pg_database: str) -> str:
+    """The same fresh database as `pg_url`, over the server's unix socket.
+
+    Skips (fails in CI) when the server was not started by tests.pg_server, which alone sets
+    $TASKWATCHER_TEST_PG_SOCKET.
+    """
+    url = os.environ.get(ENV_SOCKET)
+    if not url:
+        _no_postgres(f"${ENV_SOCKET} is not set")
+    return with_database(url, pg_database)

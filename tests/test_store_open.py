@@ -12,6 +12,7 @@ import pytest
 
 from taskwatcher.engine import sqlite_schema as schema
 from taskwatcher.engine.errors import StoreError
+from taskwatcher.engine.schema import Step
 from taskwatcher.engine.sqlite_db import Database
 from taskwatcher.engine.store import open_store
 from tests.helpers import run_cli
@@ -101,7 +102,7 @@ def test_reopening_keeps_the_data(db_path):
 def test_migrations_run_from_the_stored_version(db_path, monkeypatch):
     """A future step is applied on top of the stored version without redoing the others."""
     open_store(db_path).close()
-    step = ("ALTER TABLE tasks ADD COLUMN priority INTEGER",)
+    step = Step(sqlite=("ALTER TABLE tasks ADD COLUMN priority INTEGER",), postgres=())
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, step))
     monkeypatch.setattr(schema, "LATEST_VERSION", len(schema.MIGRATIONS))
     with open_store(db_path) as store:
@@ -169,7 +170,7 @@ def test_second_open_in_one_process_keeps_the_first_ones_locks(db_path: Path) ->
 def test_a_version_1_database_is_upgraded_with_its_rows(db_path):
     """What the first release wrote: its tables, rows and feedback survive the upgrade."""
     with closing(sqlite3.connect(db_path, isolation_level=None)) as old:
-        for statement in schema.MIGRATIONS[0]:
+        for statement in schema.MIGRATIONS[0].sqlite:
             old.execute(statement)
         old.execute("PRAGMA user_version = 1")
         old.execute(

@@ -63,7 +63,7 @@ print("done")
 """
 
 
-def run_together(tmp_path: Path, script: str, db_path: Path, *extra: str) -> list[str]:
+def run_together(tmp_path: Path, script: str, db_path: Path | str, *extra: str) -> list[str]:
     """Start PROCESSES interpreters, release them at once, and return their outputs."""
     go = tmp_path / "go"
     readies = [tmp_path / f"ready-{index}" for index in range(PROCESSES)]

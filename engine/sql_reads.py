@@ -1,4 +1,4 @@
-"""The reads of the sqlite store: live tasks, published feedback, history. Reads never write.
+"""The reads of an SQL store: live tasks, published feedback, history. Reads never write.
 
 History is walked a page at a time (keyset pagination), so no read stays open to block a
 writer while a large output is printed.
@@ -6,20 +6,66 @@ writer while a large output is printed.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from taskwatcher.engine.errors import InvalidRequest, UnknownTask
 from taskwatcher.engine.records import Ended, Task, decode_feedback, typed
-from taskwatcher.engine.sqlite_db import Database
+
+Row = Mapping[str, Any]
+
+
+class Cursor(Protocol):
+    """What a statement's result is read for besides its rows."""
+
+    rowcount: int
+
+
+class Database(Protocol):
+    """One connection to a backend, as the SQL store uses it (`sqlite_db`, `pg_db`).
+
+    Statements mark parameters with `?`; rows map column names to values. The attributes and
+    the locking and announcing methods are where the backends differ: sqlite serializes
+    writers with one lock, PostgreSQL locks rows and names, and tells listeners of changes.
+    """
+
+    location: str  # what messages call the database: never a password
+    #: Appended to a SELECT of rows the transaction will change or delete.
+    for_update: str
+    #: Appended to a SELECT of rows any of several hosts may take: rows taken are skipped.
+    skip_locked: str
+
+    def close(self) -> None: ...
+    def check_still_there(self) -> None: ...
+    def transaction(self) -> AbstractContextManager[float]: ...
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Row]: ...
+    def row(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+    def lock_name(self, name: str) -> None:
+        """Hold, until the transaction ends, the lock of a task name (the unique rule)."""
+
+    def announce(self, kind: str, taskid: int) -> None:
+        """Tell listeners, at commit, of a kill request ("kill") or of a change ("change")."""
+
+    def notices(self) -> list[int]:
+        """Ids of the tasks whose kill was announced since the last call (never waits)."""
+
+    def notices_fileno(self) -> int | None:
+        """Readable when a kill may have been announced; None: announcements are not heard."""
+
+    def listen_for_kills(self, taskid: int) -> None: ...
+    def pause_between_batches(self, started: float) -> None: ...
+    def wait_for_change(self, timeout: float) -> bool: ...
+    def recreate(self) -> None: ...
+
 
 #: Columns whose record field has another name.
 _TASK_FIELDS = {"id": "taskid", "is_unique": "unique"}
 
 
-class SqliteReads:
-    """What every command may read; the writes build on it (`sqlite_store.SqliteStore`)."""
+class SqlReads:
+    """What every command may read; the writes build on it (`sql_store.SqlStore`)."""
 
     _db: Database
 
@@ -37,7 +83,7 @@ class SqliteReads:
         ]
 
     def live_count(self) -> int:
-        return self._db.rows("SELECT count(*) FROM tasks")[0][0]
+        return self._number("SELECT count(*) AS n FROM tasks")
 
     def load_feedback(self, taskid: int) -> dict[str, str]:
         """The live task's feedback as its supervisor last published it ({} before any)."""
@@ -81,7 +127,7 @@ class SqliteReads:
         if page < 1:
             raise InvalidRequest(f"a history page holds 1 row or more, not {page}")
         if max_id is None:
-            max_id = self._db.rows("SELECT coalesce(max(id), 0) FROM history")[0][0]
+            max_id = self._number("SELECT coalesce(max(id), 0) AS n FROM history")
         where, params = _filters(
             ("taskname = ?", name),
             ("outcome = ?", outcome),
@@ -102,12 +148,13 @@ class SqliteReads:
 
     def wait_for_change(self, timeout: float) -> bool:
         """True once another connection may have committed since the previous call, False
-        after `timeout` seconds: the file is watched without a lock (`ChangeWatch`)."""
+        after `timeout` seconds (sqlite: the file is watched without a lock; PostgreSQL: the
+        changes are announced to listeners)."""
         return self._db.wait_for_change(timeout)
 
     def _history_page(
         self, where: str, params: tuple[Any, ...], size: int, after: tuple[Any, ...]
-    ) -> list[sqlite3.Row]:
+    ) -> Sequence[Row]:
         """One page of history, newest first, after the (endtime, id) `after` if given.
 
         `(endtime, id) < (?, ?)` means `endtime < ? OR (endtime = ? AND id < ?)`; written as a
@@ -120,22 +167,33 @@ class SqliteReads:
             (*params, size),
         )
 
+    def _number(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """The one number a query names `n`."""
+        row = self._db.row(sql, params)
+        assert row is not None
+        return int(row["n"])
+
     def _published(self, taskid: int) -> dict[str, str] | None:
         row = self._db.row("SELECT feedback FROM feedbacks WHERE id = ?", (taskid,))
         return None if row is None else decode_feedback(row["feedback"])
 
-    def _live(self, taskid: int) -> Task:
-        """The live task; UnknownTask, saying how it ended when it has, if there is none."""
-        task = self.get_task(taskid)
-        if task is not None:
-            return task
+    def _live(self, taskid: int, *, locked: bool = False) -> Task:
+        """The live task; UnknownTask, saying how it ended when it has, if there is none.
+
+        `locked` inside a write: the row stays locked until the transaction ends, so two
+        hosts cannot both archive, or grade, the same task.
+        """
+        lock = self._db.for_update if locked else ""
+        row = self._db.row(f"SELECT * FROM tasks WHERE id = ?{lock}", (taskid,))
+        if row is not None:
+            return task_from_row(row)
         ended = self._db.row("SELECT outcome FROM history WHERE taskid = ?", (taskid,))
         if ended is None:
             raise UnknownTask(f"no task {taskid}")
         raise UnknownTask(f"task {taskid} has already ended ({ended['outcome']})")
 
 
-def task_from_row(row: sqlite3.Row) -> Task:
+def task_from_row(row: Row) -> Task:
     return typed(Task, {_TASK_FIELDS.get(key, key): row[key] for key in row.keys()})  # noqa: SIM118
 
 

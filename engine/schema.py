@@ -1,0 +1,207 @@
+"""The schema of both backends as one list of forward-only steps, each in both dialects.
+
+MIGRATIONS[n] upgrades a database from version n to n + 1; a step holds its sqlite and its
+PostgreSQL statements, so the two schemas cannot drift apart. sqlite keeps the version in
+PRAGMA user_version (`sqlite_schema`), PostgreSQL in a table of its own (`pg_schema`).
+Times are unix seconds (sqlite REAL, PostgreSQL double precision: sub-second heartbeats).
+The spec's columns keep their names; the columns after them serve the supervisor and twctl.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Step:
+    """One version's change, written for each backend."""
+
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+def _tasks_table(integer: str, real: str, boolean: str, key: str) -> str:
+    """The version-1 tasks table in a dialect: only the column types differ."""
+    return f"""
+    CREATE TABLE tasks (
+        id                {key},
+        name              TEXT,
+        info1             TEXT,
+        info2             TEXT,
+        info3             TEXT,
+        pid               {integer},
+        status            TEXT NOT NULL DEFAULT 'RESERVED'
+                          CHECK (status IN ('RESERVED', 'RUNNING', 'SILENT', 'STALLED')),
+        feedback          INTEGER NOT NULL DEFAULT 0,          -- 1: it has written feedback
+        reservetime       {real} NOT NULL,
+        starttime         {real},
+        duration          {real},                              -- spec column; computed on read
+        lastupdate        {real} NOT NULL,
+        timeout           {real},
+        is_unique         {boolean},                           -- the task claims its name
+        host              TEXT,
+        supervisor_pid    {integer},
+        supervisor_ctime  {real},
+        child_ctime       {real},
+        pgid              {integer},
+        heartbeat         {real},                              -- last heartbeat, any source
+        feedpath          TEXT,
+        command           TEXT,                                -- JSON argv
+        kill_request      TEXT,                                -- who asked for the kill
+        kill_requested_at {real}
+    )
+    """
+
+
+def _history_table(integer: str, real: str, key: str) -> str:
+    """The version-1 history table in a dialect."""
+    return f"""
+    CREATE TABLE history (
+        id          {key},
+        taskid      {integer} NOT NULL,
+        taskname    TEXT,
+        info1       TEXT,
+        info2       TEXT,
+        info3       TEXT,
+        termsignal  TEXT,
+        termerror   TEXT,
+        starttime   {real},                                    -- null: never started
+        endtime     {real} NOT NULL,
+        duration    {real} NOT NULL,
+        feedback    {"BLOB" if integer == "INTEGER" else "bytea"} NOT NULL,  -- final JSON
+        exitcode    {integer},
+        outcome     TEXT NOT NULL CHECK (outcome IN
+                    ('COMPLETED', 'FAILED', 'TIMEOUT', 'KILLED', 'LOST', 'EXPIRED')),
+        reservetime {real},
+        host        TEXT,
+        pid         {integer},
+        timeout     {real},
+        killed_by   TEXT,
+        command     TEXT                                       -- JSON argv
+    )
+    """
+
+
+_INDEXES = (
+    "CREATE INDEX tasks_name ON tasks (name)",
+    "CREATE UNIQUE INDEX tasks_unique_name ON tasks (name) WHERE is_unique",
+    "CREATE INDEX tasks_reserved ON tasks (reservetime) WHERE status = 'RESERVED'",
+    "CREATE UNIQUE INDEX history_taskid ON history (taskid)",
+    "CREATE INDEX history_name_end ON history (taskname, endtime)",
+    "CREATE INDEX history_end ON history (endtime)",
+    "CREATE INDEX history_outcome_end ON history (outcome, endtime)",
+)
+
+_CREATE_V1 = Step(
+    sqlite=(
+        _tasks_table(
+            "INTEGER",
+            "REAL",
+            "INTEGER NOT NULL DEFAULT 0",
+            "INTEGER PRIMARY KEY AUTOINCREMENT",  # never reused once archived
+        ),
+        """
+        CREATE TABLE feedbacks (
+            id           INTEGER PRIMARY KEY,                  -- the live task's id
+            feedback     BLOB NOT NULL,                        -- JSON object
+            lastupdate   REAL NOT NULL,
+            reader_state BLOB                                  -- where the reader stopped
+        )
+        """,
+        _history_table("INTEGER", "REAL", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+        *_INDEXES,
+    ),
+    postgres=(
+        # A sequence of its own, which dropping the tables (init) leaves: ids never repeat.
+        "CREATE SEQUENCE IF NOT EXISTS task_ids",
+        _tasks_table(
+            "bigint",
+            "double precision",
+            "boolean NOT NULL DEFAULT false",
+            "bigint PRIMARY KEY DEFAULT nextval('task_ids')",
+        ),
+        # Feedback was published by the supervisor alone from the start here: no reader state.
+        """
+        CREATE TABLE feedbacks (
+            id           bigint PRIMARY KEY,
+            feedback     bytea NOT NULL,
+            lastupdate   double precision NOT NULL
+        )
+        """,
+        _history_table(
+            "bigint", "double precision", "bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+        ),
+        *_INDEXES,
+    ),
+)
+
+#: Version 2: what proves a process is the task's (its token's digest) and whose task it is;
+#: feedback is published by the supervisor alone.
+_OWNERSHIP_V2 = Step(
+    sqlite=(
+        "ALTER TABLE tasks ADD COLUMN token_hash TEXT",  # SHA-256 of the child's token
+        "ALTER TABLE tasks ADD COLUMN uid INTEGER",  # the supervisor's user id
+        # Only the supervisor reads a feedback file now, keeping its reader in memory: the
+        # saved reader state goes. Rebuilt rather than DROP COLUMN (sqlite before 3.35).
+        """
+        CREATE TABLE feedbacks_v2 (
+            id           INTEGER PRIMARY KEY,                  -- the live task's id
+            feedback     BLOB NOT NULL,                        -- JSON object, as published
+            lastupdate   REAL NOT NULL
+        )
+        """,
+        "INSERT INTO feedbacks_v2 (id, feedback, lastupdate)"
+        " SELECT id, feedback, lastupdate FROM feedbacks",
+        "DROP TABLE feedbacks",
+        "ALTER TABLE feedbacks_v2 RENAME TO feedbacks",
+    ),
+    postgres=(
+        "ALTER TABLE tasks ADD COLUMN token_hash TEXT",
+        "ALTER TABLE tasks ADD COLUMN uid bigint",
+    ),
+)
+
+#: Version 3: the captured output: where its log is, and the end of it kept in history.
+_OUTPUT_V3 = Step(
+    sqlite=(
+        "ALTER TABLE tasks ADD COLUMN logfile TEXT",  # null: the output is not captured
+        "ALTER TABLE history ADD COLUMN logfile TEXT",
+        "ALTER TABLE history ADD COLUMN output_tail TEXT",  # the last lines of the output
+    ),
+    postgres=(
+        "ALTER TABLE tasks ADD COLUMN logfile TEXT",
+        "ALTER TABLE history ADD COLUMN logfile TEXT",
+        "ALTER TABLE history ADD COLUMN output_tail TEXT",
+    ),
+)
+
+#: Version 4: what a task said of itself through sd_notify.
+_NOTIFY_V4 = Step(
+    sqlite=(
+        "ALTER TABLE tasks ADD COLUMN ready REAL",  # when it sent READY=1
+        "ALTER TABLE tasks ADD COLUMN stopping REAL",  # when it sent STOPPING=1
+    ),
+    postgres=(
+        "ALTER TABLE tasks ADD COLUMN ready double precision",
+        "ALTER TABLE tasks ADD COLUMN stopping double precision",
+    ),
+)
+
+#: Version 5: tasks of many hosts: the supervisor's lease on its row (server clock; sqlite
+#: keeps no leases) and the last lines of its output, pushed for readers on other hosts.
+#: lease_until has no index: renewing it every second then stays a cheap in-page update.
+_HOSTS_V5 = Step(
+    sqlite=(
+        "ALTER TABLE tasks ADD COLUMN lease_until REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE tasks ADD COLUMN output_tail TEXT",
+    ),
+    postgres=(
+        "ALTER TABLE tasks ADD COLUMN lease_until double precision NOT NULL"
+        " DEFAULT extract(epoch FROM clock_timestamp())",
+        "ALTER TABLE tasks ADD COLUMN output_tail TEXT",
+    ),
+)
+
+MIGRATIONS: tuple[Step, ...] = (_CREATE_V1, _OWNERSHIP_V2, _OUTPUT_V3, _NOTIFY_V4, _HOSTS_V5)
+LATEST_VERSION = len(MIGRATIONS)
+TABLES = ("tasks", "feedbacks", "history")

@@ -1,0 +1,189 @@
+"""Tasks of several hosts on one PostgreSQL database, the way users meet them: real twrun
+supervisors, hosts told apart by $TASKWATCHER_HOST, twctl on "another host" reading,
+killing and clearing them; and a supervisor that loses the database stops its task."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+from rich.console import Console
+
+from taskwatcher.cli.watch import render_frame
+from taskwatcher.engine.store import Store, open_store
+from tests.helpers import BIN, run_cli, wait_for
+from tests.store_helpers import a_launch
+from tests.tcp_proxy import Proxy
+
+#: A task that reports a step in its feedback file, prints two lines, then waits.
+REPORTING = (
+    'printf "[step] two\\n" > "$TASKWATCHER_FEEDBACK"; echo first; echo second; exec sleep 60'
+)
+
+
+def on_host(host: str, **extra: str) -> dict[str, str]:
+    """The environment of a command run on `host`."""
+    return {**os.environ, "TASKWATCHER_HOST": host, **extra}
+
+
+def twctl(url: str, host: str, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("twctl", "--db", url, *args, env=on_host(host, **extra))
+
+
+@pytest.fixture
+def supervisors() -> Iterator[list[subprocess.Popen[str]]]:
+    """twrun processes of the test; any still running at the end is killed with its task."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for runner in started:
+        if runner.poll() is None:
+            for child in psutil.Process(runner.pid).children(recursive=True):
+                child.kill()
+            runner.kill()
+        runner.communicate(timeout=10)
+
+
+def start_task(
+    supervisors: list, url: str, host: str, command: str, **extra: str
+) -> subprocess.Popen[str]:
+    runner = subprocess.Popen(
+        [str(BIN / "twrun"), "--db", url, "--", "sh", "-c", command],
+        env=on_host(host, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    supervisors.append(runner)
+    return runner
+
+
+def running_task(url: str) -> dict:
+    """The one live task, once its supervisor has published its feedback and output."""
+
+    def published() -> dict | None:
+        with open_store(url) as store:
+            tasks = store.list_tasks()
+            if tasks and store.live_feedback() and tasks[0].output_tail:
+                return {"task": tasks[0], "feedback": store.load_feedback(tasks[0].taskid)}
+        return None
+
+    return wait_for(published, timeout=20)
+
+
+def test_another_host_lists_reads_and_kills_a_task(pg_url, supervisors):
+    runner = start_task(supervisors, pg_url, "host-a", REPORTING)
+    taskid = running_task(pg_url)["task"].taskid
+    listed = orjson.loads(twctl(pg_url, "host-b", "list", "--json").stdout)
+    assert [(task["taskid"], task["host"]) for task in listed] == [(taskid, "host-a")]
+    feedback = twctl(pg_url, "host-b", "feedback", str(taskid))
+    assert feedback.returncode == 0 and "two" in feedback.stdout
+    shown = twctl(pg_url, "host-b", "show", str(taskid))
+    assert "host-a" in shown.stdout and "two" in shown.stdout
+    killed = twctl(pg_url, "host-b", "kill", str(taskid))
+    assert killed.returncode == 0, killed.stderr
+    assert "KILLED" in killed.stdout
+    assert runner.wait(timeout=10) == 143
+    with open_store(pg_url) as store:
+        ended = store.history_of(taskid)
+    assert ended.outcome == "KILLED" and "host-b" in ended.killed_by
+
+
+def test_wait_works_from_another_host(pg_url, supervisors):
+    start_task(supervisors, pg_url, "host-a", "sleep 0.5; exit 3")
+    taskid = wait_for(lambda: open_store(pg_url).list_tasks())[0].taskid
+    waited = twctl(pg_url, "host-b", "wait", str(taskid))
+    assert waited.returncode == 3, waited.stderr
+
+
+def test_the_log_of_another_host_is_its_pushed_tail(pg_url, supervisors):
+    runner = start_task(supervisors, pg_url, "host-a", REPORTING)
+    task = running_task(pg_url)["task"]
+    assert task.logfile.startswith(os.environ["XDG_STATE_HOME"] + "/taskwatcher/logs/")
+    assert task.feedpath.startswith(os.environ["XDG_STATE_HOME"] + "/taskwatcher/feedback/")
+    log = twctl(pg_url, "host-b", "log", str(task.taskid), "-n", "1")
+    assert log.returncode == 0 and log.stdout == "second\n"
+    assert "ran on host host-a" in log.stderr and task.logfile in log.stderr
+    as_json = orjson.loads(twctl(pg_url, "host-b", "log", str(task.taskid), "--json").stdout)
+    assert as_json["lines"] == ["first", "second"]
+    here = twctl(pg_url, "host-a", "log", str(task.taskid))
+    assert here.stdout == "first\nsecond\n" and here.stderr == ""  # its own host reads the file
+    twctl(pg_url, "host-a", "kill", str(task.taskid))
+    runner.wait(timeout=10)
+    after = twctl(pg_url, "host-b", "log", str(task.taskid))
+    assert after.returncode == 143 and after.stdout.startswith("first\nsecond\n")
+
+
+def test_clear_removes_the_logs_of_this_host_only(pg_url, supervisors):
+    for host in ("host-a", "host-b"):
+        runner = start_task(supervisors, pg_url, host, f"echo from {host}")
+        assert runner.wait(timeout=20) == 0
+    with open_store(pg_url) as store:
+        logs = {ended.host: Path(ended.logfile) for ended in store.history()}
+    assert all(path.exists() for path in logs.values())
+    cleared = twctl(pg_url, "host-a", "clear")
+    assert cleared.returncode == 0, cleared.stderr
+    assert not logs["host-a"].exists()
+    assert logs["host-b"].exists()  # host-b clears its own
+
+
+def test_watch_shows_hosts_when_there_are_several(pg_url):
+    with open_store(pg_url) as store:
+        for host in ("host-a", "host-b"):
+            taskid = store.reserve(f"on-{host}")
+            store.claim(taskid, a_launch(host=host))
+        drawn = _drawn(store)
+        assert "host-a" in drawn and "host-b" in drawn
+        store.reinitialize()
+        taskid = store.reserve("alone")
+        store.claim(taskid, a_launch(host="host-a"))
+        drawn = _drawn(store)
+        assert "alone" in drawn and "host-a" not in drawn
+
+
+def _drawn(store: Store) -> str:
+    console = Console(width=200, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(render_frame(store))
+    return console.export_text()
+
+
+def test_a_dead_supervisor_of_another_host_is_lost_after_its_lease(pg_url, supervisors):
+    runner = start_task(supervisors, pg_url, "host-a", "exec sleep 60", TASKWATCHER_LEASE="1")
+    taskid = wait_for(lambda: open_store(pg_url).list_tasks())[0].taskid
+    task_process = wait_for(lambda: psutil.Process(runner.pid).children())[0]
+    runner.kill()  # the supervisor dies, its task lives on (elsewhere, nobody could stop it)
+    task_process.kill()
+    runner.wait(timeout=10)
+
+    def lost() -> bool:
+        twctl(pg_url, "host-c", "update")
+        with open_store(pg_url) as store:
+            return store.history_of(taskid) is not None
+
+    wait_for(lost, timeout=20)
+    with open_store(pg_url) as store:
+        ended = store.history_of(taskid)
+    assert ended.outcome == "LOST" and "lease expired" in ended.termerror
+
+
+def test_a_supervisor_cut_off_from_the_database_stops_its_task(pg_url, supervisors):
+    """The network to the server is cut: the supervisor cannot renew its lease, so after
+    the lease it stops its task itself, which another host's housekeeping calls LOST."""
+    with Proxy.to(pg_url) as proxy:
+        extra = {"TASKWATCHER_LEASE": "3", "TASKWATCHER_BUSY_TIMEOUT": "1"}
+        runner = start_task(supervisors, proxy.url_for(pg_url), "host-a", "exec sleep 60", **extra)
+        taskid = wait_for(lambda: open_store(pg_url).list_tasks())[0].taskid
+        task_process = wait_for(lambda: psutil.Process(runner.pid).children())[0]
+        proxy.cut()
+        _, stderr = runner.communicate(timeout=30)
+        assert runner.returncode == 125, stderr
+        assert "ended LOST" in stderr
+        assert not task_process.is_running()
+        wait_for(lambda: twctl(pg_url, "host-c", "update", TASKWATCHER_LEASE="3") and
+                 open_store(pg_url).history_of(taskid), timeout=20)  # fmt: skip
+    with open_store(pg_url) as store:
+        assert store.history_of(taskid).outcome == "LOST"
