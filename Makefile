@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(PY) -m taskwatcher.cli.demo
 
 test: $(STAMP)
-	$(PY) -m tests.pg_server -- $(PY) -m pytest -q -n 4 --dist loadfile
+	$(PY) -m tests.pg_server -- $(PY) -m pytest -q -n 4 --dist worksteal
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

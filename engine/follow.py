@@ -11,9 +11,11 @@ from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.logs import (
     BLOCK,
     LogPart,
+    NoLog,
     TaskLog,
     Write,
     close_all,
+    elsewhere,
     history_record,
     log_of,
 )
@@ -106,9 +108,13 @@ def follow(
     while task is not None and task.status == Status.RESERVED:
         upkeep.wait(HOUSEKEEPING_INTERVAL)
         task = store.get_task(taskid)
-    follower = LogFollower(
-        log_of(task if task is not None else history_record(store, taskid)), notice
-    )
+    record = task if task is not None else history_record(store, taskid)
+    if (host := elsewhere(store, record)) is not None:
+        raise NoLog(
+            f"task {taskid} runs on host {host}, where its log is: follow it there"
+            f" (twctl log {taskid} shows here the last lines its supervisor pushed)"
+        )
+    follower = LogFollower(log_of(record), notice)
     try:
         changed = True
         while True:

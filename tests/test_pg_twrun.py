@@ -110,6 +110,8 @@ def test_the_log_of_another_host_is_its_pushed_tail(pg_url, supervisors):
     assert "ran on host host-a" in log.stderr and task.logfile in log.stderr
     as_json = orjson.loads(twctl(pg_url, "host-b", "log", str(task.taskid), "--json").stdout)
     assert as_json["lines"] == ["first", "second"]
+    followed = twctl(pg_url, "host-b", "follow", str(task.taskid))
+    assert followed.returncode == 1 and "follow it there" in followed.stderr
     here = twctl(pg_url, "host-a", "log", str(task.taskid))
     assert here.stdout == "first\nsecond\n" and here.stderr == ""  # its own host reads the file
     twctl(pg_url, "host-a", "kill", str(task.taskid))
