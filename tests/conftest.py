@@ -107,3 +107,10 @@ def pg_socket_url(pg_database: str) -> str:
     if not url:
         _no_postgres(f"${ENV_SOCKET} is not set")
     return with_database(url, pg_database)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend_location(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
+    """A store's location on each backend in turn: an sqlite file, a PostgreSQL database,
+    for the tests of what both must do alike."""
+    return db_path if request.param == "sqlite" else request.getfixturevalue("pg_url")

@@ -25,11 +25,16 @@ ENDINGS = [
 ]
 
 
+def filled(location: Path | str) -> Store:
+    opened = open_store(location)
+    for name, outcome, end in ENDINGS:
+        finish(opened, started(opened, name), outcome, endtime=T0 + end)
+    return opened
+
+
 @pytest.fixture
-def store(db_path: Path):
-    with open_store(db_path) as opened:
-        for name, outcome, end in ENDINGS:
-            finish(opened, started(opened, name), outcome, endtime=T0 + end)
+def store(backend_location: Path | str):
+    with filled(backend_location) as opened:
         yield opened
 
 
@@ -39,17 +44,33 @@ def archive_one(store: Store, end: float) -> int:
     return taskid
 
 
-@pytest.mark.parametrize("page", [1, 2, 3, 500])
-@pytest.mark.parametrize(
-    "filters",
-    [{}, {"name": "a"}, {"outcome": "COMPLETED"}, {"since": T0 + 20, "before": T0 + 50}],
-)
-@pytest.mark.parametrize("limit", [None, 1, 2, 5, 100])
-def test_pages_make_up_history(store: Store, page: int, filters: dict, limit: int | None) -> None:
+PAGES = [1, 2, 3, 500]
+FILTERS = [{}, {"name": "a"}, {"outcome": "COMPLETED"}, {"since": T0 + 20, "before": T0 + 50}]
+LIMITS = [None, 1, 2, 5, 100]
+
+
+def check_pages(store: Store, page: int, filters: dict, limit: int | None) -> None:
     walked = list(store.iter_history(**filters, limit=limit, page=page))
     assert walked == store.history(**filters, limit=limit)
     ids = [record.taskid for record in walked]
     assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("filters", FILTERS)
+@pytest.mark.parametrize("limit", LIMITS)
+def test_pages_make_up_history(db_path: Path, page: int, filters: dict, limit: int | None) -> None:
+    with filled(db_path) as store:
+        check_pages(store, page, filters, limit)
+
+
+def test_pages_make_up_history_on_postgresql(pg_url: str) -> None:
+    """The same walks on one PostgreSQL database (one database for all: they only read)."""
+    with filled(pg_url) as store:
+        for page in PAGES:
+            for filters in FILTERS:
+                for limit in LIMITS:
+                    check_pages(store, page, filters, limit)
 
 
 def test_rows_archived_during_a_walk_stay_out(store: Store) -> None:
@@ -70,12 +91,13 @@ def test_a_second_walk_bounded_by_the_first_sees_the_same_rows(store: Store) -> 
     assert next(store.iter_history(limit=4)).taskname == "late"
 
 
-def test_no_read_is_open_between_pages(store: Store, db_path: Path) -> None:
+def test_no_read_is_open_between_pages(db_path: Path) -> None:
     """A checkpoint that must wait for readers completes while a walk is paused.
 
     An open read would hold its snapshot (in WAL mode) or its shared lock (in a rollback
     journal, where it would block every writer).
     """
+    store = filled(db_path)
     walk = store.iter_history(page=2)
     next(walk)
     archive_one(store, T0 + 60)

@@ -44,7 +44,14 @@ def clock():
 
 
 @pytest.fixture
-def store(db_path, clock):
+def store(backend_location, clock):
+    with open_store(backend_location, clock=clock) as opened:
+        yield opened
+
+
+@pytest.fixture
+def sqlite_store(db_path, clock):
+    """For the tests that also open the file with sqlite3 itself."""
     with open_store(db_path, clock=clock) as opened:
         yield opened
 
@@ -73,8 +80,8 @@ def started(store: Store, name: str = "job", **overrides) -> int:
 # -- reservation -------------------------------------------------------------------------
 
 
-def test_location_is_the_absolute_path_of_the_database(store, db_path, monkeypatch):
-    assert store.location == str(db_path)
+def test_location_is_the_absolute_path_of_the_database(sqlite_store, db_path, monkeypatch):
+    assert sqlite_store.location == str(db_path)
     monkeypatch.chdir(db_path.parent)
     with open_store(db_path.name) as relative:
         assert relative.location == str(db_path)
@@ -147,8 +154,8 @@ def test_unique_reservation_needs_a_name(store):
 
 
 @pytest.fixture
-def short_ttl_store(db_path, clock):
-    with open_store(db_path, clock=clock, reservation_ttl=100) as opened:
+def short_ttl_store(backend_location, clock):
+    with open_store(backend_location, clock=clock, reservation_ttl=100) as opened:
         yield opened
 
 
@@ -453,10 +460,10 @@ def test_archive_refuses_live_statuses_and_unknown_tasks(store):
     assert store.get_task(taskid).status == Status.RUNNING
 
 
-def test_archive_is_one_transaction(store, db_path):
+def test_archive_is_one_transaction(sqlite_store, db_path):
     """If the history row cannot be written, the task stays live with its feedback."""
-    taskid = started(store)
-    store.heartbeat(taskid, TOKEN_HASH, T0, feedback={"k": "v"})
+    taskid = started(sqlite_store)
+    sqlite_store.heartbeat(taskid, TOKEN_HASH, T0, feedback={"k": "v"})
     with sqlite3.connect(db_path) as other:
         other.execute(
             "INSERT INTO history (taskid, endtime, duration, feedback, outcome)"
@@ -464,17 +471,17 @@ def test_archive_is_one_transaction(store, db_path):
             (taskid,),
         )
     with pytest.raises(StoreError, match="UNIQUE constraint failed"):
-        finish(store, taskid, Status.COMPLETED, token_hash=TOKEN_HASH)
-    assert store.get_task(taskid).status == Status.RUNNING
-    assert store.load_feedback(taskid) == {"k": "v"}
+        finish(sqlite_store, taskid, Status.COMPLETED, token_hash=TOKEN_HASH)
+    assert sqlite_store.get_task(taskid).status == Status.RUNNING
+    assert sqlite_store.load_feedback(taskid) == {"k": "v"}
 
 
-def test_task_ids_are_never_reused(store, db_path):
-    first = started(store)
-    finish(store, first, Status.COMPLETED)
-    second = store.reserve()
-    store.cancel_reservation(second, "me")
-    store.close()
+def test_task_ids_are_never_reused(sqlite_store, db_path):
+    first = started(sqlite_store)
+    finish(sqlite_store, first, Status.COMPLETED)
+    second = sqlite_store.reserve()
+    sqlite_store.cancel_reservation(second, "me")
+    sqlite_store.close()
     with open_store(db_path) as reopened:
         assert reopened.reserve() == second + 1
 
@@ -546,12 +553,12 @@ def test_reinitialize_empties_everything(store):
     assert store.live_count() == 0 and store.history() == []
 
 
-def test_database_trouble_mid_command_is_a_store_error(store, db_path):
+def test_database_trouble_mid_command_is_a_store_error(sqlite_store, db_path):
     with sqlite3.connect(db_path) as other:
         other.execute("DROP TABLE feedbacks")
-    taskid = started(store)
+    taskid = started(sqlite_store)
     with pytest.raises(StoreError, match="no such table: feedbacks"):
-        store.load_feedback(taskid)
+        sqlite_store.load_feedback(taskid)
 
 
 def test_reinitialize_never_reuses_task_ids(db_path):
@@ -589,13 +596,13 @@ def fill_history(db_path, rows: int) -> None:
         )
 
 
-def test_clear_goes_in_batches_and_says_how_far_it_got(store, db_path):
+def test_clear_goes_in_batches_and_says_how_far_it_got(sqlite_store, db_path):
     fill_history(db_path, 2500)
     seen = []
-    assert store.clear_history(before=2001.0, progress=seen.append) == 2000
+    assert sqlite_store.clear_history(before=2001.0, progress=seen.append) == 2000
     assert seen == [1000, 2000]
-    assert len(store.history()) == 500
-    assert store.clear_history() == 500
+    assert len(sqlite_store.history()) == 500
+    assert sqlite_store.clear_history() == 500
 
 
 def test_many_stale_reservations_expire_in_batches(db_path):
