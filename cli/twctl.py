@@ -37,6 +37,7 @@ from taskwatcher.engine.errors import InvalidRequest, LiveTasksExist, StoreError
 from taskwatcher.engine.lifecycle import FINAL_STATUSES, LIVE_STATUSES, Status
 from taskwatcher.engine.logs import LogSweep
 from taskwatcher.engine.records import Ended
+from taskwatcher.engine.settings import host_id
 from taskwatcher.engine.store import Store
 from taskwatcher.grammar.errors import TaskwatcherError
 
@@ -107,7 +108,9 @@ def _cmd_history(store: Store, args: argparse.Namespace) -> int:
 def _cmd_clear(store: Store, args: argparse.Namespace) -> int:
     sweep = LogSweep()  # the rows' logs go once their batch is committed
     notice = _progress_notice("removed")
-    removed = store.clear_history(before=args.before, progress=notice, logs=sweep.remove)
+    # Many hosts: the logs of other hosts' tasks are on their disks, for them to clear.
+    here = host_id() if store.many_hosts else None
+    removed = store.clear_history(before=args.before, progress=notice, logs=sweep.remove, host=here)
     if sys.stderr.isatty() and removed:
         print(file=sys.stderr)  # end the progress line
     print(f"{removed} history row(s) removed")

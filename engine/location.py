@@ -51,18 +51,18 @@ def resolve_db_path(cli_value: str | os.PathLike[str] | None) -> Path | str:
     return Path(chosen).expanduser() if chosen else default_db_path()
 
 
-def default_feedpath(location: str | os.PathLike[str]) -> Path:
+def default_feedpath(location: str | os.PathLike[str], *, on_server: bool = False) -> Path:
     """Feedback files go beside the database, so one --db keeps a whole setup together; with
-    a database on a server, in this host's state folder."""
-    if is_url(location):
+    a database on a server (`on_server`), in this host's state folder."""
+    if on_server:
         return state_folder() / "feedback"
     path = Path(location)
     return path.parent / f"{path.stem}-feedback"
 
 
-def default_logdir(location: str | os.PathLike[str]) -> Path:
+def default_logdir(location: str | os.PathLike[str], *, on_server: bool = False) -> Path:
     """Task logs go beside the database too, in a folder of their own (see default_feedpath)."""
-    if is_url(location):
+    if on_server:
         return state_folder() / "logs"
     path = Path(location)
     return path.parent / f"{path.stem}-logs"

@@ -299,12 +299,9 @@ class LogSweep:
     def __init__(self) -> None:
         self.left = 0
 
-    def remove(self, logs: Iterable[tuple[int, str, str | None]]) -> None:
-        """For `clear_history(logs=...)`: the (taskid, logfile, host) of a batch's rows,
-        committed. Only this host's logs are here to remove; each host clears its own."""
-        for taskid, logfile, host in logs:
-            if host not in (None, host_id()):
-                continue
+    def remove(self, logs: Iterable[tuple[int, str]]) -> None:
+        """For `clear_history(logs=...)`: the (taskid, logfile) of a batch's rows, committed."""
+        for taskid, logfile in logs:
             try:
                 TaskLog(taskid, logfile).remove()
             except OSError as error:  # NotALog included

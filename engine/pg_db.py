@@ -12,15 +12,18 @@ one StoreError, whose message never holds a password.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import psycopg
+from psycopg import IsolationLevel
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from taskwatcher.engine import pg_schema
@@ -39,6 +42,9 @@ def kill_channel(taskid: int) -> str:
     return f"taskwatcher_kill_{taskid}"
 
 
+_KILL_CHANNEL = re.compile(r"taskwatcher_kill_([0-9]{1,19})")
+
+
 class PgDatabase:
     """A checked, upgraded PostgreSQL database, with one connection for one command."""
 
@@ -46,10 +52,10 @@ class PgDatabase:
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str, clock: Clock, *, io_timeout: float) -> None:
-        self.location = redacted(url)
+        self.location, secret = redacted(url)
         self.busy_timeout = busy_timeout()
         self._url = url
-        self._secret = urlsplit(url).password
+        self._mask = _masker(url, secret)
         self._clock = clock
         self._io_timeout = io_timeout
         self._guard = HangGuard(self.busy_timeout + io_timeout)
@@ -98,8 +104,17 @@ class PgDatabase:
         self._listen(kill_channel(taskid))
 
     def notices(self) -> list[int]:
-        """Ids of the tasks whose kill was announced since the last call; never waits."""
-        return [int(notify.payload) for notify in self._notifies(0.0) if notify.channel != CHANGES]
+        """Ids of the tasks whose kill was announced since the last call; never waits.
+
+        The channel names the task; the payload is not read (anyone may NOTIFY anything).
+        """
+        heard = (_KILL_CHANNEL.fullmatch(notify.channel) for notify in self._notifies(0.0))
+        return [int(match.group(1)) for match in heard if match]
+
+    def renewed(self, lease: float) -> None:
+        """The lease was renewed: a statement still waiting when it runs out is given up,
+        so that the supervisor can stop its task on time (`HangGuard.until`)."""
+        self._guard.until(time.monotonic() + lease)
 
     def notices_fileno(self) -> int | None:
         """The connection's socket: readable when an announcement may have come."""
@@ -131,6 +146,8 @@ class PgDatabase:
                 self._url,
                 autocommit=True,
                 row_factory=dict_row,
+                prepare_threshold=None,  # a cached plan would break on the next schema step
+                client_encoding="utf8",
                 connect_timeout=max(2, round(self._io_timeout)),
                 application_name="taskwatcher",
                 keepalives=1,
@@ -139,6 +156,8 @@ class PgDatabase:
                 keepalives_count=3,
                 tcp_user_timeout=round(self._io_timeout * 1000),
             )
+            # The unique rule relies on each statement seeing what committed before it.
+            connection.isolation_level = IsolationLevel.READ_COMMITTED
             try:
                 with self._guard.watching(connection.fileno()):
                     self._set_up(connection)
@@ -148,7 +167,15 @@ class PgDatabase:
             return connection
 
     def _set_up(self, connection: psycopg.Connection[dict[str, Any]]) -> None:
-        """Bound the session's waits, upgrade the schema, listen again where it listened."""
+        """Check the encoding, bound the session's waits, upgrade the schema, listen again
+        where it listened."""
+        encoding = connection.execute("SHOW server_encoding").fetchone()
+        if encoding is None or encoding["server_encoding"] != "UTF8":
+            found = None if encoding is None else encoding["server_encoding"]
+            raise StoreError(
+                f"{self.location}: the database is encoded in {found}, not UTF8: create it"
+                " with ENCODING 'UTF8' (task names and feedback are Unicode)"
+            )
         connection.execute(
             "SELECT set_config('lock_timeout', %s, false),"
             " set_config('idle_in_transaction_session_timeout', %s, false)",
@@ -183,13 +210,8 @@ class PgDatabase:
             if not opening and self._conn.broken:
                 self._conn.close()
             doing = "cannot open the database: " if opening else ""
-            raise StoreError(f"{self.location}: {doing}{self._message(error)}") from None
-
-    def _message(self, error: psycopg.Error) -> str:
-        """The error's first line, any password in it masked."""
-        lines = str(error).strip().splitlines() or [type(error).__name__]
-        text = lines[0]
-        return text.replace(self._secret, "***") if self._secret else text
+            lines = str(error).strip().splitlines() or [type(error).__name__]
+            raise StoreError(f"{self.location}: {doing}{self._mask(lines[0])}") from None
 
 
 #: The first key of the advisory locks of task names (the second is the name's hash).
@@ -197,7 +219,8 @@ NAME_LOCKS = 0x7477
 
 
 class HangGuard:
-    """Shuts the socket of a statement that has waited longer than `limit` seconds.
+    """Shuts the socket of a statement that has waited longer than `limit` seconds, or past
+    the end of the supervisor's lease (`until`).
 
     The kernel's timeouts see a dead peer only when nothing answers for it; a proxy or a
     middlebox that still acknowledges keeps a waiting query hung forever. Shutting the socket
@@ -211,8 +234,16 @@ class HangGuard:
         self._wake = threading.Condition()
         self._depth = 0
         self._deadline = 0.0
+        self._lease_end: float | None = None
         self._fd = -1
         self._thread: threading.Thread | None = None
+
+    def until(self, lease_end: float) -> None:
+        """A statement still waiting at `lease_end` (monotonic) is given up, once: the
+        supervisor must then be free to stop its task."""
+        with self._wake:
+            self._lease_end = lease_end
+            self._wake.notify()
 
     @contextmanager
     def watching(self, fd: int) -> Iterator[None]:
@@ -236,11 +267,14 @@ class HangGuard:
                 if self._depth == 0:
                     self._wake.wait()
                     continue
-                left = self._deadline - time.monotonic()
+                lease_end = float("inf") if self._lease_end is None else self._lease_end
+                left = min(self._deadline, lease_end) - time.monotonic()
                 if left > 0:
                     self._wake.wait(left)
                     continue
                 _shut(self._fd)
+                if lease_end <= self._deadline:
+                    self._lease_end = None  # the supervisor now knows; its next calls may wait
                 self._deadline = time.monotonic() + self._limit  # once per limit at most
 
 
@@ -258,15 +292,41 @@ def _shut(fd: int) -> None:
         sock.detach()
 
 
-def redacted(url: str) -> str:
-    """The URL as messages and listings show it: without its password, wherever it was."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.partition(':')[0]}@{host}"
-    query = [(key, value) for key, value in parse_qsl(parts.query) if key != "password"]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
+def redacted(url: str) -> tuple[str, str | None]:
+    """The URL as messages and listings show it, and its password: parsed as libpq parses it
+    (a password may hold `#`, `?` or `/`), then rebuilt from the user, host, port and
+    database alone, so no other part of it can carry the password out."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "postgresql://(a URL libpq cannot read)", None
+    user, host, port = parts.get("user"), parts.get("host", ""), parts.get("port")
+    socket_folder = host.startswith("/")
+    shown = "postgresql://" + (f"{quote(user, safe='')}@" if user else "")
+    if socket_folder:  # a unix socket's folder, and its port, go in the query
+        query = f"?host={quote(host)}" + (f"&port={port}" if port else "")
+        shown += "/" + quote(parts.get("dbname", ""), safe="") + query
+    else:
+        shown += quote(host, safe=":[],") + (f":{port}" if port else "")
+        shown += "/" + quote(parts.get("dbname", ""), safe="")
+    return shown, parts.get("password")
+
+
+def _masker(url: str, secret: str | None) -> Callable[[str], str]:
+    """Masks, in a message, the password as written in the URL and as libpq decoded it, where
+    it stands as a word of its own (a one-letter password must not blank out every `b`)."""
+    forms = {form for form in (secret, *_written_passwords(url)) if form}
+    if not forms:
+        return lambda text: text
+    pattern = re.compile("|".join(rf"(?<![\w%]){re.escape(form)}(?![\w%])" for form in forms))
+    return lambda text: pattern.sub("***", text)
+
+
+def _written_passwords(url: str) -> list[str]:
+    """The password as the URL writes it, before decoding: between `user:` and the `@`, and
+    in a `password=` parameter (libpq may fail to decode either, and quote it)."""
+    found = re.match(r"^[a-z]+://[^:@/]*:([^@]*)@", url)
+    return ([found.group(1)] if found else []) + re.findall(r"[?&]password=([^&]*)", url)
 
 
 _ADAPTED: dict[str, str] = {}

@@ -30,8 +30,8 @@ class PgStore(SqlStore):
     def __init__(self, url: str, clock: Callable[[], float], reservation_ttl: float) -> None:
         self.lease = lease_from_env()
         # A statement may take a third of the lease before its socket is given up.
-        database = PgDatabase(url, clock, io_timeout=max(1.0, self.lease / 3))
-        super().__init__(database, clock, reservation_ttl)
+        self._pg = PgDatabase(url, clock, io_timeout=max(1.0, self.lease / 3))
+        super().__init__(self._pg, clock, reservation_ttl)
 
     def kill_request(self, taskid: int, token_hash: str) -> str | None:
         """Who asked for the kill, if anyone; renews the lease in the same statement."""
@@ -42,6 +42,7 @@ class PgStore(SqlStore):
         )
         if row is None:
             raise RowLost(f"its row is gone from {self.location}, or belongs to another task")
+        self._pg.renewed(self.lease)
         return row["kill_request"]
 
     def expire_leases(self) -> list[Ended]:

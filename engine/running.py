@@ -29,6 +29,7 @@ from taskwatcher.engine.sources import (
     Health,
     KillNotices,
     KillRequests,
+    LeaseRenewal,
     MaxRuntime,
     OutputPush,
     Reaper,
@@ -81,7 +82,9 @@ def listeners_of(
     output = capture.sources if capture is not None else []
     push = capture is not None and state.row.store.many_hosts
     pushes: list[loop.Source] = [OutputPush(capture.tail, state.row)] if push else []
-    return Listeners(notifications, max_runtime, [notifications, *output], pushes)
+    # The lease is kept up while stopping takes its time (a grace of minutes, say).
+    renewing = [LeaseRenewal(state.row)] if state.row.store.lease is not None else []
+    return Listeners(notifications, max_runtime, [notifications, *output, *renewing], pushes)
 
 
 def supervise(

@@ -106,6 +106,19 @@ class KillRequests(Periodic):
             self._state.stop_for(StopReason.requested(requester))
 
 
+class LeaseRenewal(Periodic):
+    """While the task is being stopped: the lease renewed once a second (by the read of the
+    kill request, whose answer no longer matters), so a long grace does not make the other
+    hosts call a task LOST that its supervisor is stopping."""
+
+    def __init__(self, row: TaskRow) -> None:
+        super().__init__()
+        self._row = row
+
+    def look(self) -> None:
+        self._row.kill_request()
+
+
 class KillNotices:
     """Kill requests announced by the store (PostgreSQL's NOTIFY): the request is read at
     once instead of at the next periodic look, which stays the guaranteed path."""

@@ -76,7 +76,7 @@ class SqlReads:
 
     def list_tasks(self, *, name: str | None = None, status: str | None = None) -> list[Task]:
         """Live tasks, oldest first."""
-        where, params = _filters(("name = ?", name), ("status = ?", status))
+        where, params = filters_clause(("name = ?", name), ("status = ?", status))
         return [
             task_from_row(row)
             for row in self._db.rows(f"SELECT * FROM tasks{where} ORDER BY id", params)
@@ -128,7 +128,7 @@ class SqlReads:
             raise InvalidRequest(f"a history page holds 1 row or more, not {page}")
         if max_id is None:
             max_id = self._number("SELECT coalesce(max(id), 0) AS n FROM history")
-        where, params = _filters(
+        where, params = filters_clause(
             ("taskname = ?", name),
             ("outcome = ?", outcome),
             ("endtime >= ?", since),
@@ -197,7 +197,7 @@ def task_from_row(row: Row) -> Task:
     return typed(Task, {_TASK_FIELDS.get(key, key): row[key] for key in row.keys()})  # noqa: SIM118
 
 
-def _filters(*conditions: tuple[str, Any]) -> tuple[str, tuple[Any, ...]]:
+def filters_clause(*conditions: tuple[str, Any]) -> tuple[str, tuple[Any, ...]]:
     """A WHERE clause from (condition, value) pairs, skipping values that are None."""
     chosen = [(clause, value) for clause, value in conditions if value is not None]
     if not chosen:

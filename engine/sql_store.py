@@ -33,7 +33,7 @@ from taskwatcher.engine.records import (
     encode_command,
     typed,
 )
-from taskwatcher.engine.sql_reads import Database, SqlReads, task_from_row
+from taskwatcher.engine.sql_reads import Database, SqlReads, filters_clause, task_from_row
 
 _STALE = "SELECT * FROM tasks WHERE status = 'RESERVED' AND reservetime <= ? ORDER BY id LIMIT ?"
 #: Rows a bulk change touches per transaction, so that no writer waits long behind it
@@ -97,9 +97,18 @@ class SqlStore(SqlReads):
     def claim(self, taskid: int, launch: Launch) -> None:
         """RESERVED -> RUNNING under a supervisor, exactly once, before anything is launched.
 
-        A given name or info replaces the reserved one; the name rule is checked again.
+        A given name or info replaces the reserved one; the name rule is checked again, the
+        name locked before the row, in the order a reservation takes them.
         """
         with self._write() as now:
+            reserved = self._db.row(
+                "SELECT name, is_unique FROM tasks WHERE id = ? AND status = 'RESERVED'",
+                (taskid,),
+            )
+            if reserved is None:
+                raise NotReserved(f"task {taskid} is {self._live(taskid).status}, not RESERVED")
+            name = reserved["name"] if launch.name is None else launch.name
+            self._check_name_free(name, unique=reserved["is_unique"], other_than=taskid)
             values = {
                 "supervisor_pid": launch.supervisor_pid,
                 "supervisor_ctime": launch.supervisor_ctime,
@@ -118,16 +127,14 @@ class SqlStore(SqlReads):
                 "UPDATE tasks SET status = 'RUNNING', name = coalesce(?, name),"
                 " info1 = coalesce(?, info1), info2 = coalesce(?, info2),"
                 f" info3 = coalesce(?, info3), {', '.join(f'{key} = ?' for key in values)},"
-                f" lease_until = {lease} WHERE id = ? AND status = 'RESERVED'"
-                " RETURNING name, is_unique",
+                f" lease_until = {lease} WHERE id = ? AND status = 'RESERVED' RETURNING id",
                 (
                     launch.name, launch.info1, launch.info2, launch.info3,
                     *values.values(), *lease_params, taskid,
                 ),
             )  # fmt: skip
-            if claimed is None:
+            if claimed is None:  # claimed or cancelled meanwhile (sqlite: never)
                 raise NotReserved(f"task {taskid} is {self._live(taskid).status}, not RESERVED")
-            self._check_name_free(claimed["name"], unique=claimed["is_unique"], other_than=taskid)
             self._db.announce("change", taskid)
 
     def set_child(self, taskid: int, token_hash: str, pid: int, ctime: float | None) -> None:
@@ -264,7 +271,10 @@ class SqlStore(SqlReads):
         expired: list[Ended] = []
         while self._db.rows(_STALE, (self._clock() - self.reservation_ttl, 1)):
             with self._db.transaction() as now:
-                expired += self._expire(now, BATCH_ROWS)
+                batch = self._expire(now, BATCH_ROWS)
+            expired += batch
+            if not batch:  # all left are being archived by another host now
+                return expired
         return expired
 
     def clear_history(
@@ -272,21 +282,26 @@ class SqlStore(SqlReads):
         before: float | None = None,
         *,
         progress: Callable[[int], None] | None = None,
-        logs: Callable[[list[tuple[int, str, str | None]]], None] | None = None,
+        logs: Callable[[list[tuple[int, str]]], None] | None = None,
+        host: str | None = None,
     ) -> int:
         """Delete history rows that ended before `before` (all without it); returns how many.
+        With `host` (a database of many hosts), rows with a log on another host's disk stay,
+        for that host to clear: their logs would otherwise be left behind for good.
 
         In batches of BATCH_ROWS, each its own transaction, so tasks ending meanwhile are
         recorded between two batches. Not one transaction, then: interrupted, it leaves
         history consistent with part of the rows gone, and running it again finishes.
-        `progress` hears the running total after each batch; `logs` the (taskid, logfile,
-        host) of the batch's rows that had a log, once the batch is committed, so that the files go
+        `progress` hears the running total after each batch; `logs` the (taskid, logfile) of
+        the batch's rows that had a log, once the batch is committed, so that the files go
         only with rows surely gone.
         """
-        condition, params = ("", ()) if before is None else ("WHERE endtime < ?", (before,))
+        condition, params = filters_clause(
+            ("endtime < ?", before), ("(logfile IS NULL OR host IS NULL OR host = ?)", host)
+        )
         batch = (
-            f"DELETE FROM history WHERE id IN (SELECT id FROM history {condition} LIMIT ?)"
-            " RETURNING taskid, logfile, host"
+            f"DELETE FROM history WHERE id IN (SELECT id FROM history{condition} LIMIT ?)"
+            " RETURNING taskid, logfile"
         )
         removed = 0
         while True:
@@ -297,7 +312,7 @@ class SqlStore(SqlReads):
             if progress is not None and deleted:
                 progress(removed)
             if logs is not None and deleted:
-                logs([(r["taskid"], r["logfile"], r["host"]) for r in deleted if _text_log(r)])
+                logs([(row["taskid"], row["logfile"]) for row in deleted if _text_log(row)])
             if len(deleted) < BATCH_ROWS:
                 return removed
             self._db.pause_between_batches(started)

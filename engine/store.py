@@ -73,7 +73,8 @@ class Store(Protocol):
         before: float | None = None,
         *,
         progress: Callable[[int], None] | None = None,
-        logs: Callable[[list[tuple[int, str, str | None]]], None] | None = None,
+        logs: Callable[[list[tuple[int, str]]], None] | None = None,
+        host: str | None = None,
     ) -> int: ...
     def reinitialize(self) -> None: ...
 

@@ -31,7 +31,7 @@ def feedback_folder(store: Store, request: LaunchRequest) -> Path | None:
     if request.feedpath is not None:
         return given_folder(request.feedpath)
     try:
-        return default_folder(default_feedpath(store.location))
+        return default_folder(default_feedpath(store.location, on_server=store.many_hosts))
     except FeedpathUnusable as error:
         if request.needs_feedback_file:
             raise
@@ -43,7 +43,9 @@ def log_folder(store: Store, request: LaunchRequest) -> Path | None:
     """The folder of the task's log: given, or the one beside the database; None uncaptured."""
     if not request.captures:
         return None
-    return default_folder(request.logdir or default_logdir(store.location), kind="log")
+    return default_folder(
+        request.logdir or default_logdir(store.location, on_server=store.many_hosts), kind="log"
+    )
 
 
 def make_feedback_file(

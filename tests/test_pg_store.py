@@ -15,6 +15,7 @@ import pytest
 from taskwatcher.engine.errors import StoreError, UniqueConflict
 from taskwatcher.engine.housekeeping import housekeep
 from taskwatcher.engine.lifecycle import Status
+from taskwatcher.engine.pg_db import _masker, redacted
 from taskwatcher.engine.schema import LATEST_VERSION
 from taskwatcher.engine.store import Store, open_store
 from tests.helpers import run_cli
@@ -234,3 +235,105 @@ def test_sqlite_commands_never_load_the_driver(db_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.stdout == "False\n", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://lab:se#cret@dbhost/tasks", "postgresql://lab@dbhost/tasks"),
+        ("postgresql://lab:se?cret@dbhost:6432/tasks", "postgresql://lab@dbhost:6432/tasks"),
+        (
+            "postgres://lab@dbhost/tasks?password=zz&sslmode=require",
+            "postgresql://lab@dbhost/tasks",
+        ),
+        ("postgresql:///tasks?host=/run/pg", "postgresql:///tasks?host=/run/pg"),
+    ],
+)
+def test_a_location_never_holds_the_password(url, shown):
+    """Parsed as libpq parses it: a password may hold characters a URL parser stops at."""
+    assert redacted(url)[0] == shown
+
+
+def test_a_password_is_masked_in_errors_even_where_libpq_quotes_it(tmp_path):
+    for url in (
+        f"postgresql://lab:se#cret@/db?host={tmp_path}&port=1",
+        f"postgresql://lab@/db?host={tmp_path}&port=1&password=sec%zzret",
+    ):
+        result = run_cli("twctl", "--db", url, "list")
+        assert result.returncode == 2 and result.stderr.count("\n") == 1
+        assert "cret" not in result.stderr, result.stderr
+
+
+def test_a_short_password_does_not_blank_out_messages():
+    mask = _masker("postgresql://bob:b@host/db", "b")
+    assert mask("permission denied for table b of bob: b") == (
+        "permission denied for table *** of bob: ***"
+    )
+
+
+def test_a_database_not_in_utf8_is_refused(pg_admin_url, pg_database):
+    sql(pg_admin_url, f"CREATE DATABASE {pg_database}_ascii ENCODING 'SQL_ASCII'"
+                      " TEMPLATE template0")  # fmt: skip
+    try:
+        url = with_database(pg_admin_url, f"{pg_database}_ascii")
+        result = run_cli("twctl", "--db", url, "reserve", "--name", "x")
+        assert result.returncode == 2 and "not UTF8" in result.stderr
+        assert result.stderr.count("\n") == 1
+    finally:
+        sql(pg_admin_url, f"DROP DATABASE {pg_database}_ascii")
+
+
+def test_the_unique_rule_holds_where_repeatable_read_is_the_default(pg_url, pg_database):
+    """Each statement must see what committed before it: a database whose default isolation
+    is REPEATABLE READ would otherwise break the rule."""
+    sql(pg_url, f"ALTER DATABASE {pg_database} SET default_transaction_isolation"
+                " = 'repeatable read'")  # fmt: skip
+    stores = [open_store(pg_url) for _ in range(20)]
+    try:
+        for round_number in range(3):
+            outcomes = race(stores, f"rr-{round_number}")
+            holders = stores[0].list_tasks(name=f"rr-{round_number}")
+            assert outcomes.count("won") == len(holders)
+            if any(task.unique for task in holders):
+                assert len(holders) == 1
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_schema_step_of_another_host_does_not_break_running_statements(pg_url):
+    """A newer column added while a supervisor runs: its statements are not prepared plans
+    that a changed table would invalidate."""
+    with open_store(pg_url) as store:
+        taskid = started(store, "job")
+        for _ in range(10):
+            store.get_task(taskid)
+        sql(pg_url, "ALTER TABLE tasks ADD COLUMN priority integer")
+        assert store.get_task(taskid).name == "job"
+        assert finish(store, taskid, Status.COMPLETED, token_hash=TOKEN_HASH).outcome == (
+            "COMPLETED"
+        )
+
+
+def test_renaming_onto_a_unique_holder_at_claim_is_a_conflict(backend_location):
+    with open_store(backend_location) as store:
+        holder = store.reserve("nightly", unique=True)
+        other = store.reserve("other")
+        with pytest.raises(UniqueConflict) as conflict:
+            claim(store, other, name="nightly")
+        assert conflict.value.holder == holder
+        assert store.get_task(other).status == "RESERVED"
+
+
+def test_a_stale_reservation_another_host_is_expiring_is_left_to_it(pg_url):
+    """Housekeeping skips a row another host holds, and returns instead of spinning."""
+    now = [1000.0]
+    with open_store(pg_url, clock=lambda: now[0], reservation_ttl=10) as store:
+        taskid = store.reserve("stale")
+        now[0] += 60
+        with psycopg.connect(pg_url) as other:  # a transaction of another host, left open
+            other.execute("SELECT * FROM tasks WHERE id = %s FOR UPDATE", (taskid,))
+            done = threading.Event()
+            threading.Thread(target=lambda: (store.expire_reservations(), done.set())).start()
+            assert done.wait(10)
+        assert [ended.taskid for ended in store.expire_reservations()] == [taskid]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import orjson
 import psutil
+import psycopg
+import psycopg.conninfo
 import pytest
 from rich.console import Console
 
@@ -121,6 +123,7 @@ def test_the_log_of_another_host_is_its_pushed_tail(pg_url, supervisors):
 
 
 def test_clear_removes_the_logs_of_this_host_only(pg_url, supervisors):
+    """Each host clears its own logs; rows whose log is elsewhere wait for their host."""
     for host in ("host-a", "host-b"):
         runner = start_task(supervisors, pg_url, host, f"echo from {host}")
         assert runner.wait(timeout=20) == 0
@@ -130,7 +133,13 @@ def test_clear_removes_the_logs_of_this_host_only(pg_url, supervisors):
     cleared = twctl(pg_url, "host-a", "clear")
     assert cleared.returncode == 0, cleared.stderr
     assert not logs["host-a"].exists()
-    assert logs["host-b"].exists()  # host-b clears its own
+    assert logs["host-b"].exists()  # host-b clears its own, and its row stays for it
+    with open_store(pg_url) as store:
+        assert [ended.host for ended in store.history()] == ["host-b"]
+    assert twctl(pg_url, "host-b", "clear").returncode == 0
+    assert not logs["host-b"].exists()
+    with open_store(pg_url) as store:
+        assert store.history() == []
 
 
 def test_watch_shows_hosts_when_there_are_several(pg_url):
@@ -189,3 +198,51 @@ def test_a_supervisor_cut_off_from_the_database_stops_its_task(pg_url, superviso
                  open_store(pg_url).history_of(taskid), timeout=20)  # fmt: skip
     with open_store(pg_url) as store:
         assert store.history_of(taskid).outcome == "LOST"
+
+
+def test_a_long_stop_keeps_the_lease(pg_url, supervisors):
+    """A task that takes longer than the lease to stop is still KILLED, not LOST: its
+    supervisor renews the lease while it waits for the task."""
+    slow = "trap 'sleep 3; exit 0' TERM; while :; do sleep 0.1; done"
+    runner = subprocess.Popen(
+        [str(BIN / "twrun"), "--db", pg_url, "--grace", "6", "--", "sh", "-c", slow],
+        env=on_host("host-a", TASKWATCHER_LEASE="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    supervisors.append(runner)
+    taskid = wait_for(lambda: open_store(pg_url).list_tasks(status="RUNNING"))[0].taskid
+    killed = twctl(pg_url, "host-b", "kill", str(taskid), TASKWATCHER_LEASE="1")
+    assert killed.returncode == 0 and "KILLED" in killed.stdout, killed.stdout + killed.stderr
+    runner.communicate(timeout=20)
+
+
+def test_a_forged_notification_costs_the_supervisor_nothing(pg_url, supervisors):
+    """Anyone connected may NOTIFY anything on a task's channel: it only makes the
+    supervisor look at its row again."""
+    runner = start_task(supervisors, pg_url, "host-a", "exec sleep 60")
+    taskid = wait_for(lambda: open_store(pg_url).list_tasks(status="RUNNING"))[0].taskid
+    with psycopg.connect(pg_url, autocommit=True) as connection:
+        for payload in ("boom", "", "99999999999999999999999"):
+            connection.execute(f"NOTIFY taskwatcher_kill_{taskid}, '{payload}'")
+    killed = twctl(pg_url, "host-b", "kill", str(taskid))
+    assert "KILLED" in killed.stdout, killed.stderr
+    assert runner.wait(timeout=10) == 143
+    assert "Traceback" not in runner.stderr.read()
+
+
+def test_a_url_without_a_host_keeps_the_files_in_the_state_folder(pg_url, tmp_path):
+    """`postgresql:///db?host=/socket/folder`, libpq's usual local form, is a server too."""
+    parts = psycopg.conninfo.conninfo_to_dict(os.environ["TASKWATCHER_TEST_PG_SOCKET"])
+    database = psycopg.conninfo.conninfo_to_dict(pg_url)["dbname"]
+    url = f"postgresql:///{database}?host={parts['host']}&port={parts['port']}&user=postgres"
+    work = tmp_path / "work"
+    work.mkdir()
+    task = 'echo hi; test -n "$TASKWATCHER_FEEDBACK"'
+    ran = run_cli("twrun", "--db", url, "--", "sh", "-c", task, cwd=work)
+    assert ran.returncode == 0, ran.stderr
+    assert list(work.iterdir()) == []
+    with open_store(url) as store:
+        (ended,) = store.history()
+    assert ended.logfile.startswith(os.environ["XDG_STATE_HOME"] + "/taskwatcher/logs/")
