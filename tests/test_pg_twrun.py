@@ -185,7 +185,7 @@ def test_a_supervisor_cut_off_from_the_database_stops_its_task(pg_url, superviso
     """The network to the server is cut: the supervisor cannot renew its lease, so after
     the lease it stops its task itself, which another host's housekeeping calls LOST."""
     with Proxy.to(pg_url) as proxy:
-        extra = {"TASKWATCHER_LEASE": "3", "TASKWATCHER_BUSY_TIMEOUT": "1"}
+        extra = {"TASKWATCHER_LEASE": "3"}  # the lock timeout stays 30 s: the lease decides
         runner = start_task(supervisors, proxy.url_for(pg_url), "host-a", "exec sleep 60", **extra)
         taskid = wait_for(lambda: open_store(pg_url).list_tasks())[0].taskid
         task_process = wait_for(lambda: psutil.Process(runner.pid).children())[0]
