@@ -33,8 +33,9 @@ def housekeep(store: Store, *, grace: float = LOST_GRACE) -> list[Ended]:
 
     A lost task of another user is left for that user or root (`ghosts_of_others`), who can
     stop its processes. On a database of many hosts, a task of any host whose supervisor's
-    lease ran out is LOST too, after this host's own lost tasks had their processes stopped.
-    Returns the history records written, so `twctl update` can say what it did.
+    lease ran out is LOST too, after this host's own lost tasks had their processes stopped;
+    then what is left here of tasks other hosts found LOST is stopped. Returns the history
+    records written, so `twctl update` can say what it did.
     """
     ended = list(store.expire_reservations())
     census = None  # one look over /proc, taken once the first lost task shows
@@ -44,7 +45,26 @@ def housekeep(store: Store, *, grace: float = LOST_GRACE) -> list[Ended]:
             lost = archive_lost(store, task, grace, census)
             if lost is not None:
                 ended.append(lost)
-    return ended + store.expire_leases()
+    ended += store.expire_leases()
+    if store.many_hosts:
+        sweep_leftovers(store, grace, census)
+    return ended
+
+
+def sweep_leftovers(store: Store, grace: float, census: Census | None = None) -> None:
+    """Stop what is left of this host's tasks that another host archived LOST (their lease
+    ran out: the supervisor died or froze while nobody here looked), as archive_lost does
+    for the ones found here. A task of another user stays for that user, or root."""
+    for ended in store.unswept(host_id()):
+        owner = Owner.of_row(ended.token_hash, ended.uid)
+        if owner is not None and not owner.caller_may_act():
+            continue
+        if owner is not None:
+            census = census or Census.take()
+            if owner.digest in census.tokens:
+                stopped = stop_leftovers(owner, grace)
+                log.info("task %s: stopped what was left of it (%s)", ended.taskid, stopped)
+        store.mark_swept(ended.taskid)
 
 
 def ghosts_of_others(store: Store) -> list[Task]:

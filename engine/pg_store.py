@@ -66,6 +66,10 @@ class PgStore(SqlStore):
                         " renewing it",
                     )
                     expired.append(self._archive(task, ending, now))
+                    # Its processes are on its host, for that host's housekeeping to stop.
+                    self._db.execute(
+                        "UPDATE history SET swept = false WHERE taskid = ?", (task.taskid,)
+                    )
             if len(rows) < BATCH_ROWS:
                 return expired
 

@@ -129,6 +129,8 @@ class Ended:
     command: list[str] | None = field(default=None)
     logfile: str | None = None
     output_tail: str | None = None
+    token_hash: str | None = None  # what proves its leftover processes its own
+    uid: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         """As `twctl history --json` shows it: DESIGN.md's keys first, then the extras."""

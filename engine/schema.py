@@ -188,17 +188,27 @@ _NOTIFY_V4 = Step(
 )
 
 #: Version 5: tasks of many hosts: the supervisor's lease on its row (server clock; sqlite
-#: keeps no leases) and the last lines of its output, pushed for readers on other hosts.
+#: keeps no leases), the last lines of its output, pushed for readers on other hosts, and
+#: in history what lets a task's own host stop the leftovers of a task another host found
+#: LOST.
 #: lease_until has no index: renewing it every second then stays a cheap in-page update.
 _HOSTS_V5 = Step(
     sqlite=(
         "ALTER TABLE tasks ADD COLUMN lease_until REAL NOT NULL DEFAULT 0",
         "ALTER TABLE tasks ADD COLUMN output_tail TEXT",
+        "ALTER TABLE history ADD COLUMN token_hash TEXT",
+        "ALTER TABLE history ADD COLUMN uid INTEGER",
+        "ALTER TABLE history ADD COLUMN swept INTEGER NOT NULL DEFAULT 1",
     ),
     postgres=(
         "ALTER TABLE tasks ADD COLUMN lease_until double precision NOT NULL"
         " DEFAULT extract(epoch FROM clock_timestamp())",
         "ALTER TABLE tasks ADD COLUMN output_tail TEXT",
+        "ALTER TABLE history ADD COLUMN token_hash TEXT",
+        "ALTER TABLE history ADD COLUMN uid bigint",
+        # false: LOST on another host's word (its lease), its leftovers not looked for yet
+        "ALTER TABLE history ADD COLUMN swept boolean NOT NULL DEFAULT true",
+        "CREATE INDEX history_unswept ON history (host) WHERE NOT swept",
     ),
 )
 

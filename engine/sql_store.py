@@ -213,6 +213,20 @@ class SqlStore(SqlReads):
         """Archive the tasks whose supervisor's lease ran out as LOST: none without leases."""
         return []
 
+    def unswept(self, host: str) -> list[Ended]:
+        """Tasks of `host` another host archived LOST, whose leftovers nobody looked for."""
+        return [
+            typed(Ended, dict(row))
+            for row in self._db.rows(
+                "SELECT * FROM history WHERE host = ? AND NOT swept ORDER BY id", (host,)
+            )
+        ]
+
+    def mark_swept(self, taskid: int) -> None:
+        """The task's leftovers were looked for (and stopped) on its host."""
+        with self._db.transaction():
+            self._db.execute("UPDATE history SET swept = ? WHERE taskid = ?", (True, taskid))
+
     def kill_request(self, taskid: int, token_hash: str) -> str | None:
         """Who asked the supervisor to kill its task, if anyone; RowLost once not its own."""
         self._db.check_still_there()
@@ -392,6 +406,7 @@ class SqlStore(SqlReads):
                 "duration": 0.0 if started is None else max(0.0, endtime - started),
                 "feedback": orjson.dumps(feedback), "killed_by": killed_by,
                 "logfile": task.logfile, "output_tail": ending.output_tail,
+                "token_hash": task.token_hash, "uid": task.uid,
             },
         )  # fmt: skip
         self._db.execute("DELETE FROM tasks WHERE id = ?", (task.taskid,))

@@ -246,3 +246,21 @@ def test_a_url_without_a_host_keeps_the_files_in_the_state_folder(pg_url, tmp_pa
     with open_store(url) as store:
         (ended,) = store.history()
     assert ended.logfile.startswith(os.environ["XDG_STATE_HOME"] + "/taskwatcher/logs/")
+
+
+def test_leftovers_of_a_task_another_host_found_lost_are_stopped_on_its_host(pg_url, supervisors):
+    """The supervisor dies, another host's housekeeping archives the task LOST after its
+    lease: what is left of the task on its own host goes at that host's next housekeeping."""
+    runner = start_task(supervisors, pg_url, "host-a", "sleep 4321 & wait", TASKWATCHER_LEASE="1")
+    taskid = wait_for(lambda: open_store(pg_url).list_tasks(status="RUNNING"))[0].taskid
+    left = wait_for(
+        lambda: [p for p in psutil.Process(runner.pid).children(recursive=True)
+                 if p.name() == "sleep"]
+    )[0]  # fmt: skip
+    runner.kill()
+    runner.wait(timeout=10)
+    wait_for(lambda: twctl(pg_url, "host-b", "update") and open_store(pg_url).history_of(taskid))
+    assert left.is_running()  # host-b cannot reach it
+    assert twctl(pg_url, "host-a", "update").returncode == 0
+    left.wait(timeout=10)
+    assert twctl(pg_url, "host-a", "update").returncode == 0  # once swept, left alone
