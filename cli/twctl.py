@@ -140,8 +140,9 @@ def _cmd_killall(store: Store, args: argparse.Namespace) -> int:
     return _kill(store, taskids, args.wait)
 
 
-def _kill(store: Store, taskids: list[int], wait: float) -> int:
+def _kill(store: Store, taskids: list[int], wait: float | None) -> int:
     who = control.requester()
+    wait = control.default_kill_wait(store) if wait is None else wait
     _report_ended(control.kill_tasks(store, taskids, who, wait, on_wait=_waiting_notice()))
     return 0
 
@@ -329,7 +330,13 @@ def _add_stops(sub) -> None:
     ):
         killer = subcommand(sub, name, handler, help_text, example)
         killer.add_argument(target, type=task_id if target == "taskid" else str)
-        _seconds_option(killer, "--wait", control.DEFAULT_KILL_WAIT, "how long to wait for the end")
+        killer.add_argument(
+            "--wait",
+            type=non_negative_seconds,
+            metavar="SECONDS",
+            help=f"how long to wait for the end (default {control.DEFAULT_KILL_WAIT:g}, or"
+            " 5 more than the lease on a database of many hosts)",
+        )
 
 
 @interruptible

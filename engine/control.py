@@ -38,6 +38,13 @@ from taskwatcher.engine.store import Store
 DEFAULT_KILL_WAIT = 30.0
 
 
+def default_kill_wait(store: Store) -> float:
+    """How long `kill` waits unless told: on a database of many hosts, long enough for the
+    lease of a task whose host died to run out, so that the kill ends LOST, not in a wait
+    that gave up."""
+    return DEFAULT_KILL_WAIT if store.lease is None else max(DEFAULT_KILL_WAIT, store.lease + 5)
+
+
 def requester() -> str:
     """Who is asking, as history's `killed_by` shows it: the real user, not $USER."""
     return f"{user_name()}@{host_id()} (pid {os.getpid()})"

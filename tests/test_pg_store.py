@@ -12,6 +12,7 @@ import orjson
 import psycopg
 import pytest
 
+from taskwatcher.engine.control import default_kill_wait
 from taskwatcher.engine.errors import StoreError, UniqueConflict
 from taskwatcher.engine.housekeeping import housekeep
 from taskwatcher.engine.lifecycle import Status
@@ -337,3 +338,13 @@ def test_a_stale_reservation_another_host_is_expiring_is_left_to_it(pg_url):
             threading.Thread(target=lambda: (store.expire_reservations(), done.set())).start()
             assert done.wait(10)
         assert [ended.taskid for ended in store.expire_reservations()] == [taskid]
+
+
+def test_kill_waits_past_the_lease_by_default(pg_url, db_path, monkeypatch):
+    """A kill of a task whose host died ends when its lease runs out: the default wait
+    outlasts the lease, so it reports LOST rather than giving up."""
+    monkeypatch.setenv("TASKWATCHER_LEASE", "60")
+    with open_store(pg_url) as store:
+        assert default_kill_wait(store) == 65
+    with open_store(db_path) as store:
+        assert default_kill_wait(store) == 30
