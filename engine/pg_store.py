@@ -13,7 +13,7 @@ from collections.abc import Callable
 from taskwatcher.engine.errors import RowLost
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.pg_db import PgDatabase
-from taskwatcher.engine.records import Ended, Ending
+from taskwatcher.engine.records import Ended, Ending, Launch
 from taskwatcher.engine.settings import lease_from_env
 from taskwatcher.engine.sql_reads import task_from_row
 from taskwatcher.engine.sql_store import BATCH_ROWS, SqlStore
@@ -32,6 +32,11 @@ class PgStore(SqlStore):
         # A statement may take a third of the lease before its socket is given up.
         self._pg = PgDatabase(url, clock, io_timeout=max(1.0, self.lease / 3))
         super().__init__(self._pg, clock, reservation_ttl)
+
+    def claim(self, taskid: int, launch: Launch) -> None:
+        """The claim takes the lease: from now on a statement never outlasts it."""
+        super().claim(taskid, launch)
+        self._pg.renewed(self.lease)
 
     def kill_request(self, taskid: int, token_hash: str) -> str | None:
         """Who asked for the kill, if anyone; renews the lease in the same statement."""

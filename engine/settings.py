@@ -36,9 +36,20 @@ def host_id(environ: Mapping[str, str] = os.environ) -> str:
     return environ.get(HOST_VARIABLE) or socket.gethostname()
 
 
+#: A supervisor renews its lease once a second: a shorter lease than this would run out
+#: between two renewals of a healthy supervisor.
+MIN_LEASE = 2.0
+
+
 def lease_from_env(environ: Mapping[str, str] = os.environ) -> float:
     """$TASKWATCHER_LEASE in seconds, else the default; InvalidRequest if unusable."""
-    return _seconds_from_env(environ, LEASE_VARIABLE, DEFAULT_LEASE)
+    lease = _seconds_from_env(environ, LEASE_VARIABLE, DEFAULT_LEASE)
+    if lease < MIN_LEASE:
+        raise InvalidRequest(
+            f"${LEASE_VARIABLE}: {lease:g} s is too short: at least {MIN_LEASE:g} s (a lease is"
+            " renewed every second)"
+        )
+    return lease
 
 
 def reservation_ttl_from_env(environ: Mapping[str, str] = os.environ) -> float:

@@ -348,3 +348,12 @@ def test_kill_waits_past_the_lease_by_default(pg_url, db_path, monkeypatch):
         assert default_kill_wait(store) == 65
     with open_store(db_path) as store:
         assert default_kill_wait(store) == 30
+
+
+@pytest.mark.parametrize("lease", ["1", "0", "-5", "soon"])
+def test_a_lease_too_short_to_renew_is_refused(pg_url, lease):
+    result = run_cli(
+        "twctl", "--db", pg_url, "list", env={**os.environ, "TASKWATCHER_LEASE": lease}
+    )
+    assert result.returncode == 2 and "TASKWATCHER_LEASE" in result.stderr
+    assert result.stderr.count("\n") == 1

@@ -163,7 +163,7 @@ def _drawn(store: Store) -> str:
 
 
 def test_a_dead_supervisor_of_another_host_is_lost_after_its_lease(pg_url, supervisors):
-    runner = start_task(supervisors, pg_url, "host-a", "exec sleep 60", TASKWATCHER_LEASE="1")
+    runner = start_task(supervisors, pg_url, "host-a", "exec sleep 60", TASKWATCHER_LEASE="2")
     taskid = wait_for(lambda: open_store(pg_url).list_tasks())[0].taskid
     task_process = wait_for(lambda: psutil.Process(runner.pid).children())[0]
     runner.kill()  # the supervisor dies, its task lives on (elsewhere, nobody could stop it)
@@ -203,17 +203,17 @@ def test_a_supervisor_cut_off_from_the_database_stops_its_task(pg_url, superviso
 def test_a_long_stop_keeps_the_lease(pg_url, supervisors):
     """A task that takes longer than the lease to stop is still KILLED, not LOST: its
     supervisor renews the lease while it waits for the task."""
-    slow = "trap 'sleep 3; exit 0' TERM; while :; do sleep 0.1; done"
+    slow = "trap 'sleep 5; exit 0' TERM; while :; do sleep 0.1; done"
     runner = subprocess.Popen(
-        [str(BIN / "twrun"), "--db", pg_url, "--grace", "6", "--", "sh", "-c", slow],
-        env=on_host("host-a", TASKWATCHER_LEASE="1"),
+        [str(BIN / "twrun"), "--db", pg_url, "--grace", "8", "--", "sh", "-c", slow],
+        env=on_host("host-a", TASKWATCHER_LEASE="3"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     supervisors.append(runner)
     taskid = wait_for(lambda: open_store(pg_url).list_tasks(status="RUNNING"))[0].taskid
-    killed = twctl(pg_url, "host-b", "kill", str(taskid), TASKWATCHER_LEASE="1")
+    killed = twctl(pg_url, "host-b", "kill", str(taskid), TASKWATCHER_LEASE="3")
     assert killed.returncode == 0 and "KILLED" in killed.stdout, killed.stdout + killed.stderr
     runner.communicate(timeout=20)
 
@@ -251,7 +251,7 @@ def test_a_url_without_a_host_keeps_the_files_in_the_state_folder(pg_url, tmp_pa
 def test_leftovers_of_a_task_another_host_found_lost_are_stopped_on_its_host(pg_url, supervisors):
     """The supervisor dies, another host's housekeeping archives the task LOST after its
     lease: what is left of the task on its own host goes at that host's next housekeeping."""
-    runner = start_task(supervisors, pg_url, "host-a", "sleep 4321 & wait", TASKWATCHER_LEASE="1")
+    runner = start_task(supervisors, pg_url, "host-a", "sleep 4321 & wait", TASKWATCHER_LEASE="2")
     taskid = wait_for(lambda: open_store(pg_url).list_tasks(status="RUNNING"))[0].taskid
     left = wait_for(
         lambda: [p for p in psutil.Process(runner.pid).children(recursive=True)
