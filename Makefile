@@ -27,7 +27,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m tests.pg_server -- $(PY) -m bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,7 +6,18 @@ import importlib
 import sys
 import time
 
-SUITES = ("grammar", "store", "journal", "twrun", "twctl", "wait", "load", "capture", "notify")
+SUITES = (
+    "grammar",
+    "store",
+    "journal",
+    "twrun",
+    "twctl",
+    "wait",
+    "load",
+    "capture",
+    "notify",
+    "pg",
+)
 
 
 def main(names: list[str]) -> None:
