@@ -78,7 +78,11 @@ def pg_database(pg_admin_url: str) -> Iterator[str]:
         _no_postgres("psycopg is not installed")
     name = f"tw_{secrets.token_hex(8)}"
     with psycopg.connect(pg_admin_url, autocommit=True, connect_timeout=10) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        # A file copy of the small template is a third of the time of the WAL-logged copy
+        # PostgreSQL 15 makes by default (older servers know no other).
+        newer = admin.info.server_version >= 150000
+        strategy = sql.SQL(" STRATEGY = FILE_COPY" if newer else "")
+        admin.execute(sql.SQL("CREATE DATABASE {}{}").format(sql.Identifier(name), strategy))
     try:
         yield name
     finally:

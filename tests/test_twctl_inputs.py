@@ -11,6 +11,7 @@ import pytest
 
 from taskwatcher.engine.errors import InvalidRequest
 from taskwatcher.engine.settings import DEFAULT_RESERVATION_TTL, reservation_ttl_from_env
+from taskwatcher.engine.store import open_store
 from tests.helpers import BIN, run_cli
 
 
@@ -112,8 +113,9 @@ NOT_ASCII_DIGITS = ["٣", "\uff13", "1_0", "+3", " 3", "3 "]
 @pytest.mark.parametrize("command", ["feedback", "kill", "show"])
 @pytest.mark.parametrize("taskid", NOT_ASCII_DIGITS)
 def test_task_ids_take_only_ascii_digits(db_path: Path, command: str, taskid: str) -> None:
-    for _ in range(10):
-        run_cli("twctl", "--db", db_path, "reserve")
+    with open_store(db_path) as store:  # tasks 1 to 10 exist: each reading would name one
+        for _ in range(10):
+            store.reserve()
     assert "not a task id" in usage_error("--db", db_path, command, "--", taskid)
 
 
