@@ -8,12 +8,17 @@ tells the two apart.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from taskwatcher.engine.errors import StoreError
+from taskwatcher.engine.errors import InvalidRequest, StoreError
 
 ENV_VAR = "TASKWATCHER_DB"
 
+
+#: libpq's key=value connection strings: taken for a file name, one would create an sqlite
+#: file named after the password it may hold.
+_CONNINFO = re.compile(r"\s*(host|hostaddr|dbname|user|password|port|service)\s*=")
 
 #: What a location starts with when it names a PostgreSQL database.
 URL_SCHEMES = ("postgresql://", "postgres://")
@@ -48,6 +53,11 @@ def resolve_db_path(cli_value: str | os.PathLike[str] | None) -> Path | str:
     chosen = cli_value or os.environ.get(ENV_VAR)
     if chosen and is_url(str(chosen)):
         return str(chosen)
+    if chosen and _CONNINFO.match(str(chosen)):
+        raise InvalidRequest(
+            "a database location that reads like libpq's key=value form: write it as a"
+            " postgresql:// URL (a path was meant? give it as ./... )"
+        )
     return Path(chosen).expanduser() if chosen else default_db_path()
 
 

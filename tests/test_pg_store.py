@@ -357,3 +357,15 @@ def test_a_lease_too_short_to_renew_is_refused(pg_url, lease):
     )
     assert result.returncode == 2 and "TASKWATCHER_LEASE" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("command", "code"), [(["twctl", "list"], 2), (["twrun", "--", "true"], 125)]
+)
+def test_a_key_value_connection_string_is_refused_not_made_a_file(tmp_path, command, code):
+    """libpq's other form is not taken for a path: that file would be named after the
+    password it holds."""
+    conninfo = "host=dbhost dbname=tasks password=s3cret"
+    result = run_cli(command[0], "--db", conninfo, *command[1:], cwd=tmp_path)
+    assert result.returncode == code and "postgresql:// URL" in result.stderr
+    assert "s3cret" not in result.stderr and list(tmp_path.iterdir()) == []
