@@ -13,7 +13,7 @@ import argparse
 import codecs
 import functools
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from taskwatcher.cli import EXIT_FAILED
 from taskwatcher.cli.common import fail, json_flag, positive_int, subcommand, task_id
@@ -76,7 +76,7 @@ def _refusals_escaped(handler: Handler) -> Handler:
 def _cmd_log(store: Store, args: argparse.Namespace) -> int:
     record = record_of(store, args.taskid)
     if (host := elsewhere(store, record)) is not None:
-        return _log_elsewhere(store, record, host, args)
+        return _log_elsewhere(record, host, args)
     tasklog = log_of(record)
     with OpenLog(tasklog) as opened:
         lines: Iterable[bytes]
@@ -84,14 +84,8 @@ def _cmd_log(store: Store, args: argparse.Namespace) -> int:
             lines, chunks, whole = opened.lines(), opened.chunks(), True
         else:
             lines, whole = opened.last_lines(args.lines)
-            chunks = (line + b"\n" for line in lines)
-        if args.json:
-            _print_json(tasklog, lines)
-        else:
-            out = _Output()
-            for chunk in chunks:
-                out.write(chunk)
-            out.close()
+            chunks = _with_newlines(lines)
+        _print_log(tasklog, lines, chunks, as_json=args.json)
         if opened.rotated and whole:
             _say_rotated(args.taskid, opened.kept)
     # DESIGN.md: `log` exits as the task's twrun did once it has ended; 0 while it runs.
@@ -99,18 +93,12 @@ def _cmd_log(store: Store, args: argparse.Namespace) -> int:
     return twrun_exit_code(ended) if ended is not None else 0
 
 
-def _log_elsewhere(store: Store, record: Task | Ended, host: str, args: argparse.Namespace) -> int:
+def _log_elsewhere(record: Task | Ended, host: str, args: argparse.Namespace) -> int:
     """A log on another host's disk: the last lines its supervisor pushed (or history kept),
     and a note on stderr of where the whole log is."""
     tasklog = log_of(record)
     lines = pushed_lines(record, args.lines)
-    if args.json:
-        _print_json(tasklog, lines)
-    else:
-        out = _Output()
-        for line in lines:
-            out.write(line + b"\n")
-        out.close()
+    _print_log(tasklog, lines, _with_newlines(lines), as_json=args.json)
     print(
         f"twctl: task {record.taskid} ran on host {escape(host)}: these are the last lines its"
         f" supervisor pushed; the whole log is {escape(tasklog.logfile)} on that host",
@@ -127,6 +115,24 @@ def _cmd_follow(store: Store, args: argparse.Namespace) -> int:
     )
     out.close()
     return twrun_exit_code(ended)
+
+
+def _print_log(
+    tasklog: TaskLog, lines: Iterable[bytes], chunks: Iterable[bytes], *, as_json: bool
+) -> None:
+    """The log's lines as JSON, or its bytes as the task wrote them (escaped on a terminal)."""
+    if as_json:
+        _print_json(tasklog, lines)
+        return
+    out = _Output()
+    for chunk in chunks:
+        out.write(chunk)
+    out.close()
+
+
+def _with_newlines(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines split off a log, each with its newline again, to be written as bytes."""
+    return (line + b"\n" for line in lines)
 
 
 def _print_json(tasklog: TaskLog, lines: Iterable[bytes]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from taskwatcher.engine.errors import RowLost
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.pg_db import PgDatabase
 from taskwatcher.engine.records import Ended, Ending, Launch
@@ -26,17 +25,18 @@ class PgStore(SqlStore):
     """The PostgreSQL database at `url`, checked and upgraded at opening."""
 
     many_hosts = True
+    _db: PgDatabase
 
     def __init__(self, url: str, clock: Callable[[], float], reservation_ttl: float) -> None:
         self.lease = lease_from_env()
         # A statement may take a third of the lease before its socket is given up.
-        self._pg = PgDatabase(url, clock, io_timeout=max(1.0, self.lease / 3))
-        super().__init__(self._pg, clock, reservation_ttl)
+        database = PgDatabase(url, clock, io_timeout=max(1.0, self.lease / 3))
+        super().__init__(database, clock, reservation_ttl)
 
     def claim(self, taskid: int, launch: Launch) -> None:
         """The claim takes the lease: from now on a statement never outlasts it."""
         super().claim(taskid, launch)
-        self._pg.renewed(self.lease)
+        self._db.renewed(self.lease)
 
     def kill_request(self, taskid: int, token_hash: str) -> str | None:
         """Who asked for the kill, if anyone; renews the lease in the same statement."""
@@ -46,8 +46,8 @@ class PgStore(SqlStore):
             (self.lease, taskid, token_hash),
         )
         if row is None:
-            raise RowLost(f"its row is gone from {self.location}, or belongs to another task")
-        self._pg.renewed(self.lease)
+            raise self._row_lost()
+        self._db.renewed(self.lease)
         return row["kill_request"]
 
     def expire_leases(self) -> list[Ended]:

@@ -234,7 +234,7 @@ class SqlStore(SqlReads):
             "SELECT * FROM tasks WHERE id = ? AND token_hash = ?", (taskid, token_hash)
         )
         if row is None:
-            raise RowLost(f"its row is gone from {self.location}, or belongs to another task")
+            raise self._row_lost()
         return task_from_row(row).kill_request
 
     def request_kill(self, taskid: int, requester: str) -> Task:
@@ -361,7 +361,7 @@ class SqlStore(SqlReads):
                 )
                 is None
             ):
-                raise RowLost(f"its row is gone from {self.location}, or belongs to another task")
+                raise self._row_lost()
             yield now
 
     def _expire(self, now: float, at_most: int) -> list[Ended]:
@@ -426,6 +426,10 @@ class SqlStore(SqlReads):
         assert inserted is not None
         return int(inserted["id"])
 
+    def _row_lost(self) -> RowLost:
+        """What a supervisor's write meets once its row is no longer its own."""
+        return RowLost(f"its row is gone from {self.location}, or belongs to another task")
+
     def _lease_renewal(self) -> tuple[str, tuple[float, ...]]:
         """The assignment of lease_until when a supervisor claims its row: kept as it is
         where the backend keeps no leases."""
@@ -440,7 +444,7 @@ class SqlStore(SqlReads):
             (*values, now, taskid, token_hash),
         )
         if cursor.rowcount == 0:
-            raise RowLost(f"its row is gone from {self.location}, or belongs to another task")
+            raise self._row_lost()
 
     def _check_name_free(
         self, name: str | None, *, unique: bool, other_than: int | None = None
