@@ -39,6 +39,11 @@ _STALE = "SELECT * FROM tasks WHERE status = 'RESERVED' AND reservetime <= ? ORD
 #: Rows a bulk change touches per transaction, so that no writer waits long behind it
 #: (about 10 ms a batch here; a task ending meanwhile waits one batch, not the whole change).
 BATCH_ROWS = 1000
+#: How long one batch of `clear` should hold the write lock: long enough that a commit's
+#: syncs are a small part of it, short beside any busy timeout a writer waits with.
+BATCH_SECONDS = 0.025
+#: The bounds of a batch of `clear`, whatever its timing suggests.
+BATCH_RANGE = (100, 20_000)
 #: Stale reservations every write expires on the way; expire_reservations() takes the rest.
 _EXPIRED_PER_WRITE = 50
 
@@ -303,9 +308,10 @@ class SqlStore(SqlReads):
         With `host` (a database of many hosts), rows with a log on another host's disk stay,
         for that host to clear: their logs would otherwise be left behind for good.
 
-        In batches of BATCH_ROWS, each its own transaction, so tasks ending meanwhile are
-        recorded between two batches. Not one transaction, then: interrupted, it leaves
-        history consistent with part of the rows gone, and running it again finishes.
+        In batches, each its own transaction holding the lock about BATCH_SECONDS
+        (`next_batch_rows`), so tasks ending meanwhile are recorded between two batches. Not
+        one transaction, then: interrupted, it leaves history consistent with part of the rows
+        gone, and running it again finishes.
         `progress` hears the running total after each batch; `logs` the (taskid, logfile) of
         the batch's rows that had a log, once the batch is committed, so that the files go
         only with rows surely gone.
@@ -318,18 +324,21 @@ class SqlStore(SqlReads):
             " RETURNING taskid, logfile"
         )
         removed = 0
+        rows = BATCH_ROWS
         while True:
-            started = time.monotonic()
             with self._db.transaction():
-                deleted = self._db.rows(batch, (*params, BATCH_ROWS))
+                began = time.monotonic()
+                deleted = self._db.rows(batch, (*params, rows))
+            held = time.monotonic() - began
             removed += len(deleted)
             if progress is not None and deleted:
                 progress(removed)
             if logs is not None and deleted:
                 logs([(row["taskid"], row["logfile"]) for row in deleted if _text_log(row)])
-            if len(deleted) < BATCH_ROWS:
+            if len(deleted) < rows:
                 return removed
-            self._db.pause_between_batches(started)
+            self._db.pause_between_batches(began)
+            rows = next_batch_rows(rows, held)
 
     def reinitialize(self) -> None:
         """Drop every table and start afresh; the caller decides whether live tasks may go.
@@ -482,3 +491,16 @@ def _status(value: Status | str) -> Status:
         return Status(value)
     except ValueError:
         raise InvalidRequest(f"unknown status {value!r}") from None
+
+
+def next_batch_rows(rows: int, held: float) -> int:
+    """The size of the next batch, after `rows` rows held the lock `held` seconds.
+
+    A fixed count is the wrong unit: what a writer waits is time. On a fast disk 1000 rows
+    take a few milliseconds, most of them the commit's syncs, and a large clear then spends
+    its time committing; on a loaded machine the same rows may hold the lock far longer.
+    Growth is at most fourfold a batch, so a misleading quick batch cannot overshoot much.
+    """
+    low, high = BATCH_RANGE
+    wanted = rows * BATCH_SECONDS / max(held, 1e-6)
+    return round(min(high, max(low, min(wanted, rows * 4))))

@@ -21,6 +21,7 @@ from taskwatcher.engine.errors import (
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.records import Ended, Task
 from taskwatcher.engine.settings import DEFAULT_RESERVATION_TTL
+from taskwatcher.engine.sql_store import BATCH_RANGE, BATCH_ROWS, BATCH_SECONDS, next_batch_rows
 from taskwatcher.engine.store import Store, open_store
 from tests.helpers import HISTORY_KEYS, LIST_KEYS
 from tests.store_helpers import TOKEN_HASH, claim, finish
@@ -600,9 +601,24 @@ def test_clear_goes_in_batches_and_says_how_far_it_got(sqlite_store, db_path):
     fill_history(db_path, 2500)
     seen = []
     assert sqlite_store.clear_history(before=2001.0, progress=seen.append) == 2000
-    assert seen == [1000, 2000]
+    assert seen[0] == BATCH_ROWS and seen[-1] == 2000 and seen == sorted(set(seen))
     assert len(sqlite_store.history()) == 500
     assert sqlite_store.clear_history() == 500
+
+
+@pytest.mark.parametrize(
+    ("rows", "held", "expected"),
+    [
+        (1000, BATCH_SECONDS, 1000),  # on target: the same again
+        (1000, BATCH_SECONDS / 2, 2000),  # twice as fast as wanted: twice the rows
+        (1000, 0.0, 4000),  # suspiciously quick: at most four times as many
+        (1000, BATCH_SECONDS * 4, 250),  # a loaded machine: fewer rows, the lock held less
+        (BATCH_RANGE[1], 0.0, BATCH_RANGE[1]),
+        (BATCH_RANGE[0], 60.0, BATCH_RANGE[0]),
+    ],
+)
+def test_a_clear_sizes_each_batch_by_how_long_the_last_held_the_lock(rows, held, expected):
+    assert next_batch_rows(rows, held) == expected
 
 
 def test_many_stale_reservations_expire_in_batches(db_path):
