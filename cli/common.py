@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import re
 import sys
 from typing import NoReturn
 
+from taskwatcher.engine import lazylog
 from taskwatcher.engine.location import resolve_db_path
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.store import open_store as open_database
@@ -48,23 +48,15 @@ def fail(message: str, code: int) -> NoReturn:
 def setup_logging(prog: str, verbosity: int) -> None:
     """Quiet by default (warnings only); -v shows info, -vv debug; always to stderr.
 
-    Records read `twctl: warning: message`, like the commands' own one-line errors.
+    `logging` itself is imported only when -v asks for records, or for the first warning.
     """
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)]
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_PrefixedFormatter(prog))
-    logging.basicConfig(level=level, handlers=[handler])
 
+    def setup() -> None:
+        from taskwatcher.cli import logsetup
 
-class _PrefixedFormatter(logging.Formatter):
-    """`prog: level: message`, the level in lower case as compilers and coreutils write it."""
+        logsetup.to_stderr(prog, verbosity)
 
-    def __init__(self, prog: str) -> None:
-        super().__init__()
-        self.prog = prog
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{self.prog}: {record.levelname.lower()}: {record.getMessage()}"
+    lazylog.configure(setup, now=verbosity > 0)
 
 
 def _seconds(text: str) -> float:

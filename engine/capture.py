@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import os
 import time
 from collections.abc import Callable
 from enum import StrEnum
 
+from taskwatcher.engine.lazylog import get_logger
 from taskwatcher.engine.output import (
     LOG_FLUSH_TIMEOUT,
     TEE_FLUSH_TIMEOUT,
@@ -26,7 +26,7 @@ from taskwatcher.engine.output import (
     write_all,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Bytes read from a pipe at once; the pipes are made this large when the system allows.
 READ_SIZE = 1024 * 1024

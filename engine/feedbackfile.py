@@ -10,18 +10,18 @@ read, another file.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 from taskwatcher.engine.errors import FeedpathMissing, FeedpathUnusable
+from taskwatcher.engine.lazylog import get_logger
 from taskwatcher.engine.safepath import untrusted_part
 from taskwatcher.grammar import FeedbackReader
 from taskwatcher.grammar.reader import TIME_BUDGET
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The argv marker by which the spec recognises a program that writes feedback.
 FEEDBACK_FLAG = "--feedback"

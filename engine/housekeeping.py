@@ -6,13 +6,13 @@ its token (see `ownership`), never a pid read from the row.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable
 
 from taskwatcher.engine import process, wakeup
 from taskwatcher.engine.errors import UnknownTask
+from taskwatcher.engine.lazylog import get_logger
 from taskwatcher.engine.leftovers import stop_leftovers
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.ownership import Census, Owner
@@ -20,7 +20,7 @@ from taskwatcher.engine.records import Ended, Ending, Task
 from taskwatcher.engine.settings import host_id
 from taskwatcher.engine.store import Store
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: How long the remnants of a lost task may clean up after SIGTERM, before SIGKILL.
 LOST_GRACE = 2.0
@@ -77,7 +77,7 @@ def is_ghost(task: Task) -> bool:
 
     A row whose supervisor cannot be identified has nobody left to archive it, so it counts
     as lost too; no signal is ever sent on its account. A supervisor whose socket is bound
-    is alive, even when a step of the wall clock moved the create times psutil reports.
+    is alive, even when a step of the wall clock moved the create times /proc implies.
     """
     if task.status == Status.RESERVED or task.host != host_id():
         return False

@@ -10,11 +10,10 @@ import os
 import signal
 from dataclasses import dataclass
 
-import psutil
-
 from taskwatcher.engine.childwatch import open_pidfd
+from taskwatcher.engine.procfs import ProcRow, proc_row, visible_row
 
-#: psutil derives create times from clock ticks (1/100 s): equal within this means same start.
+#: Create times are counted in clock ticks (1/100 s): equal within this means same start.
 CREATE_TIME_TOLERANCE = 0.01
 
 
@@ -30,32 +29,34 @@ class ProcessIdentity:
             raise ValueError(f"not a process id: {self.pid}")
 
     @classmethod
-    def of(cls, process: psutil.Process) -> ProcessIdentity:
-        """The identity psutil captured for an already-looked-up process."""
-        return cls(process.pid, process.create_time())
+    def of(cls, row: ProcRow) -> ProcessIdentity:
+        return cls(row.pid, row.create_time)
 
 
 def identity_of(pid: int) -> ProcessIdentity | None:
     """The identity of whatever holds pid now (a zombie included: its pid is still taken)."""
-    try:
-        return ProcessIdentity.of(psutil.Process(pid))
-    except psutil.NoSuchProcess:
+    row = visible_row(pid)
+    return None if row is None else ProcessIdentity.of(row)
+
+
+def current_row(identity: ProcessIdentity) -> ProcRow | None:
+    """What /proc says of the recorded process now; None once it exited or its pid was reused.
+
+    PermissionError when /proc is mounted with hidepid and the process is another user's.
+    """
+    row = proc_row(identity.pid)
+    if row is None or not same_start(row.create_time, identity.create_time):
         return None
+    return row
 
 
 def is_same_process(identity: ProcessIdentity) -> bool:
     """True while the recorded process still runs: same create time and not yet a zombie."""
     try:
-        process = psutil.Process(identity.pid)
-        with process.oneshot():
-            return (
-                same_start(process.create_time(), identity.create_time)
-                and process.status() != psutil.STATUS_ZOMBIE
-            )
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:  # /proc mounted with hidepid: it exists, it may be the one
+        row = current_row(identity)
+    except PermissionError:  # /proc mounted with hidepid: it exists, it may be the one
         return True
+    return row is not None and not row.zombie
 
 
 def signal_identity(identity: ProcessIdentity, sig: int) -> bool:

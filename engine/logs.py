@@ -11,7 +11,6 @@ refused (NotALog): never opened further, never removed.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from taskwatcher.engine.errors import UnknownTask
+from taskwatcher.engine.lazylog import get_logger
 from taskwatcher.engine.output import log_name, rotated
 from taskwatcher.engine.records import Ended, Task
 from taskwatcher.engine.safepath import untrusted_part
@@ -27,7 +27,7 @@ from taskwatcher.engine.settings import host_id
 from taskwatcher.engine.store import Store
 from taskwatcher.grammar.errors import TaskwatcherError
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Bytes read at once, forwards or (for the last lines) backwards from the end.
 BLOCK = 64 * 1024

@@ -15,20 +15,19 @@ from __future__ import annotations
 import array
 import collections
 import contextlib
-import logging
 import os
 import socket
 import struct
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 
+from taskwatcher.engine.lazylog import get_logger
+from taskwatcher.engine.procfs import ProcRow, visible_row
 from taskwatcher.engine.sources import MaxRuntime
 from taskwatcher.engine.stopping import StopReason
 from taskwatcher.engine.supervision import Recorder
-from taskwatcher.engine.tasktree import ProcRow, proc_row
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The largest datagram heard, as systemd's own limit (NOTIFY_BUFFER_MAX); longer is dropped.
 NOTIFY_BUFFER = 4096
@@ -50,14 +49,12 @@ _INT_LIMIT = 2**31  # ERRNO= is a C int; 0 is no error
 
 
 class NotifySocket:
-    """The task's notify socket: a path in a 0700 folder of its own (made with mkdtemp in
-    $XDG_RUNTIME_DIR, else the temporary folder), so no other user can even send to it;
-    credentials on. The socket and its folder are removed by `close`."""
+    """The task's notify socket: a path in a 0700 folder of its own (in $XDG_RUNTIME_DIR,
+    else $TMPDIR, else /tmp), so no other user can even send to it; credentials on. The
+    socket and its folder are removed by `close`."""
 
     def __init__(self) -> None:
-        runtime = os.environ.get("XDG_RUNTIME_DIR")
-        parent = runtime if runtime and os.path.isdir(runtime) else None
-        self._folder = tempfile.mkdtemp(prefix="taskwatcher-notify-", dir=parent)
+        self._folder = _private_folder("taskwatcher-notify-")
         self.address = os.path.join(self._folder, "notify")  # NOTIFY_SOCKET
         self._socket = socket.socket(
             socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
@@ -134,6 +131,23 @@ def parse(datagram: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
+def _private_folder(prefix: str) -> str:
+    """A new folder only we may enter, named `prefix` and 96 random bits, as mkdtemp makes
+    one (whose module, tempfile, costs a supervisor some milliseconds to import)."""
+    parent = next(
+        folder
+        for folder in (os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("TMPDIR"), "/tmp")
+        if folder and os.path.isdir(folder)
+    )
+    while True:
+        path = os.path.join(parent, prefix + os.urandom(12).hex())
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:  # 96 random bits taken already: astronomically rare, try again
+            continue
+        return path
+
+
 def task_member(child: subprocess.Popen) -> Callable[[int, int], bool]:
     """Whether a sender (pid, uid) is one of the task's processes: its main process, in its
     group, a descendant of it, or an orphan of it that this supervisor adopted as subreaper
@@ -145,7 +159,7 @@ def task_member(child: subprocess.Popen) -> Callable[[int, int], bool]:
     def member(pid: int, uid: int) -> bool:
         if pid == child.pid:
             return True
-        row = proc_row(pid)
+        row = visible_row(pid)
         if row is None:
             return uid == user
         return row.pgid == child.pid or not {child.pid, supervisor}.isdisjoint(_ancestors(row))
@@ -157,7 +171,7 @@ def _ancestors(row: ProcRow) -> list[int]:
     """The pids above a process, read from /proc; empty once any of them is gone."""
     chain = [row.ppid]
     while chain[-1] > 1 and len(chain) < 1000:
-        parent = proc_row(chain[-1])
+        parent = visible_row(chain[-1])
         if parent is None:
             return []
         chain.append(parent.ppid)

@@ -7,7 +7,6 @@ blocked on a full pipe.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.feedbackfile import (
     FeedbackFile,
 )
+from taskwatcher.engine.lazylog import get_logger
 from taskwatcher.engine.notify import Notifications, NotifySocket, task_member
 from taskwatcher.engine.request import Heartbeat, LaunchRequest
 from taskwatcher.engine.signals import SignalInbox
@@ -41,7 +41,7 @@ from taskwatcher.engine.supervision import Recorder
 from taskwatcher.engine.taskrow import TaskRow
 from taskwatcher.engine.wakeup import WakeSocket
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class Listeners(NamedTuple):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from collections.abc import Mapping
 
 from taskwatcher.engine.errors import InvalidRequest
@@ -33,7 +32,7 @@ HOST_VARIABLE = "TASKWATCHER_HOST"
 def host_id(environ: Mapping[str, str] = os.environ) -> str:
     """This host as tasks record it: $TASKWATCHER_HOST, else the host name. Cloned machines
     sharing a name need the variable, or each would take the other's tasks for its own."""
-    return environ.get(HOST_VARIABLE) or socket.gethostname()
+    return environ.get(HOST_VARIABLE) or os.uname().nodename  # what gethostname() returns
 
 
 #: A supervisor renews its lease once a second: a shorter lease than this would run out

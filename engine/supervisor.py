@@ -11,7 +11,6 @@ cannot wake this process: another host, another namespace).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import subprocess
 import time
@@ -35,6 +34,7 @@ from taskwatcher.engine.feedbackfile import (
     feedback_name,
 )
 from taskwatcher.engine.launch import check_descriptors
+from taskwatcher.engine.lazylog import get_logger
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.machine import TaskState, release
 from taskwatcher.engine.notify import NotifySocket
@@ -52,7 +52,7 @@ from taskwatcher.engine.taskrow import TaskRow
 from taskwatcher.engine.wakeup import WakeSocket
 from taskwatcher.grammar.errors import TaskwatcherError
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def run_task(

@@ -7,13 +7,13 @@ any other task then runs without one, and is not told a path it must not use.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import NoReturn
 
 from taskwatcher.engine.capture import Capture, OutputMode
 from taskwatcher.engine.errors import FeedpathUnusable
 from taskwatcher.engine.feedbackfile import FeedbackFile, default_folder, given_folder
+from taskwatcher.engine.lazylog import get_logger
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.location import default_feedpath, default_logdir
 from taskwatcher.engine.output import LogFile
@@ -22,7 +22,7 @@ from taskwatcher.engine.stopping import SUPERVISOR_FAILED, TaskEnd
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.taskrow import TaskRow
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def feedback_folder(store: Store, request: LaunchRequest) -> Path | None:

@@ -9,14 +9,14 @@ it answers RowLost the row is lost for good and left alone, and the supervision 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from taskwatcher.engine.errors import NotRecorded, RowLost, StoreError
+from taskwatcher.engine.lazylog import get_logger
 from taskwatcher.engine.stopping import TaskEnd
 from taskwatcher.engine.store import Store
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class TaskRow:

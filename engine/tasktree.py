@@ -17,18 +17,17 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import NamedTuple
-
-import psutil
 
 from taskwatcher.engine.exitstatus import signal_name
 from taskwatcher.engine.identity import (
     ProcessIdentity,
+    current_row,
     identity_of,
     is_same_process,
     same_start,
     signal_identity,
 )
+from taskwatcher.engine.procfs import ProcRow, process_table
 
 #: Looks in a row that must find nothing running before a task counts as stopped.
 CALM_LOOKS = 3
@@ -50,7 +49,7 @@ class StopResult:
 
 def remnants(
     leader: ProcessIdentity, pgid: int, *, adopter: int | None = None
-) -> list[psutil.Process]:
+) -> list[ProcessIdentity]:
     """The live processes that still belong to the task, zombies and the caller excluded.
 
     That is the members of process group pgid, unless the group id was reused (a process
@@ -116,11 +115,13 @@ def _freeze(look: Callable[[], _Snapshot], denied: set[int], limit: float) -> _S
         time.sleep(0.001)
 
 
-def _stopped(process: psutil.Process) -> bool:
+def _stopped(process: ProcessIdentity) -> bool:
+    """Stopped, a zombie, or gone: it cannot fork any more."""
     try:
-        return process.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
+        row = current_row(process)
+    except PermissionError:
+        return False
+    return row is None or row.state in ("T", "Z")
 
 
 def reap_adopted(keep: Collection[int] = ()) -> list[int]:
@@ -141,18 +142,11 @@ def reap_adopted(keep: Collection[int] = ()) -> list[int]:
             return reaped
         if waitable.si_pid in keep:  # it hides the others from waitid: look them up instead
             me = os.getpid()
-            zombies = [row.pid for row in _process_table() if row.ppid == me and row.zombie]
+            zombies = [row.pid for row in process_table() if row.ppid == me and row.zombie]
             return reaped + [pid for pid in zombies if pid not in keep and _reap(pid)]
         if not _reap(waitable.si_pid):
             return reaped
         reaped.append(waitable.si_pid)
-
-
-class ProcRow(NamedTuple):
-    pid: int
-    ppid: int
-    pgid: int
-    zombie: bool
 
 
 @dataclass(frozen=True)
@@ -160,16 +154,16 @@ class _Snapshot:
     """The task's processes at one moment; `group` is the pgid to killpg, if that is safe."""
 
     group: int | None
-    members: list[psutil.Process]
-    outsiders: list[psutil.Process]
+    members: list[ProcessIdentity]
+    outsiders: list[ProcessIdentity]
     #: Other groups whose every member is the task's (a daemon's session, a `set -m` job).
     outsider_groups: tuple[int, ...] = ()
 
     @property
-    def processes(self) -> list[psutil.Process]:
+    def processes(self) -> list[ProcessIdentity]:
         return self.members + self.outsiders
 
-    def including(self, extra: Iterable[psutil.Process]) -> _Snapshot:
+    def including(self, extra: Iterable[ProcessIdentity]) -> _Snapshot:
         """This snapshot plus processes seen earlier that have left the task's tree since."""
         known = {process.pid for process in self.processes}
         missing = [process for process in extra if process.pid not in known]
@@ -179,7 +173,7 @@ class _Snapshot:
 def _snapshot(leader: ProcessIdentity, pgid: int, adopter: int | None) -> _Snapshot:
     """List the task's live processes in one pass over /proc."""
     me = os.getpid()
-    rows = [row for row in _process_table() if row.pid != me]
+    rows = [row for row in process_table() if row.pid != me]
     live = [row for row in rows if not row.zombie]
     members = (
         {row.pid for row in live if row.pgid == pgid} if _group_is_tasks(leader, pgid) else set()
@@ -196,7 +190,8 @@ def _snapshot(leader: ProcessIdentity, pgid: int, adopter: int | None) -> _Snaps
     # killpg() would also hit the caller if it is in the group; then signal members one by one.
     group = pgid if members and pgid != os.getpgrp() else None
     groups = _whole_groups(rows, everything | tree, {pgid, os.getpgrp()})
-    return _Snapshot(group, _lookup(members), _lookup(tree - members), groups)
+    live_now = {row.pid: row for row in live}
+    return _Snapshot(group, _lookup(members, live_now), _lookup(tree - members, live_now), groups)
 
 
 def _whole_groups(rows: list[ProcRow], task: set[int], known: set[int]) -> tuple[int, ...]:
@@ -222,25 +217,6 @@ def _group_is_tasks(leader: ProcessIdentity, pgid: int) -> bool:
     return holder is None or same_start(holder.create_time, leader.create_time)
 
 
-def _process_table() -> list[ProcRow]:
-    """pid, ppid, pgid and zombie state of every process (psutil does not expose pgid)."""
-    rows = (proc_row(int(name)) for name in os.listdir("/proc") if name.isdigit())
-    return [row for row in rows if row is not None]
-
-
-def proc_row(pid: int) -> ProcRow | None:
-    """One process's pid, ppid, pgid and zombie state from /proc; None once it exited (or
-    is hidden from us)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            stat = stat_file.read()
-    except OSError:
-        return None
-    # The command name in parentheses may contain anything: split after its last ')'.
-    state, ppid, pgid = stat[stat.rindex(b")") + 2 :].split(maxsplit=3)[:3]
-    return ProcRow(pid, int(ppid), int(pgid), state == b"Z")
-
-
 def _descendants(rows: Iterable[ProcRow], roots: Iterable[int]) -> set[int]:
     """Pids below the roots in the parent/child tree of rows (the roots themselves excluded)."""
     children: dict[int, list[int]] = defaultdict(list)
@@ -256,13 +232,9 @@ def _descendants(rows: Iterable[ProcRow], roots: Iterable[int]) -> set[int]:
     return found
 
 
-def _lookup(pids: Iterable[int]) -> list[psutil.Process]:
-    """psutil handles (which pin each create time) for the pids that still exist."""
-    processes = []
-    for pid in sorted(pids):
-        with suppress(psutil.NoSuchProcess):
-            processes.append(psutil.Process(pid))
-    return processes
+def _lookup(pids: Iterable[int], rows: dict[int, ProcRow]) -> list[ProcessIdentity]:
+    """The identities (each pinning its create time) of the pids, as the listing saw them."""
+    return [ProcessIdentity.of(rows[pid]) for pid in sorted(pids) if pid in rows]
 
 
 def _send(
@@ -286,24 +258,22 @@ def _send(
     denied = set()
     for process in individually:
         try:
-            signal_identity(ProcessIdentity.of(process), sig)
-        except psutil.NoSuchProcess:
-            continue
+            signal_identity(process, sig)
         except PermissionError:
             denied.add(process.pid)
     return denied
 
 
-def _without(processes: list[psutil.Process], pids: Collection[int]) -> list[psutil.Process]:
+def _without(processes: list[ProcessIdentity], pids: Collection[int]) -> list[ProcessIdentity]:
     return [process for process in processes if process.pid not in pids]
 
 
 def _wait_gone(
-    processes: list[psutil.Process],
+    processes: list[ProcessIdentity],
     timeout: float,
     leader_pid: int,
     idle: Callable[[float], object] = time.sleep,
-) -> list[psutil.Process]:
+) -> list[ProcessIdentity]:
     """Wait up to timeout for the processes to exit; return those still running."""
     deadline = time.monotonic() + timeout
     pause = 0.001
@@ -316,15 +286,16 @@ def _wait_gone(
         pause = min(pause * 2, MAX_POLL_INTERVAL)
 
 
-def _gone(process: psutil.Process, leader_pid: int) -> bool:
+def _gone(process: ProcessIdentity, leader_pid: int) -> bool:
     """Exited, a zombie counting as exited; reaps it if it is the caller's, but not the leader."""
     try:
-        if not process.is_running():  # exited, or its pid already belongs to someone else
-            return True
-        if process.status() != psutil.STATUS_ZOMBIE:
-            return False
-    except psutil.NoSuchProcess:
+        row = current_row(process)
+    except PermissionError:
+        return False
+    if row is None:  # exited, or its pid already belongs to someone else
         return True
+    if not row.zombie:
+        return False
     if process.pid != leader_pid:
         _reap(process.pid)
     return True

@@ -282,7 +282,7 @@ def test_background_job_in_the_group_is_stopped_too(launch) -> None:
     child = launch(["sh", "-c", "sleep 60 & sleep 60"])
     leader = identity_of(child.pid)
     wait_for(lambda: len(remnants(leader, child.pid)) >= 2, "the background sleep")
-    task = [ProcessIdentity.of(process) for process in remnants(leader, child.pid)]
+    task = remnants(leader, child.pid)
     assert {os.getpgid(identity.pid) for identity in task} == {child.pid}
     assert terminate_task(leader, child.pid, grace=PATIENCE).last_signal == "SIGTERM"
     assert not any(is_same_process(identity) for identity in task)
