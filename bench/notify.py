@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.measure import cpu_share, seconds, show, target
 from taskwatcher.engine import loop
-from taskwatcher.engine.machine import TaskState, release
+from taskwatcher.engine.machine import TaskState
 from taskwatcher.engine.notify import Notifications, NotifySocket, task_member
 from taskwatcher.engine.supervision import Recorder, Supervision
 
@@ -122,7 +122,6 @@ def round_trips(
             child.stdin.close()
             child.wait(timeout=30)
             worker.join(timeout=5)
-            release(health)
     return samples
 
 

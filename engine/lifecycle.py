@@ -1,9 +1,9 @@
 """The task life cycle as plain data: the statuses, the heartbeat grades, the transitions table.
 
-This is the one place that says which status may follow which. The supervisor drives a
-`transitions` machine built from TRANSITIONS (`engine.machine`); the store checks every write
-of a status or an outcome against the same table (`step`), in the same transaction, without
-importing `transitions` at all.
+This is the one place that says which status may follow which. The supervisor drives each
+task's model through TRANSITIONS (`engine.machine`), as a `transitions` machine built from
+it would (the tests hold the two to the same results); the store checks every write of a
+status or an outcome against the same table (`step`), in the same transaction.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def step(taskid: int, source: Status | str, trigger: str) -> set[Status]:
     found = {
         Status(transition["dest"])
         for transition in TRANSITIONS
-        if transition["trigger"] == trigger and source in _sources(transition)
+        if transition["trigger"] == trigger and source in sources_of(transition)
     }
     if not found:
         raise TransitionNotAllowed(f"task {taskid} is {source}: {trigger} is not allowed")
@@ -124,13 +124,14 @@ def graded_from(source: Status | str) -> set[Status]:
             for transition in TRANSITIONS
             if transition["trigger"] in GRADING_TRIGGERS
             and transition["dest"] in STARTED_STATUSES
-            and reached & set(_sources(transition))
+            and reached & set(sources_of(transition))
         }
         if more <= reached:
             return reached & set(STARTED_STATUSES)
         reached |= more
 
 
-def _sources(transition: dict[str, Any]) -> tuple[Status, ...]:
+def sources_of(transition: dict[str, Any]) -> tuple[Status, ...]:
+    """The statuses a transition of the table leaves from."""
     source = transition["source"]
     return (source,) if isinstance(source, str) else tuple(source)

@@ -1,8 +1,14 @@
-"""The task life cycle: one `transitions` table, one Machine, one model per task.
+"""The task life cycle: one model per task, driven by the transitions table itself.
 
 The table (TRANSITIONS) is the whole behaviour; guards grade the heartbeat age with the
-DESIGN.md thresholds. Nothing here reads a clock or starts a timer: every time-dependent
-trigger takes `now`, so the supervisor decides when to look and tests inject time.
+DESIGN.md thresholds. Triggers run as the `transitions` library runs them (the first
+transition from the current state whose conditions hold; `before` callbacks with the
+trigger's arguments; a trigger without any transition from the state is refused), checked
+against a `transitions` machine built from the same table in the tests. The library itself
+is not imported here: it costs a supervisor, which lives as long as its task, some 15 ms of
+start-up (logging included) and its memory for hours. Nothing here reads a clock or starts
+a timer: every time-dependent trigger takes `now`, so the supervisor decides when to look
+and tests inject time.
 """
 
 from __future__ import annotations
@@ -11,16 +17,14 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from transitions import Event, Machine, MachineError
-
 from taskwatcher.engine.errors import TransitionNotAllowed
 from taskwatcher.engine.lifecycle import (
-    FINAL_STATUSES,
     STARTED_STATUSES,
     THRESHOLDS,
     TRANSITIONS,
     Status,
     health,
+    sources_of,
 )
 
 
@@ -35,22 +39,12 @@ def _grade_is(status: Status) -> Callable[[TaskState, float], bool]:
 
 
 class TaskState:
-    """One task's life, a model of the shared MACHINE; the triggers below are bound by it.
+    """One task's life; the triggers (start, heartbeat, tick, time_out, complete, fail,
+    kill, lose, expire) are the table's.
 
     Each trigger returns True when a transition ran; `tick` has no self-loops, so its result
     says whether the state changed. A trigger the table forbids raises TransitionNotAllowed.
     """
-
-    state: Status
-    start: Callable[[float], bool]
-    heartbeat: Callable[[float], bool]
-    tick: Callable[[float], bool]
-    time_out: Callable[[], bool]
-    complete: Callable[[], bool]
-    fail: Callable[[], bool]
-    kill: Callable[[], bool]
-    lose: Callable[[], bool]
-    expire: Callable[[], bool]
 
     def __init__(
         self,
@@ -67,16 +61,68 @@ class TaskState:
         self.timeout = timeout or None  # 0 disables the timeout, as with timeout(1)
         self.started_at = started_at
         self.last_heartbeat = last_heartbeat if last_heartbeat is not None else started_at
-        MACHINE.add_model(self, initial=state)
+        self.state = Status(state)
 
     def __repr__(self) -> str:
         return f"TaskState({self.taskid}, {self.state})"
 
-    def __enter__(self) -> TaskState:
-        return self
+    def start(self, now: float) -> bool:
+        return self._fire("start", now)
 
-    def __exit__(self, *exc_info: object) -> None:
-        release(self)
+    def heartbeat(self, when: float) -> bool:
+        return self._fire("heartbeat", when)
+
+    def tick(self, now: float) -> bool:
+        return self._fire("tick", now)
+
+    def time_out(self) -> bool:
+        return self._fire("time_out")
+
+    def complete(self) -> bool:
+        return self._fire("complete")
+
+    def fail(self) -> bool:
+        return self._fire("fail")
+
+    def kill(self) -> bool:
+        return self._fire("kill")
+
+    def lose(self) -> bool:
+        return self._fire("lose")
+
+    def expire(self) -> bool:
+        return self._fire("expire")
+
+    def may_tick(self, now: float) -> bool:
+        """Whether `tick(now)` would change the state; changes nothing itself."""
+        return bool(self._candidates("tick")) and self._first("tick", now) is not None
+
+    def _fire(self, trigger: str, *args: Any) -> bool:
+        """Run the first transition of `trigger` from the current state whose conditions
+        hold, its `before` callback first; False when none holds. TransitionNotAllowed when
+        the table has no such transition from here at all."""
+        if not self._candidates(trigger):
+            raise TransitionNotAllowed(
+                f"task {self.taskid} is {self.state}: {trigger} is not allowed"
+            )
+        transition = self._first(trigger, *args)
+        if transition is None:
+            return False
+        before = transition.get("before")
+        if before is not None:
+            getattr(self, before)(*args)
+        self.state = Status(transition["dest"])
+        return True
+
+    def _candidates(self, trigger: str) -> list[dict[str, Any]]:
+        return _BY_TRIGGER[trigger].get(self.state, [])
+
+    def _first(self, trigger: str, *args: Any) -> dict[str, Any] | None:
+        for transition in self._candidates(trigger):
+            condition = transition.get("conditions")
+            if condition is None or getattr(self, condition)(*args):
+                return transition
+        return None
 
     def mark_start(self, now: float) -> None:
         """The heartbeat clock starts at launch, before any heartbeat came."""
@@ -155,31 +201,13 @@ class TaskState:
         return when
 
 
-def release(task: TaskState) -> None:
-    """Detach a finished task from the shared machine so it can be garbage collected."""
-    MACHINE.remove_model(task)
+def _by_trigger() -> dict[str, dict[Status, list[dict[str, Any]]]]:
+    """The table indexed once: for each trigger and source, its transitions in table order."""
+    index: dict[str, dict[Status, list[dict[str, Any]]]] = {}
+    for transition in TRANSITIONS:
+        for source in sources_of(transition):
+            index.setdefault(transition["trigger"], {}).setdefault(source, []).append(transition)
+    return index
 
 
-class _StrictEvent(Event):
-    """A transitions Event that reports a trigger the table forbids as the engine's own error."""
-
-    def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
-        try:
-            return super().trigger(model, *args, **kwargs)
-        except MachineError as error:
-            raise TransitionNotAllowed(
-                f"task {model.taskid} is {model.state}: {self.name} is not allowed"
-            ) from error
-
-
-class _TaskMachine(Machine):
-    event_cls = _StrictEvent
-
-
-MACHINE = _TaskMachine(
-    model=None,
-    states=[{"name": status, "final": status in FINAL_STATUSES} for status in Status],
-    transitions=TRANSITIONS,
-    initial=Status.RESERVED,
-    auto_transitions=False,
-)
+_BY_TRIGGER = _by_trigger()

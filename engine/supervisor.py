@@ -36,7 +36,7 @@ from taskwatcher.engine.feedbackfile import (
 from taskwatcher.engine.launch import check_descriptors
 from taskwatcher.engine.lazylog import get_logger
 from taskwatcher.engine.lifecycle import Status
-from taskwatcher.engine.machine import TaskState, release
+from taskwatcher.engine.machine import TaskState
 from taskwatcher.engine.notify import NotifySocket
 from taskwatcher.engine.output import log_name
 from taskwatcher.engine.records import Launch
@@ -118,7 +118,6 @@ def run_task(
 
             stopped = stop_everything(child, leader, state.stop, request.grace, idle)
             listeners.notifications.handle(monotonic())  # its last words
-            release(health)
         # Still inside the inbox: a stop or kill request that comes now, too late to matter,
         # must not kill twrun before the end it saw is recorded.
         end = _record_end(child, recorder, stopped, feedback, capture, clock())

@@ -9,11 +9,12 @@ import sys
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from transitions import Machine, MachineError
 
 from taskwatcher.engine.diagram import diagram_edges
 from taskwatcher.engine.errors import TransitionNotAllowed
 from taskwatcher.engine.lifecycle import FINAL_STATUSES, LIVE_STATUSES, TRANSITIONS, Status, health
-from taskwatcher.engine.machine import MACHINE, TaskState, release
+from taskwatcher.engine.machine import TaskState
 
 START = 1000.0
 TIMEOUT = 100.0
@@ -21,10 +22,10 @@ TIMEOUT = 100.0
 
 @pytest.fixture
 def task():
-    """A started task with a timeout, released after the test."""
-    with TaskState(7, TIMEOUT) as state:
-        state.start(START)
-        yield state
+    """A started task with a timeout."""
+    state = TaskState(7, TIMEOUT)
+    state.start(START)
+    return state
 
 
 def at(fraction: float) -> float:
@@ -109,21 +110,21 @@ def test_an_older_heartbeat_never_ages_the_task(task):
 
 def test_every_task_with_a_timeout_is_graded_whatever_gives_its_heartbeats():
     """Grading depends on the heartbeat's age alone, not on where heartbeats come from."""
-    with TaskState(1, TIMEOUT) as task:
-        task.start(START)
-        assert task.next_deadline(at(0.1)) == at(0.25)
-        assert task.tick(at(0.3)) and task.state is Status.SILENT
-        assert task.heartbeat(at(0.4)) and task.state is Status.RUNNING
-        assert task.tick(at(1.4)) and task.state is Status.TIMEOUT
+    task = TaskState(1, TIMEOUT)
+    task.start(START)
+    assert task.next_deadline(at(0.1)) == at(0.25)
+    assert task.tick(at(0.3)) and task.state is Status.SILENT
+    assert task.heartbeat(at(0.4)) and task.state is Status.RUNNING
+    assert task.tick(at(1.4)) and task.state is Status.TIMEOUT
 
 
 @pytest.mark.parametrize("timeout", [None, 0])
 def test_task_without_timeout_runs_forever(timeout):
-    with TaskState(1, timeout) as task:
-        task.start(START)
-        assert not task.tick(START + 1e9)
-        assert task.state is Status.RUNNING
-        assert task.next_deadline(START) is None
+    task = TaskState(1, timeout)
+    task.start(START)
+    assert not task.tick(START + 1e9)
+    assert task.state is Status.RUNNING
+    assert task.next_deadline(START) is None
 
 
 def test_negative_timeout_is_refused():
@@ -172,50 +173,81 @@ def test_table_triggers_are_the_ones_tested():
 @pytest.mark.parametrize("source", list(Status))
 @pytest.mark.parametrize("trigger", list(TRIGGER_ARGS))
 def test_every_trigger_from_every_state(source, trigger):
-    with TaskState(3, TIMEOUT, state=source, started_at=START) as task:
-        expected = ALLOWED.get((source, trigger))
-        if expected is None:
-            with pytest.raises(TransitionNotAllowed, match=f"task 3 is {source}: {trigger}"):
-                getattr(task, trigger)(*TRIGGER_ARGS[trigger])
-            assert task.state is source
-        else:
+    task = TaskState(3, TIMEOUT, state=source, started_at=START)
+    expected = ALLOWED.get((source, trigger))
+    if expected is None:
+        with pytest.raises(TransitionNotAllowed, match=f"task 3 is {source}: {trigger}"):
             getattr(task, trigger)(*TRIGGER_ARGS[trigger])
-            assert task.state is expected
+        assert task.state is source
+    else:
+        getattr(task, trigger)(*TRIGGER_ARGS[trigger])
+        assert task.state is expected
 
 
 def test_reserved_cannot_jump_to_a_grade():
-    with TaskState(3, TIMEOUT) as task, pytest.raises(TransitionNotAllowed):
+    task = TaskState(3, TIMEOUT)
+    with pytest.raises(TransitionNotAllowed):
         task.tick(START + 10 * TIMEOUT)
 
 
+class _Reference:
+    """TaskState's data, guards and callbacks, driven by a real `transitions` machine."""
+
+    age_fraction = TaskState.age_fraction
+    grade = TaskState.grade
+    mark_start = TaskState.mark_start
+    mark_heartbeat = TaskState.mark_heartbeat
+    grades_silent = TaskState.grades_silent
+    grades_stalled = TaskState.grades_stalled
+    grades_timeout = TaskState.grades_timeout
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout, self.started_at, self.last_heartbeat = timeout, None, None
+        Machine(
+            model=self,
+            states=[{"name": status, "final": status in FINAL_STATUSES} for status in Status],
+            transitions=TRANSITIONS,
+            initial=Status.RESERVED,
+            auto_transitions=False,
+        )
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(sorted(TRIGGER_ARGS)), st.floats(0, 1.5 * TIMEOUT)),
+        max_size=30,
+    )
+)
+def test_the_model_runs_the_table_as_a_transitions_machine_does(steps):
+    """Same results, same refusals, same states and clocks, for any sequence of triggers."""
+    ours, reference = TaskState(1, TIMEOUT), _Reference(TIMEOUT)
+    now = START
+    for trigger, pause in steps:
+        now += pause
+        args = (now,) if TRIGGER_ARGS[trigger] else ()
+        try:
+            expected = getattr(reference, trigger)(*args)
+        except MachineError:
+            with pytest.raises(TransitionNotAllowed):
+                getattr(ours, trigger)(*args)
+        else:
+            assert getattr(ours, trigger)(*args) == expected
+        assert ours.state == reference.state
+        assert (ours.started_at, ours.last_heartbeat) == (
+            reference.started_at,
+            reference.last_heartbeat,
+        )
+        assert ours.may_tick(now) == reference.may_tick(now)
+
+
 def test_no_automatic_to_state_triggers():
-    with TaskState(3) as task:
-        assert not hasattr(task, "to_SILENT")
+    task = TaskState(3)
+    assert not hasattr(task, "to_SILENT")
 
 
 def test_may_tick_is_pure(task):
     assert task.may_tick(at(0.3))
     assert task.state is Status.RUNNING
-
-
-def test_one_machine_many_models():
-    with TaskState(1, TIMEOUT) as first, TaskState(2, TIMEOUT) as second:
-        first.start(START)
-        second.start(START + 50)
-        first.tick(at(0.6))
-        second.tick(at(0.6))
-        assert (first.state, second.state) == (Status.STALLED, Status.RUNNING)
-        assert first in MACHINE.models and second in MACHINE.models
-    assert first not in MACHINE.models and second not in MACHINE.models
-
-
-def test_release_detaches_the_model():
-    task = TaskState(9)
-    release(task)
-    assert task not in MACHINE.models
-
-
-# -- deadlines ---------------------------------------------------------------------------
 
 
 def test_next_deadline_follows_the_thresholds(task):
@@ -243,11 +275,11 @@ def test_next_deadline_moves_with_a_heartbeat(task):
 
 
 def test_next_deadline_is_none_before_start_and_after_the_end():
-    with TaskState(1, TIMEOUT) as task:
-        assert task.next_deadline(START) is None
-        task.start(START)
-        task.complete()
-        assert task.next_deadline(START) is None
+    task = TaskState(1, TIMEOUT)
+    assert task.next_deadline(START) is None
+    task.start(START)
+    task.complete()
+    assert task.next_deadline(START) is None
 
 
 @given(
@@ -256,14 +288,14 @@ def test_next_deadline_is_none_before_start_and_after_the_end():
 )
 def test_ticking_at_the_deadline_always_changes_the_state(start, timeout):
     """No rounding gap: the deadline is never a moment when nothing happens yet."""
-    with TaskState(1, timeout) as task:
-        task.start(start)
-        now = start
-        while (deadline := task.next_deadline(now)) is not None:
-            assert not task.may_tick(math.nextafter(deadline, -math.inf))
-            assert task.tick(deadline)
-            now = deadline
-        assert task.state is Status.TIMEOUT
+    task = TaskState(1, timeout)
+    task.start(start)
+    now = start
+    while (deadline := task.next_deadline(now)) is not None:
+        assert not task.may_tick(math.nextafter(deadline, -math.inf))
+        assert task.tick(deadline)
+        now = deadline
+    assert task.state is Status.TIMEOUT
 
 
 # -- diagram -----------------------------------------------------------------------------

@@ -157,17 +157,17 @@ def test_heartbeat_placed_on_the_monotonic_clock(
 
 def test_after_a_pause_a_write_is_judged_by_its_real_age() -> None:
     """Stopped 10 s (SIGSTOP) with a 3 s timeout: a write made 9 s ago is 9 s old, not 1."""
-    with TaskState(1, timeout=3.0) as task:
-        task.start(100.0)
-        woke = 110.0  # the supervisor looked last at 100.0
-        task.heartbeat(heartbeat_on_monotonic(1001.0, 1010.0, woke, since_last_look=10.0))
-        task.tick(woke)
-        assert task.state is Status.TIMEOUT
-    with TaskState(2, timeout=3.0) as task:  # without the pause: alive
-        task.start(109.0)
-        task.heartbeat(heartbeat_on_monotonic(1009.5, 1010.0, 110.0, since_last_look=1.0))
-        task.tick(110.0)
-        assert task.state is Status.RUNNING
+    task = TaskState(1, timeout=3.0)
+    task.start(100.0)
+    woke = 110.0  # the supervisor looked last at 100.0
+    task.heartbeat(heartbeat_on_monotonic(1001.0, 1010.0, woke, since_last_look=10.0))
+    task.tick(woke)
+    assert task.state is Status.TIMEOUT
+    task = TaskState(2, timeout=3.0)  # without the pause: alive
+    task.start(109.0)
+    task.heartbeat(heartbeat_on_monotonic(1009.5, 1010.0, 110.0, since_last_look=1.0))
+    task.tick(110.0)
+    assert task.state is Status.RUNNING
 
 
 def test_feedback_dated_in_the_future_does_not_shield_a_silent_task(
