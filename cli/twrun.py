@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -185,7 +186,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(f"twrun: {error}", code)
     except OSError as error:  # the system refused twrun itself something (no task runs)
         fail(f"twrun: {error.strerror or error}", SUPERVISOR_FAILED)
+    _dump_modules()
     return end.exit_code
+
+
+#: A file to which twrun writes, as it ends, the modules it held: everything imported while
+#: supervising stays loaded to the end, so the list shows what a supervisor carries for hours.
+DUMP_MODULES_VARIABLE = "TASKWATCHER_DUMP_MODULES"
+
+
+def _dump_modules() -> None:
+    path = os.environ.get(DUMP_MODULES_VARIABLE)
+    if path:
+        with open(path, "w", encoding="utf-8") as dump:
+            dump.write("".join(f"{name}\n" for name in sorted(sys.modules)))
 
 
 if __name__ == "__main__":

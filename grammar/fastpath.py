@@ -40,7 +40,7 @@ def matchers() -> Matchers:
     """Compose the line expressions from the grammar's terminals, mirroring its rules."""
     try:
         return _compose(terminal_patterns())
-    except (KeyError, re.error):  # a damaged cache file: ask Lark itself again
+    except (KeyError, re.error):  # a damaged terminals file: ask Lark itself again
         return _compose(terminal_patterns(from_lark=True))
 
 

@@ -17,10 +17,9 @@ from tests.pg_server import ENV_SOCKET, ENV_TCP, with_database
 
 @pytest.fixture(autouse=True)
 def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the default database and cache folders into tmp_path, for subprocesses too."""
+    """Point the default database folder into tmp_path, for subprocesses too."""
     state = tmp_path / "state"
     monkeypatch.setenv("XDG_STATE_HOME", str(state))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("TASKWATCHER_DB", raising=False)
     return state
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +10,7 @@ import orjson
 import pytest
 
 from taskwatcher.grammar import Diagnostic, language, parse_feedback, validate_feedback
-from tests.helpers import BIN, SPEC_EXAMPLE, SPEC_OUTPUT
+from tests.helpers import SPEC_EXAMPLE, SPEC_OUTPUT
 
 
 def test_spec_example_gives_the_spec_json_in_the_spec_order() -> None:
@@ -219,29 +217,38 @@ def test_empty_text_gives_nothing() -> None:
     assert validate_feedback("") == []
 
 
-def test_terminal_cache_holds_what_lark_compiled(tmp_path: Path) -> None:
-    """The cached terminals are Lark's own, and a damaged cache is rebuilt, not trusted."""
-    script = (
-        "from taskwatcher.grammar.language import terminal_patterns, terminal_cache_path\n"
-        "import json, sys; json.dump([terminal_patterns(), str(terminal_cache_path())], sys.stdout)"
+def test_the_shipped_terminals_are_what_lark_compiles_from_the_grammar() -> None:
+    shipped = language.shipped_patterns(Path(language.__file__).with_name(language.TERMINALS_FILE))
+    assert shipped == language.lark_patterns(), (
+        "the grammar changed: run python -m taskwatcher.grammar.language"
     )
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
 
-    def patterns_in_fresh_process() -> tuple[dict[str, str], Path]:
-        out = subprocess.run(
-            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
-        )
-        patterns, path = json.loads(out.stdout)
-        return patterns, Path(path)
 
-    from_lark = {t.name: t.pattern.to_regexp() for t in language.feedback_parser().terminals}
-    first, cache = patterns_in_fresh_process()
-    assert first == from_lark and json.loads(cache.read_text()) == from_lark
-    assert oct(cache.stat().st_mode & 0o777) == "0o600"
-    for damage in ("{not json", '{"KEYWORD": "x"}', json.dumps({**from_lark, "VALUE": "(["})):
-        cache.write_text(damage)
-        parsed = subprocess.run(
-            [BIN / "twparse", "-"], input="[k]v\n", env=env, capture_output=True, text=True
-        )
-        assert (parsed.returncode, parsed.stdout) == (0, '{"k":"v"}\n'), parsed.stderr
-        assert json.loads(cache.read_text()) == from_lark
+def test_reading_feedback_never_needs_lark() -> None:
+    script = (
+        "import sys\n"
+        "from taskwatcher.grammar import parse_feedback\n"
+        "assert parse_feedback('[k]v\\n[progress]5\\n') == {'k': 'v', 'progress': '5'}\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'lark'))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout == "[]\n"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"{not json",
+        b'{"grammar": "0000", "terminals": {"KEYWORD": "x"}}',  # from another grammar
+        b'{"terminals": {"KEYWORD": "x"}}',
+        '{{"grammar": "{digest}", "terminals": {{"KEYWORD": 5}}}}',
+        '{{"grammar": "{digest}", "terminals": []}}',
+    ],
+)
+def test_shipped_terminals_that_do_not_fit_the_grammar_are_not_used(
+    tmp_path: Path, damage: bytes | str
+) -> None:
+    path = tmp_path / "terminals.json"
+    text = damage if isinstance(damage, bytes) else damage.format(digest=language.grammar_digest())
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert language.shipped_patterns(path) is None

@@ -114,10 +114,7 @@ class Host:
     def __init__(self, name: str, folder: Path, *, namespaced: bool = True) -> None:
         self.name, self.namespaced = name, namespaced
         self.env = {key: value for key, value in os.environ.items() if key not in NOT_INHERITED}
-        self.env |= {
-            "XDG_STATE_HOME": str(folder / name / "state"),
-            "XDG_CACHE_HOME": str(folder / name / "cache"),
-        }
+        self.env["XDG_STATE_HOME"] = str(folder / name / "state")
         if not namespaced:
             self.env["TASKWATCHER_HOST"] = name
         self.started: list[subprocess.Popen[str]] = []

@@ -1,0 +1,57 @@
+"""A supervisor stays lean: what twrun holds after a task's whole life, read from its own dump.
+
+A supervisor lives as long as its task; what it imports it carries for hours. The terminal
+UI (rich), the grammar's parser generator (lark, for diagnostics only), the diagram code,
+and the references the engine is tested against (psutil, transitions) must never be among
+them on the common path: a task that reports feedback, writes output and notifies.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import SPEC_EXAMPLE, run_cli
+from tests.run_helpers import PY, history, script
+
+#: Never in a supervisor: (module, why it would be there).
+HEAVY = ("rich", "lark", "taskwatcher.engine.diagram", "psutil", "transitions", "logging")
+
+TASK = """\
+    import os, socket, sys, time
+    feedback = os.environ["TASKWATCHER_FEEDBACK"]
+    for line in sys.argv[1].splitlines(keepends=True):
+        with open(feedback, "a") as out:
+            out.write(line)
+        print("working", flush=True)
+        time.sleep(0.01)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.sendto(b"READY=1\\nWATCHDOG=1\\nSTATUS=done", os.environ["NOTIFY_SOCKET"])
+    time.sleep(0.3)  # a few of the supervisor's looks at feedback, output and its row
+"""
+
+
+def supervised_modules(tmp_path: Path, *twrun_options: str) -> set[str]:
+    dump = tmp_path / "modules"
+    task = script(tmp_path, "task.py", TASK)
+    db = tmp_path / "tasks.db"
+    result = run_cli(
+        "twrun", "--db", db, "--timeout", "3", "--heartbeat", "feedback,output,notify",
+        *twrun_options, "--", PY, task, SPEC_EXAMPLE,
+        env={**os.environ, "TASKWATCHER_DUMP_MODULES": str(dump)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert history(db, 1).feedback["progress"] == "10"  # the feedback was read, for real
+    return set(dump.read_text().split())
+
+
+@pytest.mark.parametrize("output", ["tee", "log"])
+def test_a_supervisor_never_holds_the_ui_the_parser_generator_or_the_references(
+    tmp_path: Path, output: str
+) -> None:
+    modules = supervised_modules(tmp_path, "--output", output)
+    assert "taskwatcher.engine.supervisor" in modules and "sqlite3" in modules
+    held = sorted(name for name in modules if name.split(".")[0] in HEAVY or name in HEAVY)
+    assert held == []
