@@ -8,6 +8,7 @@ import re
 import sys
 from typing import NoReturn
 
+from taskwatcher.cli.helpformat import RawDescriptionHelpFormatter
 from taskwatcher.engine import lazylog
 from taskwatcher.engine.location import resolve_db_path
 from taskwatcher.engine.store import Store
@@ -142,7 +143,7 @@ def subcommand(
         help=help_text,
         description=help_text,
         epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     add_db_option(parser, inherited=True)
     parser.set_defaults(handler=handler)

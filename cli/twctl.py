@@ -21,6 +21,7 @@ from taskwatcher.cli.common import (
     subcommand,
     task_id,
 )
+from taskwatcher.cli.helpformat import HelpFormatter
 from taskwatcher.cli.history import PAGE, HistoryWalk, terminal_page
 from taskwatcher.cli.logs import add_log_commands, report_left_logs
 from taskwatcher.cli.render import (
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The twctl command line: one subcommand per operation, plus the spec's flag aliases."""
     parser = argparse.ArgumentParser(
         prog="twctl",
+        formatter_class=HelpFormatter,
         description="Control taskwatcher tasks. The spec's --list, --reserve, --feedback ID, "
         "--history, --clear, --kill ID, --killall NAME, --initialize and --update also work.",
     )

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from functools import partial
 
 from taskwatcher.cli import interruptible
+from taskwatcher.cli.helpformat import HelpFormatter
 from taskwatcher.cli.render import json_bytes, silence_stdout
 from taskwatcher.grammar import READ_CHUNK, FeedbackStream, open_regular
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line; `--feedback FILE` and `--debug` keep the taskwatcher 1.x spellings."""
     parser = argparse.ArgumentParser(
         prog="twparse",
+        formatter_class=HelpFormatter,
         description="Print a feedback file as a JSON object, or check feedback files.",
     )
     parser.add_argument(

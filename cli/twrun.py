@@ -19,6 +19,7 @@ from taskwatcher.cli.common import (
     setup_logging,
     task_id,
 )
+from taskwatcher.cli.helpformat import RawDescriptionHelpFormatter
 from taskwatcher.engine.capture import OutputMode
 from taskwatcher.engine.errors import InvalidRequest, NotRecorded
 from taskwatcher.engine.output import DEFAULT_LOG_MAX_BYTES
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="twrun",
         description="Run COMMAND as a supervised taskwatcher task.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RawDescriptionHelpFormatter,
     )
     add_db_option(parser)
     parser.add_argument("--taskid", type=task_id, help="a reserved task id (default: reserve one)")

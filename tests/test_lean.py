@@ -55,3 +55,18 @@ def test_a_supervisor_never_holds_the_ui_the_parser_generator_or_the_references(
     assert "taskwatcher.engine.supervisor" in modules and "sqlite3" in modules
     held = sorted(name for name in modules if name.split(".")[0] in HEAVY or name in HEAVY)
     assert held == []
+
+
+@pytest.mark.parametrize("command", ["twrun", "twctl", "twparse"])
+def test_help_still_fits_the_terminal_width(command: str) -> None:
+    """The width comes from $COLUMNS (or the terminal), as shutil would find it: the usage
+    lines wrap to it (the examples are kept as written)."""
+
+    def usage(columns: int) -> list[str]:
+        result = run_cli(command, "--help", env={**os.environ, "COLUMNS": str(columns)})
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split("\n\n")[0].splitlines()
+
+    narrow, wide = usage(45), usage(200)
+    assert max(map(len, narrow)) <= 45 and max(map(len, wide)) <= 200
+    assert len(narrow) > len(wide)
