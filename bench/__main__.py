@@ -17,6 +17,7 @@ SUITES = (
     "capture",
     "notify",
     "pg",
+    "lean",
 )
 
 

@@ -148,10 +148,18 @@ def stop_everything(
     stopped = None
     if leader is not None:
         first = stop.first_signal if stop else signal.SIGTERM
-        if stop is not None or process.remnants(leader, child.pid, adopter=os.getpid()):
+        if stop is not None or _may_have_left_some(child, leader):
             stopped = process.terminate_task(
                 leader, child.pid, grace=grace, first=first, adopter=os.getpid(), idle=idle
             )
     child.wait()
     process.reap_adopted()
     return stopped
+
+
+def _may_have_left_some(child: subprocess.Popen, leader: process.ProcessIdentity) -> bool:
+    """Whether an ended task may have left processes: two system calls once the leader is
+    reaped (`left_nothing`), the pass over /proc only when they cannot tell."""
+    if child.poll() is not None and process.left_nothing(child.pid):
+        return False
+    return bool(process.remnants(leader, child.pid, adopter=os.getpid()))

@@ -341,3 +341,39 @@ def test_child_dies_with_its_killed_parent_only_when_asked(die_with_parent: bool
     else:
         assert is_same_process(child)
         signal_identity(child, signal.SIGKILL)
+
+
+#: Runs `sh -c SCRIPT` as a task's leader under a fresh subreaper, waits for the leader, and
+#: prints whether `left_nothing` says so, then cleans up what is left.
+LEFT_NOTHING = """
+import json, os, signal, subprocess, sys, time
+from taskwatcher.engine.process import become_subreaper, left_nothing, remnants, identity_of
+become_subreaper()
+leader = subprocess.Popen(["sh", "-c", sys.argv[1]], start_new_session=True)
+identity = identity_of(leader.pid)
+leader.wait()
+time.sleep(0.2)  # what it started is settled: forked, moved to its own session
+fast = left_nothing(leader.pid)
+slow = bool(remnants(identity, leader.pid, adopter=os.getpid()))
+for rest in remnants(identity, leader.pid, adopter=os.getpid()):
+    os.kill(rest.pid, signal.SIGKILL)
+print(json.dumps([fast, slow]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("script", "left"),
+    [
+        ("true", False),
+        ("sleep 30 &", True),  # a background job, still in the task's group
+        ("setsid sleep 30 &", True),  # in a session of its own, adopted by the subreaper
+        ("(setsid sh -c 'sleep 30 &' &)", True),  # double-forked away, adopted too
+    ],
+)
+def test_the_quick_check_never_misses_what_the_task_left(script: str, left: bool) -> None:
+    out = subprocess.run(
+        [PY, "-c", LEFT_NOTHING, script], capture_output=True, text=True, timeout=30, check=True
+    )
+    fast, slow = json.loads(out.stdout)
+    assert slow is left  # the pass over /proc, as the reference
+    assert fast is not left  # nothing left is recognised quickly, and only then

@@ -1,0 +1,364 @@
+"""How lean taskwatcher is, as users install it: start-up, imports, an idle supervisor's memory,
+200 tasks at once; each figure a ratio to a baseline measured in this run.
+
+The package is installed into a fresh venv with `pip install <source>` (not editable: the
+editable install's import hook costs every interpreter start). <source> is this checkout, or
+$BENCH_LEAN_SOURCE (an older checkout, for before-and-after figures). supervisord is
+installed from the package index into a venv of its own, for the 200-task comparison.
+
+Targets: `twrun -- true` and the twctl commands within 3x `python -c pass` (wall and CPU);
+an idle supervisor's PSS within 1.4x that of an interpreter holding an open WAL sqlite
+connection; 200 concurrent `twrun -- sleep 0.01` within 3x supervisord. Beside them: the
+floor (the modules twrun needs, imported alone) and what a fork server would give
+(supervisors forked from one parent that imported them once).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import tempfile
+import time
+import xmlrpc.client
+from collections.abc import Callable
+from pathlib import Path
+from subprocess import Popen
+
+from bench.measure import seconds, show, target
+
+SOURCE = Path(os.environ.get("BENCH_LEAN_SOURCE", Path(__file__).resolve().parent.parent))
+START_RUNS = 20
+IDLE = 100
+CROWD = 200
+#: What twrun needs of the standard library and orjson, imported and nothing else done: the
+#: floor under any start-up built on them.
+FLOOR = (
+    "import argparse, ctypes, dataclasses, hashlib, pathlib, select, signal, socket, sqlite3,"
+    " subprocess, typing, orjson"
+)
+#: The memory baseline: the same interpreter, an open WAL connection, a query, then sleep.
+WAL_SLEEPER = (
+    "import sqlite3, sys, time\n"
+    "db = sqlite3.connect(sys.argv[1]); db.execute('PRAGMA journal_mode = WAL')\n"
+    "db.execute('SELECT count(*) FROM sqlite_master').fetchall(); print(flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+#: What a fork server would give: one parent imports what a supervisor needs, once, then
+#: forks a supervisor per task (argv after the count); it prints their pids, then waits.
+FORKED = """
+import os, sys
+from taskwatcher.cli.twrun import main
+count, argv, children = int(sys.argv[1]), sys.argv[2:], []
+for _ in range(count):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            code = main(argv)
+        except SystemExit as end:
+            code = end.code
+        os._exit(code if isinstance(code, int) else 1)
+    children.append(pid)
+print(*children, flush=True)
+for pid in children:
+    os.waitpid(pid, 0)
+"""
+
+
+def venv(folder: Path, *packages: str) -> Path:
+    """A fresh venv with `packages` installed; returns its bin folder."""
+    subprocess.run(["python3", "-m", "venv", folder], check=True)
+    subprocess.run(
+        [folder / "bin" / "python", "-m", "pip", "install", "--quiet", *packages],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return folder / "bin"
+
+
+def run_timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one run; CPU counts the children it waited for, too."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise RuntimeError(f"{command}: exit {child.returncode}: {child.stderr.read()!r}")
+    child.stderr.close()
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def start_up(bin_: Path, folder: Path) -> None:
+    """Median wall and CPU of each command, taking turns with `python -c pass`."""
+    db = folder / "start.db"
+    env = {**os.environ, "TASKWATCHER_DB": str(db)}
+    py = str(bin_ / "python")
+    fill_finished(bin_, env, 60)  # ids 1 to 60, in history
+    reserve_live(py, db, 100)
+    commands = {
+        "python -c pass": [py, "-c", "pass"],
+        "the imports alone (floor: stdlib + orjson)": [py, "-c", FLOOR],
+        "twrun -- true": [str(bin_ / "twrun"), "--", "true"],
+        "twctl list --json (100 live)": [str(bin_ / "twctl"), "list", "--json"],
+        "twctl reserve": [str(bin_ / "twctl"), "reserve"],
+        "twctl feedback 1": [str(bin_ / "twctl"), "feedback", "1"],
+        "twctl history --limit 50": [str(bin_ / "twctl"), "history", "--limit", "50"],
+    }
+    samples: dict[str, list[tuple[float, float]]] = {label: [] for label in commands}
+    for _ in range(START_RUNS):
+        for label, command in commands.items():
+            samples[label].append(run_timed(command, env))
+    base_wall, base_cpu = _medians(samples["python -c pass"])
+    for label, runs in samples.items():
+        wall, cpu = _medians(runs)
+        ratio = max(wall / base_wall, cpu / base_cpu)
+        verdict = "baseline" if label == "python -c pass" else target(ratio <= 3, "<= 3x")
+        if label.startswith("the imports"):
+            verdict = "what any start-up on these modules costs"
+        show(f"{label}: wall {seconds(wall)}, cpu {seconds(cpu)}", f"{ratio:.1f}x", verdict)
+
+
+def _medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
+
+
+def reserve_live(py: str, db: Path, count: int) -> None:
+    script = (
+        "import sys\nfrom taskwatcher.engine.store import open_store\n"
+        "with open_store(sys.argv[1]) as store:\n"
+        f"    for n in range({count}): store.reserve(f'live-{{n}}')\n"
+    )
+    subprocess.run([py, "-c", script, db], check=True)
+
+
+def fill_finished(bin_: Path, env: dict[str, str], count: int) -> None:
+    """`count` finished tasks, each with its feedback."""
+    report = 'printf "[progress]100\\n[step]teardown\\n" >> "$TASKWATCHER_FEEDBACK"'
+    command = [bin_ / "twrun", "--", "sh", "-c", report]
+    tasks = [subprocess.Popen(command, env=env) for _ in range(count)]
+    for task in tasks:
+        task.wait()
+
+
+def import_times(bin_: Path, folder: Path) -> None:
+    """`python -X importtime` of the three commands: the biggest cumulative imports."""
+    env = {**os.environ, "TASKWATCHER_DB": str(folder / "imports.db")}
+    for label, argv in (
+        ("twrun -- true", ["twrun", "--", "true"]),
+        ("twctl list --json", ["twctl", "list", "--json"]),
+        ("twctl reserve", ["twctl", "reserve"]),
+    ):
+        script = bin_ / argv[0]
+        run = [bin_ / "python", "-X", "importtime", script, *argv[1:]]
+        stderr = subprocess.run(run, env=env, capture_output=True, text=True, check=True).stderr
+        rows = []
+        for line in stderr.splitlines():
+            if line.startswith("import time:") and "cumulative" not in line:
+                _, cumulative, name = line[len("import time:") :].split("|")
+                rows.append((int(cumulative), name.strip()))
+        top = sorted(rows, reverse=True)[:10]
+        print(f"  importtime, {label}: " + ", ".join(f"{name} {us / 1000:.1f}" for us, name in top))
+
+
+def pss_kib(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) of a process in KiB, from /proc/<pid>/smaps_rollup."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value, *_ = line.split()
+        fields[name.rstrip(":")] = int(value)
+    return fields["Pss"], fields["Rss"]
+
+
+def idle_memory(bin_: Path, folder: Path) -> None:
+    """Median PSS of IDLE idle supervisors, and of IDLE baseline interpreters beside them."""
+    db = folder / "idle.db"
+    env = {**os.environ, "TASKWATCHER_DB": str(db)}
+    baseline_db = folder / "baseline.db"
+    sqlite3.connect(baseline_db).execute("CREATE TABLE t (x)").connection.close()
+    twruns = [
+        subprocess.Popen([bin_ / "twrun", "--", "sleep", "120"], env=env, start_new_session=True)
+        for _ in range(IDLE)
+    ]
+    forked_env = {**env, "TASKWATCHER_DB": str(folder / "forked.db")}
+    parent = subprocess.Popen(
+        [bin_ / "python", "-c", FORKED, str(IDLE), "--", "sleep", "120"],
+        env=forked_env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    forked = [int(pid) for pid in parent.stdout.readline().split()]
+    sleepers = [
+        subprocess.Popen(
+            [bin_ / "python", "-c", WAL_SLEEPER, baseline_db], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(IDLE)
+    ]
+    try:
+        for sleeper in sleepers:
+            sleeper.stdout.readline()
+        wait_until(lambda: running_count(db) == IDLE, 60)
+        wait_until(lambda: running_count(folder / "forked.db") == IDLE, 60)
+        time.sleep(1)  # each supervisor past its first looks
+        ours = [pss_kib(twrun.pid) for twrun in twruns]
+        theirs = [pss_kib(sleeper.pid) for sleeper in sleepers]
+        warm = statistics.median(pss_kib(pid)[0] for pid in forked)
+    finally:
+        for pid in forked:
+            os.kill(pid, signal.SIGTERM)
+        for process in twruns + sleepers:
+            process.send_signal(signal.SIGTERM)
+        for process in [*twruns, *sleepers, parent]:
+            process.wait(timeout=60)
+    (pss, rss), (base_pss, base_rss) = (
+        (statistics.median(p for p, _ in rows), statistics.median(r for _, r in rows))
+        for rows in (ours, theirs)
+    )
+    label = f"idle supervisor PSS {pss / 1024:.1f} MiB (RSS {rss / 1024:.1f}) vs baseline"
+    show(f"{label} {base_pss / 1024:.1f} MiB (RSS {base_rss / 1024:.1f})", f"{pss / base_pss:.1f}x")
+    print(f"{'':<64}{'':>12}   {target(pss / base_pss <= 1.4, '<= 1.4x')}")
+    show(
+        f"  forked from one warm parent (a fork server): PSS {warm / 1024:.1f} MiB",
+        f"{warm / base_pss:.1f}x",
+    )
+
+
+def running_count(db: Path) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        return connection.execute("SELECT count(*) FROM tasks WHERE pid IS NOT NULL").fetchone()[0]
+
+
+def finished_count(db: Path) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        return connection.execute("SELECT count(*) FROM history").fetchone()[0]
+
+
+def wait_until(predicate, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            if predicate():
+                return
+        except sqlite3.Error:  # not created yet, or busy: look again
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("gave up waiting")
+        time.sleep(0.02)
+
+
+def crowd(bin_: Path, supervisor_bin: Path | None, folder: Path) -> None:
+    """CROWD tasks of `sleep 0.01` at once, until all are recorded: twrun, supervisord,
+    timeout(1), and tsp/nq where installed."""
+    twrun = [bin_ / "twrun", "--", "sleep", "0.01"]
+    ours = until_recorded(
+        folder / "crowd.db", lambda env: [Popen(twrun, env=env) for _ in range(CROWD)]
+    )
+    warm_parent = [bin_ / "python", "-c", FORKED, str(CROWD), "--", "sleep", "0.01"]
+    warm = until_recorded(
+        folder / "forked-crowd.db",
+        lambda env: [Popen(warm_parent, env=env, stdout=subprocess.DEVNULL)],
+    )
+    started = time.perf_counter()
+    for plain in [subprocess.Popen(["timeout", "5", "sleep", "0.01"]) for _ in range(CROWD)]:
+        plain.wait()
+    show(f"{CROWD} x timeout 5 sleep 0.01", seconds(time.perf_counter() - started))
+    theirs = None if supervisor_bin is None else supervisord_crowd(supervisor_bin, folder)
+    if theirs is None:
+        show("supervisord", "", "not installed (no package index?)")
+    else:
+        show(f"{CROWD} x supervisord sleep 0.01 (numprocs, XML-RPC), all EXITED", seconds(theirs))
+    for label, elapsed in (
+        (f"{CROWD} x twrun -- sleep 0.01, all in history", ours),
+        ("  forked from one warm parent (a fork server), all in history", warm),
+    ):
+        verdict = "" if theirs is None else f"{elapsed / theirs:.1f}x supervisord"
+        if theirs is not None and elapsed is ours:
+            verdict += f"; {target(ours <= 3 * theirs, '<= 3x')}"
+        show(label, seconds(elapsed), verdict)
+    for tool in ("tsp", "nq"):
+        if shutil.which(tool) is None:
+            show(f"{tool}", "", "not installed")
+
+
+def until_recorded(db: Path, start: Callable[[dict[str, str]], list[Popen]]) -> float:
+    """Seconds from `start(env)` until CROWD tasks are in the history of `db`."""
+    started = time.perf_counter()
+    processes = start({**os.environ, "TASKWATCHER_DB": str(db)})
+    wait_until(lambda: finished_count(db) == CROWD, 300)
+    elapsed = time.perf_counter() - started
+    for process in processes:
+        process.wait()
+    return elapsed
+
+
+class _UnixTransport(xmlrpc.client.Transport):
+    """XML-RPC over supervisord's unix socket."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def make_connection(self, host: str) -> http.client.HTTPConnection:
+        connection = http.client.HTTPConnection("localhost")
+        connection.sock = socket.socket(socket.AF_UNIX)
+        connection.sock.connect(str(self.path))
+        return connection
+
+
+def supervisord_crowd(supervisor_bin: Path, folder: Path) -> float:
+    """Seconds from startProcessGroup until every process of the group has EXITED."""
+    sock = folder / "supervisor.sock"
+    config = folder / "supervisord.conf"
+    config.write_text(
+        f"[unix_http_server]\nfile={sock}\n\n[supervisord]\nlogfile={folder}/supervisord.log\n"
+        f"pidfile={folder}/supervisord.pid\nnodaemon=true\nminfds=4096\n\n"
+        "[rpcinterface:supervisor]\n"
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
+        f"[program:sleeper]\ncommand=sleep 0.01\nnumprocs={CROWD}\n"
+        "process_name=%(program_name)s_%(process_num)03d\nautostart=false\n"
+        "autorestart=false\nstartsecs=0\nstdout_logfile=NONE\nstderr_logfile=NONE\n"
+    )
+    daemon = subprocess.Popen(
+        [supervisor_bin / "supervisord", "-c", config],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(sock.exists, 30)
+        rpc = xmlrpc.client.ServerProxy("http://localhost", transport=_UnixTransport(sock))
+        wait_until(lambda: rpc.supervisor.getState()["statename"] == "RUNNING", 30)
+        started = time.perf_counter()
+        rpc.supervisor.startProcessGroup("sleeper", False)
+        wait_until(
+            lambda: all(p["statename"] == "EXITED" for p in rpc.supervisor.getAllProcessInfo()),
+            120,
+        )
+        return time.perf_counter() - started
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-lean-") as name:
+        folder = Path(name)
+        started = time.perf_counter()
+        bin_ = venv(folder / "venv", str(SOURCE))
+        show(f"pip install {SOURCE} into a fresh venv", seconds(time.perf_counter() - started))
+        try:
+            supervisor_bin: Path | None = venv(folder / "supervisor", "supervisor")
+        except subprocess.CalledProcessError:
+            supervisor_bin = None
+        start_up(bin_, folder)
+        import_times(bin_, folder)
+        idle_memory(bin_, folder)
+        crowd(bin_, supervisor_bin, folder)
