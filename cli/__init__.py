@@ -8,11 +8,11 @@ that lands in a weakref callback or a destructor (each import runs some), where 
 print and carry on, ends the command there, with the same status.
 """
 
-# The handlers come first, so that a Ctrl-C finds them: _signal is built in, while signal
-# would first build its enums.
+# The handler comes first, before anything else of this module runs: a Ctrl-C that came
+# while Python was finding this module runs whichever handler is in place at the first check
+# Python makes, and that must be ours. _signal is built in, while signal would first build
+# its enums.
 import _signal
-import os
-import sys
 
 #: The status of a command ended by Ctrl-C, as a shell reports one killed by SIGINT.
 EXIT_INTERRUPTED = 128 + _signal.SIGINT
@@ -20,6 +20,15 @@ EXIT_INTERRUPTED = 128 + _signal.SIGINT
 
 def _exit_interrupted(signum: int, frame: object) -> None:
     raise SystemExit(EXIT_INTERRUPTED)
+
+
+# A SIGINT its starter ignored (`nohup`, a background job) stays ignored.
+_QUIET_START = _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler
+if _QUIET_START:
+    _signal.signal(_signal.SIGINT, _exit_interrupted)
+
+import os  # noqa: E402
+import sys  # noqa: E402
 
 
 def _exit_on_swallowed_interrupts(unraisable: object) -> None:
@@ -42,9 +51,7 @@ def _exit_on_swallowed_interrupts(unraisable: object) -> None:
 
 
 _report_unraisable = sys.unraisablehook
-# A SIGINT its starter ignored (`nohup`, a background job) stays ignored.
-if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
-    _signal.signal(_signal.SIGINT, _exit_interrupted)
+if _QUIET_START:
     sys.unraisablehook = _exit_on_swallowed_interrupts
 
 import functools  # noqa: E402

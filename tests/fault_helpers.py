@@ -26,6 +26,24 @@ from tests.helpers import BIN, run_cli, wait_for
 PY = sys.executable
 
 
+def stop_between_writes(process: subprocess.Popen, db: Path) -> None:
+    """SIGSTOP a process that writes to `db` at a moment it holds no lock on it.
+
+    Stopped inside a transaction (or a read), it would keep every writer out for as long as
+    it stays stopped: tried again until an exclusive lock is free at once.
+    """
+    while True:
+        process.send_signal(signal.SIGSTOP)
+        with closing(sqlite3.connect(db, timeout=0.2, isolation_level=None)) as probe:
+            try:
+                probe.execute("BEGIN EXCLUSIVE")
+            except sqlite3.OperationalError:
+                process.send_signal(signal.SIGCONT)
+                continue
+            probe.execute("ROLLBACK")
+            return
+
+
 def assert_one_line(stderr: str, prefix: str) -> str:
     """A failing command must explain itself in one line, never with a traceback."""
     lines = stderr.strip().splitlines()

@@ -24,6 +24,7 @@ from tests.fault_helpers import (
     live_row,
     query,
     reserve,
+    stop_between_writes,
     twctl,
     twctl_json,
     twrun,
@@ -113,7 +114,7 @@ def test_reinitialised_database_whose_ids_start_again(
         )  # fmt: skip
     pgid = wait_running(db_path, taskid)["pgid"]
     wait_for(lambda: len(group_members(pgid)) >= 2)
-    runner.send_signal(signal.SIGSTOP)  # so that it first looks again once the id is taken
+    stop_between_writes(runner, db_path)  # so that it first looks again once the id is taken
     twctl(db_path, "init", "--force")
     query(db_path, "UPDATE sqlite_sequence SET seq = ? WHERE name = 'tasks'", (taskid - 1,))
     assert reserve(db_path, "--name", "newcomer") == taskid

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import re
 import signal
 import subprocess
 import time
@@ -47,6 +48,12 @@ def interrupted(argv: list[str]) -> tuple[int, str]:
 
 
 def through_our_code(stderr: str) -> bool:
+    """A traceback naming our files, except one raised at `line 0` of a module: Python checks
+    for signals as a module starts, before its first line, so a Ctrl-C that came while the
+    import system was still finding taskwatcher.cli is reported there (still Python's)."""
+    frames = re.findall(r'File "([^"]+)", line (\d+)', stderr)
+    if not frames or frames[-1][1] == "0":
+        return False
     return "Traceback" in stderr and any(folder in stderr for folder in OUR_CODE)
 
 
