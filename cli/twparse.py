@@ -1,6 +1,8 @@
 """twparse: print a feedback file as one JSON object, or check files against the grammar.
 
 Exit status: 0 success, 1 validation errors (--check), 2 usage error or unreadable input.
+Lines skipped for not being text (binary data) are counted in a warning; under --check they
+are validation errors.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", "-d", "--debug", dest="debug", action="store_true", help="log details"
     )
-    parser.add_argument("--db", metavar="PATH", help="accepted like every command; unused here")
     return parser
 
 
@@ -82,6 +83,7 @@ def print_values(source: str, pretty: bool) -> int:
         return _unreadable(source, error)
     stream.finish()
     _log_skipped(source, stream)
+    _warn_not_text(source, stream)
     values = stream.current()
     log.debug("%s: %d lines, %d keywords", _name(source), stream.lines, len(values))
     sys.stdout.buffer.write(json_bytes(values, pretty=pretty) + b"\n")
@@ -104,6 +106,8 @@ def check_sources(sources: list[str]) -> int:
             continue
         stream.finish()
         status = max(status, _print_diagnostics(source, stream))
+        if _warn_not_text(source, stream):
+            status = max(status, EXIT_INVALID)
     return status
 
 
@@ -127,6 +131,14 @@ def _log_skipped(source: str, stream: FeedbackStream) -> None:
     for diagnostic in stream.diagnostics:
         log.warning("%s:%s", _name(source), diagnostic)
     stream.diagnostics.clear()
+
+
+def _warn_not_text(source: str, stream: FeedbackStream) -> bool:
+    """Say how many lines were skipped for not being text: the diagnostics of a binary file
+    would be as many lines of noise, and printing drops such lines silently."""
+    if stream.not_text:
+        log.warning("%s: %d line(s) skipped: not text", _name(source), stream.not_text)
+    return bool(stream.not_text)
 
 
 def _unreadable(source: str, error: OSError) -> int:

@@ -3,7 +3,8 @@
 Memory stays bounded whatever the input: a piece is consumed as soon as it arrives, only the
 unterminated last line is kept, a line longer than MAX_LINE_BYTES is skipped and reported
 instead of being buffered, and the values are capped (semantics.MAX_KEYS, MAX_HELD_BYTES)
-after every run of lines applied. Bytes that are not UTF-8 make their line invalid.
+after every run of lines applied. Bytes that are not UTF-8 make their line invalid; such
+lines, and invalid lines holding a NUL byte, are counted as not text.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from .diagnostics import Diagnostic
-from .fastpath import apply_framed, frame
+from .fastpath import apply_framed, frame, matchers
 from .parser import check_framed
 from .positions import LineNumbers
 from .semantics import CAPPED, MAX_HELD_BYTES, MAX_KEYS, cap, visible
@@ -30,8 +31,11 @@ _UNDECODED = re.compile("[\ud800-\udfff]")
 class FeedbackStream:
     """The state between two pieces: values (with cleared placeholders), the rank of each
     keyword's last statement (`recency`), the partial last line, whether an over-long line is
-    being skipped, how many complete lines were consumed, and whether keys were ever dropped
-    to keep within the caps (`capped`).
+    being skipped, how many complete lines were consumed, whether keys were ever dropped
+    to keep within the caps (`capped`), and how many lines were skipped for not being text
+    (`not_text`: bytes that are not UTF-8, or a NUL byte in a line the grammar rejects; a NUL
+    inside a valid line's value is that value's own), so a reader can tell a binary file
+    from a text file with a few bad lines.
 
     With `check`, every invalid line is also explained in `diagnostics` (validation mode);
     otherwise over-long lines are reported there, and once per stream that keys were
@@ -47,6 +51,7 @@ class FeedbackStream:
     lines: int = 0
     check: bool = False
     capped: bool = False
+    not_text: int = 0
     diagnostics: list[Diagnostic] = field(default_factory=list)
     # What the values may hold at most, in bytes: the exact size is counted only past the cap.
     _held_at_most: int = field(init=False, repr=False, default=MAX_HELD_BYTES + 1)
@@ -114,6 +119,8 @@ class FeedbackStream:
         already_reported = len(self.diagnostics)
         text = self._decode(self._drop_long_lines(block))
         framed = frame(text)
+        if "\x00" in framed:
+            self._count_rejected_with_nul(framed)
         if self.check:
             self.diagnostics.extend(check_framed(framed, first_line=self.lines + 1))
             self.diagnostics[already_reported:] = sorted(
@@ -163,6 +170,17 @@ class FeedbackStream:
         kept.append(block[kept_from:])
         return b"".join(kept)
 
+    def _count_rejected_with_nul(self, framed: str) -> None:
+        """Count into `not_text` each line holding a NUL byte that the grammar rejects."""
+        invalid = matchers().invalid
+        nul = framed.find("\x00")
+        while nul >= 0:
+            start = framed.rfind("\n", 0, nul)  # every framed line starts after an LF
+            if invalid.match(framed, start):
+                self.not_text += 1
+            end = framed.find("\n", nul)
+            nul = framed.find("\x00", end) if end >= 0 else -1
+
     def _decode(self, block: bytes) -> str:
         """Decode UTF-8; a line holding bytes that are not UTF-8 is emptied (and explained)."""
         try:
@@ -180,6 +198,7 @@ class FeedbackStream:
                 self._report(numbers.at(start), bad.start() - start + 1, message)
             kept.append(text[kept_from:start])
             kept_from = text.find("\n", bad.start())
+            self.not_text += 1
         kept.append(text[kept_from:])
         return "".join(kept)
 
