@@ -28,6 +28,15 @@ def add_db_option(parser: argparse.ArgumentParser, *, inherited: bool = False) -
     parser.add_argument("--db", type=db_path, metavar="PATH", default=default, help=DB_HELP)
 
 
+def add_debug_option(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
+    """Add -v/--debug, counted, and the original's -d; on a subcommand it must not reset one
+    given before the subcommand, so that it works on either side of it, as --db does."""
+    default = argparse.SUPPRESS if inherited else 0
+    parser.add_argument(
+        "-v", "-d", "--debug", action="count", default=default, help="more logging (-vv: debug)"
+    )
+
+
 def db_path(text: str) -> str:
     """argparse type: a database path; an empty one would silently mean the default."""
     if not text:
@@ -146,6 +155,7 @@ def subcommand(
         formatter_class=RawDescriptionHelpFormatter,
     )
     add_db_option(parser, inherited=True)
+    add_debug_option(parser, inherited=True)
     parser.set_defaults(handler=handler)
     return parser
 

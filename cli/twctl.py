@@ -11,6 +11,7 @@ from taskwatcher.cli.aliases import expand_aliases
 from taskwatcher.cli.columns import HISTORY_COLUMNS, LIST_COLUMNS
 from taskwatcher.cli.common import (
     add_db_option,
+    add_debug_option,
     fail,
     json_flag,
     non_negative_seconds,
@@ -21,6 +22,7 @@ from taskwatcher.cli.common import (
     subcommand,
     task_id,
 )
+from taskwatcher.cli.ended import ended_json, ended_line
 from taskwatcher.cli.helpformat import HelpFormatter
 from taskwatcher.cli.history import PAGE, HistoryWalk, terminal_page
 from taskwatcher.cli.logs import add_log_commands, report_left_logs
@@ -63,10 +65,14 @@ def _cmd_init(store: Store, args: argparse.Namespace) -> int:
 
 def _cmd_update(store: Store, args: argparse.Namespace) -> int:
     ended = housekeeping.housekeep(store, grace=args.grace)
+    live = store.live_count()
+    if args.json:
+        print_json({"archived": [ended_json(record) for record in ended], "live": live})
+        return 0
     for record in ended:
         why = f": {cell(record.termerror)}" if record.termerror else ""
-        print(f"{_ended(record)}{why}")
-    print(f"{len(ended)} task(s) archived, {store.live_count()} live")
+        print(f"{ended_line(record)}{why}")
+    print(f"{len(ended)} task(s) archived, {live} live")
     return 0
 
 
@@ -80,7 +86,10 @@ def _cmd_reserve(store: Store, args: argparse.Namespace) -> int:
     taskid = store.reserve(
         args.name, unique=args.unique, info1=args.info1, info2=args.info2, info3=args.info3
     )
-    print(taskid)
+    if args.json:
+        print_json({"taskid": taskid})
+    else:
+        print(taskid)
     return 0
 
 
@@ -131,20 +140,21 @@ def _progress_notice(verb: str) -> Callable[[int], None] | None:
 
 
 def _cmd_kill(store: Store, args: argparse.Namespace) -> int:
-    return _kill(store, [args.taskid], args.wait)
+    return _kill(store, [args.taskid], args)
 
 
 def _cmd_killall(store: Store, args: argparse.Namespace) -> int:
     taskids = control.tasks_named(store, args.name)
     if not taskids:
         fail(f"twctl: no live task named {args.name!r}", EXIT_FAILED)
-    return _kill(store, taskids, args.wait)
+    return _kill(store, taskids, args)
 
 
-def _kill(store: Store, taskids: list[int], wait: float | None) -> int:
+def _kill(store: Store, taskids: list[int], args: argparse.Namespace) -> int:
     who = control.requester()
-    wait = control.default_kill_wait(store) if wait is None else wait
-    _report_ended(control.kill_tasks(store, taskids, who, wait, on_wait=_waiting_notice()))
+    wait = control.default_kill_wait(store) if args.wait is None else args.wait
+    ended = control.kill_tasks(store, taskids, who, wait, on_wait=_waiting_notice())
+    _report_ended(ended, as_json=args.json)
     return 0
 
 
@@ -160,14 +170,12 @@ def _waiting_notice() -> Callable[[list[int]], None]:
     return notice
 
 
-def _report_ended(records: Sequence[Ended]) -> None:
+def _report_ended(records: Sequence[Ended], *, as_json: bool) -> None:
+    if as_json:
+        print_json([ended_json(record) for record in records])
+        return
     for record in records:
-        print(_ended(record))
-
-
-def _ended(record: Ended) -> str:
-    """`task 3 (nightly): KILLED`, the name escaped and cut like every other cell."""
-    return f"task {record.taskid} ({cell(record.taskname)}): {record.outcome}"
+        print(ended_line(record))
 
 
 def _cmd_show(store: Store, args: argparse.Namespace) -> int:
@@ -200,6 +208,21 @@ def _names(statuses: Iterable[Status]) -> list[str]:
     return sorted(status.value for status in statuses)
 
 
+def _live_status(text: str) -> str:
+    """argparse type of `list --status`: a live status in any case. A wrong one is told the
+    valid values, and an outcome where finished tasks are listed."""
+    status = text.upper()
+    if status in _names(LIVE_STATUSES):
+        return status
+    if status in _names(FINAL_STATUSES):
+        raise argparse.ArgumentTypeError(
+            f"{status} is the outcome of a finished task: see twctl history --outcome {status}"
+        )
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a live status: choose from {', '.join(_names(LIVE_STATUSES))}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The twctl command line: one subcommand per operation, plus the spec's flag aliases."""
     parser = argparse.ArgumentParser(
@@ -209,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--history, --clear, --kill ID, --killall NAME, --initialize and --update also work.",
     )
     add_db_option(parser)
-    parser.add_argument("-v", "--debug", action="count", default=0, help="more logging")
+    add_debug_option(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_upkeep(sub)
     _add_reads(sub)
@@ -240,6 +263,7 @@ def _add_upkeep(sub) -> None:
     _seconds_option(
         update, "--grace", housekeeping.LOST_GRACE, "SIGTERM-to-SIGKILL wait for leftover processes"
     )
+    json_flag(update)
 
     reserve = subcommand(
         sub,
@@ -248,12 +272,13 @@ def _add_upkeep(sub) -> None:
         "reserve a task id and print it",
         "id=$(twctl reserve --name nightly --unique)",
     )
-    reserve.add_argument("--name", help="task name")
+    reserve.add_argument("--name", "--taskname", help="task name")
     reserve.add_argument(
         "--unique", action="store_true", help="fail if a live task already has this name"
     )
     for field in ("info1", "info2", "info3"):
         reserve.add_argument(f"--{field}", metavar="TEXT", help="free text kept with the task")
+    json_flag(reserve)
 
     clear = subcommand(sub, "clear", _cmd_clear, "empty the history", "twctl clear --before 30d")
     clear.add_argument(
@@ -267,8 +292,12 @@ def _add_upkeep(sub) -> None:
 def _add_reads(sub) -> None:
     """list, feedback, history, show and watch."""
     listing = subcommand(sub, "list", _cmd_list, "show live tasks", "twctl list --json")
-    listing.add_argument("--name", help="only tasks with this name")
-    listing.add_argument("--status", type=str.upper, choices=_names(LIVE_STATUSES))
+    listing.add_argument("--name", "--taskname", help="only tasks with this name")
+    listing.add_argument(
+        "--status",
+        type=_live_status,
+        help=f"only tasks in this status: {', '.join(_names(LIVE_STATUSES))}",
+    )
     json_flag(listing)
 
     feedback = subcommand(
@@ -288,7 +317,7 @@ def _add_reads(sub) -> None:
         "show finished tasks, newest first",
         "twctl history --name nightly --since 7d --json",
     )
-    history.add_argument("--name", help="only tasks with this name")
+    history.add_argument("--name", "--taskname", help="only tasks with this name")
     history.add_argument("--outcome", type=str.upper, choices=_names(FINAL_STATUSES))
     history.add_argument(
         "--since",
@@ -339,6 +368,7 @@ def _add_stops(sub) -> None:
             help=f"how long to wait for the end (default {control.DEFAULT_KILL_WAIT:g}, or"
             " 5 more than the lease on a database of many hosts)",
         )
+        json_flag(killer)
 
 
 @interruptible

@@ -12,6 +12,7 @@ from pathlib import Path
 from taskwatcher.cli import interruptible
 from taskwatcher.cli.common import (
     add_db_option,
+    add_debug_option,
     byte_count,
     fail,
     non_negative_seconds,
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_db_option(parser)
     parser.add_argument("--taskid", type=task_id, help="a reserved task id (default: reserve one)")
-    parser.add_argument("--name", help="task name (default: the command's base name)")
+    parser.add_argument("--name", "--taskname", help="task name (default: the command's base name)")
     parser.add_argument(
         "--unique", action="store_true", help="reserve --name so no other live task holds it"
     )
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-feedback", action="store_true", help="leave the feedback file after the end"
     )
-    parser.add_argument("-v", "--debug", action="count", default=0, help="more logging")
+    add_debug_option(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     return parser
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
 
 from taskwatcher.cli import EXIT_FAILED, EXIT_USAGE
 from taskwatcher.cli.common import fail, json_flag, non_negative_seconds, subcommand, task_id
+from taskwatcher.cli.ended import ended_json
 from taskwatcher.cli.render import cell, print_json
 from taskwatcher.engine import control
 from taskwatcher.engine.lifecycle import Status
@@ -31,7 +31,9 @@ def add_wait(sub) -> None:
         "twctl wait 12 13 --timeout 600",
     )
     parser.add_argument("taskids", nargs="*", type=task_id, metavar="ID", help="tasks to wait for")
-    parser.add_argument("--name", help="every task with this name live when wait starts")
+    parser.add_argument(
+        "--name", "--taskname", help="every task with this name live when wait starts"
+    )
     parser.add_argument(
         "--timeout",
         type=non_negative_seconds,
@@ -46,7 +48,7 @@ def _cmd_wait(store: Store, args: argparse.Namespace) -> int:
     timeout = math.inf if args.timeout is None else args.timeout
     records = control.wait_ended(store, taskids, timeout)
     if args.json:
-        print_json([_as_json(record) for record in records])
+        print_json([ended_json(record) for record in records])
     else:
         for taskid, record in zip(taskids, records, strict=True):
             print(f"{taskid} {cell(record.outcome)} {twrun_exit_code(record)}")
@@ -63,11 +65,6 @@ def _targets(store: Store, args: argparse.Namespace) -> list[int]:
     if not taskids:
         fail(f"twctl: no live task named {args.name!r}", EXIT_FAILED)
     return taskids
-
-
-def _as_json(record: Ended) -> dict[str, Any]:
-    """As `history --json` shows it, plus the twrun exit status the end stands for."""
-    return {**record.as_json(), "exit_code": twrun_exit_code(record)}
 
 
 def _exit_status(records: list[Ended]) -> int:
