@@ -258,7 +258,10 @@ def _run_hooks(store: Store, taskid: int, hooks: list[Hook], args: argparse.Name
         _warn(message)
         note_in_log(ended.logfile, f"twrun: {message}")
 
-    run_hooks(hooks, ended, timeout=args.hook_timeout, grace=args.grace, warn=warn)
+    try:
+        run_hooks(hooks, ended, timeout=args.hook_timeout, grace=args.grace, warn=warn)
+    except KeyboardInterrupt:  # the task's end stands, and so does its exit status
+        warn("interrupted: the hook running was stopped and the others skipped")
 
 
 def _warn(message: str) -> None:

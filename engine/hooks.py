@@ -117,6 +117,10 @@ def _run(hook: Hook, env: dict[str, str], timeout: float, grace: float) -> str |
         _stop(leader, child.pid, grace)
         child.wait()
         return f"still running after {timeout:g} s: stopped"
+    except BaseException:  # Ctrl-C of twrun: its group is not the terminal's, stop it here
+        _stop(leader, child.pid, grace)
+        child.wait()
+        raise
     if not process.left_nothing(child.pid):
         _stop(leader, child.pid, grace)
     return _failure(status)

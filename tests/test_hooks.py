@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fault_helpers import assert_one_line, gone, reserve, twctl, twctl_json, wait_running
-from tests.helpers import BIN, run_cli
+from tests.helpers import BIN, run_cli, wait_for
 
 #: A hook that writes what it was told (its TASKWATCHER_ variables and the feedback file's
 #: JSON) to the file named by its argument.
@@ -172,3 +173,19 @@ def test_a_hook_that_cannot_be_split_is_refused_before_anything_runs(db_path, op
 def test_hooks_leave_nothing_when_none_applies(db_path):
     result = twrun(db_path, "--on-failure", "sh -c 'exit 9'", "--", "true")
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_ctrl_c_during_a_hook_stops_it_and_keeps_the_task_s_status(db_path, tmp_path):
+    pid_file, second = tmp_path / "hookpid", tmp_path / "second"
+    argv = [
+        BIN / "twrun", "--db", db_path, "--output", "log",
+        "--on-exit", f"sh -c 'echo $$ > {pid_file}; sleep 60'", "--on-exit", f"touch {second}",
+        "--", "sh", "-c", "exit 4",
+    ]  # fmt: skip
+    supervisor = subprocess.Popen(list(map(str, argv)), stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
+    supervisor.send_signal(signal.SIGINT)
+    _, stderr = supervisor.communicate(timeout=60)
+    assert supervisor.returncode == 4
+    assert "interrupted" in assert_one_line(stderr, "twrun: warning: ")
+    assert gone(int(pid_file.read_text())) and not second.exists()
