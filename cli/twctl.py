@@ -26,6 +26,7 @@ from taskwatcher.cli.ended import ended_json, ended_line
 from taskwatcher.cli.helpformat import HelpFormatter
 from taskwatcher.cli.history import PAGE, HistoryWalk, terminal_page
 from taskwatcher.cli.logs import add_log_commands, report_left_logs
+from taskwatcher.cli.metrics import add_metrics
 from taskwatcher.cli.render import (
     cell,
     escape,
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stops(sub)
     waiting.add_wait(sub)
     add_log_commands(sub)
+    add_metrics(sub)
     return parser
 
 

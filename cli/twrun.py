@@ -17,16 +17,25 @@ from taskwatcher.cli.common import (
     fail,
     non_negative_seconds,
     open_store,
+    positive_seconds,
     setup_logging,
     task_id,
 )
 from taskwatcher.cli.helpformat import RawDescriptionHelpFormatter
 from taskwatcher.engine.capture import OutputMode
-from taskwatcher.engine.errors import InvalidRequest, NotRecorded
+from taskwatcher.engine.errors import InvalidRequest, LaunchError, NotRecorded
+from taskwatcher.engine.hooks import (
+    DEFAULT_HOOK_TIMEOUT,
+    Hook,
+    hooks_from_options,
+    note_in_log,
+    run_hooks,
+)
 from taskwatcher.engine.output import DEFAULT_LOG_MAX_BYTES
 from taskwatcher.engine.request import DEFAULT_GRACE, DEFAULT_HEARTBEAT, Heartbeat, LaunchRequest
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL
-from taskwatcher.engine.stopping import SUPERVISOR_FAILED
+from taskwatcher.engine.stopping import SUPERVISOR_FAILED, TaskEnd
+from taskwatcher.engine.store import Store
 from taskwatcher.engine.supervisor import run_task
 from taskwatcher.grammar.errors import TaskwatcherError
 
@@ -116,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-feedback", action="store_true", help="leave the feedback file after the end"
     )
+    _add_hook_options(parser)
     add_debug_option(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     return parser
@@ -138,6 +148,32 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_LOG_MAX_BYTES,
         metavar="N",
         help="rotate the log once past N bytes (K, M, G suffixes; default 16M)",
+    )
+
+
+def _add_hook_options(parser: argparse.ArgumentParser) -> None:
+    """--on-exit, --on-failure, --hook-timeout: commands run once the task is archived."""
+    parser.add_argument(
+        "--on-exit",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="run CMD (split as a shell would, run without one) once the task has ended and "
+        "been recorded; repeatable",
+    )
+    parser.add_argument(
+        "--on-failure",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="the same, only when the task did not end COMPLETED",
+    )
+    parser.add_argument(
+        "--hook-timeout",
+        type=positive_seconds,
+        default=DEFAULT_HOOK_TIMEOUT,
+        metavar="SECONDS",
+        help=f"stop a hook still running after this long (default {DEFAULT_HOOK_TIMEOUT:g})",
     )
 
 
@@ -173,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging("twrun", args.debug)
     try:
         request = _request(command, args)
+        hooks = hooks_from_options(args.on_exit, args.on_failure)
     except InvalidRequest as error:
         fail(f"twrun: {error}", SUPERVISOR_FAILED)
     # Outside supervision a kill request has nothing to stop, and its default action would
@@ -180,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(KILL_REQUEST_SIGNAL, signal.SIG_IGN)
     try:
         with open_store(args.db) as store:
-            end = run_task(store, request)
+            end = _supervise(store, request, hooks, args)
     except NotRecorded as error:
         fail(f"twrun: {error}", SUPERVISOR_FAILED)
     except TaskwatcherError as error:
@@ -190,6 +227,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(f"twrun: {error.strerror or error}", SUPERVISOR_FAILED)
     _dump_modules()
     return end.exit_code
+
+
+def _supervise(
+    store: Store, request: LaunchRequest, hooks: list[Hook], args: argparse.Namespace
+) -> TaskEnd:
+    """Run the task, then its hooks once its end is recorded (a command that could not
+    start is recorded FAILED: its hooks run too; an end not recorded runs none)."""
+    try:
+        end = run_task(store, request)
+    except LaunchError as error:
+        if error.taskid is not None:
+            _run_hooks(store, error.taskid, hooks, args)
+        raise
+    _run_hooks(store, end.taskid, hooks, args)
+    return end
+
+
+def _run_hooks(store: Store, taskid: int, hooks: list[Hook], args: argparse.Namespace) -> None:
+    if not hooks:
+        return
+    try:
+        ended = store.history_of(taskid)
+    except TaskwatcherError as error:
+        _warn(f"hooks not run: the task's record cannot be read: {error}")
+        return
+    if ended is None:  # archived as LOST by another process meanwhile: no end of ours
+        return
+
+    def warn(message: str) -> None:
+        _warn(message)
+        note_in_log(ended.logfile, f"twrun: {message}")
+
+    try:
+        run_hooks(hooks, ended, timeout=args.hook_timeout, grace=args.grace, warn=warn)
+    except KeyboardInterrupt:  # the task's end stands, and so does its exit status
+        warn("interrupted: the hook running was stopped and the others skipped")
+
+
+def _warn(message: str) -> None:
+    print(f"twrun: warning: {message}", file=sys.stderr, flush=True)
 
 
 #: A file to which twrun writes, as it ends, the modules it held: everything imported while

@@ -18,6 +18,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from taskwatcher.cli.progress import progress_of
 from taskwatcher.cli.render import STATUS_STYLES, cell, escape, human_duration
 from taskwatcher.engine import control, housekeeping
 from taskwatcher.engine.lifecycle import Status
@@ -28,15 +29,6 @@ DETAIL_KEYS = ("testcase_name", "testcase_id", "info", "step", "message", "statu
 QUIT_KEYS = {"q", "Q"}
 BAR_WIDTH = 10
 PROGRESS_WIDTH = BAR_WIDTH + 7  # the bar, a space and "100.0%"
-
-
-def progress_of(feedback: dict[str, str]) -> float | None:
-    """The numeric `progress` key clamped to 0-100, or None when absent or not a number."""
-    try:
-        value = float(feedback["progress"])
-    except (KeyError, ValueError):
-        return None
-    return min(max(value, 0.0), 100.0) if value == value else None
 
 
 def _heartbeat_cell(record: dict[str, Any]) -> Text:

@@ -36,7 +36,10 @@ class UniqueConflict(TaskwatcherError):
 
 
 class LaunchError(TaskwatcherError):
-    """The command could not be started; exit_code follows timeout(1): 126 or 127."""
+    """The command could not be started; exit_code follows timeout(1): 126 or 127. `taskid`
+    names the task once it has been recorded FAILED for it."""
+
+    taskid: int | None = None
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)

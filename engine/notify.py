@@ -54,7 +54,7 @@ class NotifySocket:
     socket and its folder are removed by `close`."""
 
     def __init__(self) -> None:
-        self._folder = _private_folder("taskwatcher-notify-")
+        self._folder = private_folder("taskwatcher-notify-")
         self.address = os.path.join(self._folder, "notify")  # NOTIFY_SOCKET
         self._socket = socket.socket(
             socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
@@ -131,7 +131,7 @@ def parse(datagram: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
-def _private_folder(prefix: str) -> str:
+def private_folder(prefix: str) -> str:
     """A new folder only we may enter, named `prefix` and 96 random bits, as mkdtemp makes
     one (whose module, tempfile, costs a supervisor some milliseconds to import)."""
     parent = next(

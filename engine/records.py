@@ -93,13 +93,18 @@ class Task:
     def started(self) -> bool:
         return self.status != Status.RESERVED and self.starttime is not None
 
+    def heartbeat_age(self, now: float) -> float | None:
+        """Seconds since the last heartbeat (since the start before any); None until started."""
+        if not self.started:
+            return None
+        return now - (self.heartbeat if self.heartbeat is not None else self.starttime)
+
     def as_json(self, now: float) -> dict[str, Any]:
         """As `twctl list --json` shows it: DESIGN.md's keys first, computed times as of now."""
-        last_sign_of_life = self.heartbeat if self.heartbeat is not None else self.starttime
         values = dict(vars(self))  # not asdict(), which deep-copies every field: see Ended
         values.update(
             duration=now - self.starttime if self.started else None,
-            timer=now - last_sign_of_life if self.started else None,
+            timer=self.heartbeat_age(now),
         )
         return {key: values[key] for key in TASK_JSON_KEYS}
 
@@ -140,6 +145,16 @@ class Ended:
         streaming a long history spend most of its time copying (20 s for 100,000 rows).
         """
         return {key: getattr(self, key) for key in ENDED_JSON_KEYS}
+
+
+@dataclass(frozen=True)
+class Tally:
+    """History summed up for one task name and outcome, as monitoring reads it."""
+
+    taskname: str | None
+    outcome: str
+    count: int  # how many ended within the window asked for
+    last_end: float  # when the latest of them ended, whatever the window
 
 
 #: `list --json`: the keys DESIGN.md promises, in its order, then the extras.

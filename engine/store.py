@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.location import is_url
-from taskwatcher.engine.records import Ended, Ending, Launch, Task
+from taskwatcher.engine.records import Ended, Ending, Launch, Tally, Task
 from taskwatcher.engine.settings import reservation_ttl_from_env
 
 
@@ -89,6 +89,7 @@ class Store(Protocol):
     def history_of(self, taskid: int) -> Ended | None: ...
     def history(self, **filters: Any) -> list[Ended]: ...
     def iter_history(self, **filters: Any) -> Iterator[Ended]: ...
+    def history_tally(self, since: float) -> list[Tally]: ...
 
     # waiting for other processes
     def wait_for_change(self, timeout: float) -> bool:

@@ -262,6 +262,7 @@ def _launch(
     except OSError as error:
         failure = LaunchError(f"cannot start the command: {error.strerror}", SUPERVISOR_FAILED)
     row.archive(TaskEnd(row.taskid, Status.FAILED, failure.exit_code, None, str(failure)), None)
+    failure.taskid = row.taskid
     raise failure
 
 

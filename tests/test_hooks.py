@@ -1,0 +1,191 @@
+"""`twrun --on-exit` / `--on-failure`: real hooks run after real tasks are archived, told how
+the task ended, bounded by their timeout, and unable to change the record or the exit status."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fault_helpers import assert_one_line, gone, reserve, twctl, twctl_json, wait_running
+from tests.helpers import BIN, run_cli, wait_for
+
+#: A hook that writes what it was told (its TASKWATCHER_ variables and the feedback file's
+#: JSON) to the file named by its argument.
+REPORTER = """
+import json, os, sys
+told = {k: v for k, v in os.environ.items() if k.startswith("TASKWATCHER_")}
+with open(told["TASKWATCHER_FEEDBACK_JSON"], "rb") as stream:
+    told["feedback"] = json.load(stream)
+with open(sys.argv[1], "w") as out:
+    json.dump(told, out)
+"""
+
+
+@pytest.fixture
+def reporter(tmp_path: Path):
+    """A hook command line, and how to read what it was told (None if it never ran)."""
+    script = tmp_path / "reporter.py"
+    script.write_text(REPORTER)
+
+    def hook(name: str = "told.json") -> str:
+        return shlex.join([sys.executable, str(script), str(tmp_path / name)])
+
+    def told(name: str = "told.json") -> dict | None:
+        path = tmp_path / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    hook.told = told  # type: ignore[attr-defined]
+    return hook
+
+
+def twrun(db: Path, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return run_cli("twrun", "--db", db, "--output", "log", *argv, timeout=timeout)
+
+
+FEEDBACK_THEN = 'printf "[step]last\\n" > "$TASKWATCHER_FEEDBACK"; '
+
+
+@pytest.mark.parametrize(
+    ("script", "options", "outcome", "code"),
+    [
+        ("exit 0", [], "COMPLETED", 0),
+        ("exit 3", [], "FAILED", 3),
+        ("kill -USR1 $$", [], "KILLED", 138),
+        ("sleep 30", ["--timeout", "0.5"], "TIMEOUT", 124),
+        ("sleep 30", ["--max-runtime", "0.5"], "TIMEOUT", 124),
+    ],
+)
+def test_a_hook_is_told_how_the_task_ended(db_path, reporter, script, options, outcome, code):
+    result = twrun(
+        db_path, "--name", "job", "--on-exit", reporter(), *options,
+        "--", "sh", "-c", FEEDBACK_THEN + script,
+    )  # fmt: skip
+    assert result.returncode == code, result.stderr
+    (ended,) = twctl_json(db_path, "history")
+    told = reporter.told()
+    assert told is not None, result.stderr
+    feedback_json = told.pop("TASKWATCHER_FEEDBACK_JSON")
+    assert told == {
+        "TASKWATCHER_TASKID": str(ended["taskid"]),
+        "TASKWATCHER_NAME": "job",
+        "TASKWATCHER_OUTCOME": outcome,
+        "TASKWATCHER_EXITCODE": str(code),
+        "TASKWATCHER_DURATION": f"{ended['duration']:.3f}",
+        "TASKWATCHER_LOG": ended["logfile"],
+        "feedback": ended["feedback"],
+    }
+    assert ended["outcome"] == outcome and ended["feedback"] == {"step": "last"}
+    assert not Path(feedback_json).exists() and not Path(feedback_json).parent.exists()
+
+
+def test_a_killed_task_and_one_that_could_not_start_run_their_hooks(db_path, reporter):
+    taskid = reserve(db_path, "--name", "victim")
+    argv = [BIN / "twrun", "--db", db_path, "--taskid", taskid, "--output", "log"]
+    running = subprocess.Popen(
+        [*map(str, argv), "--on-failure", reporter("killed.json"), "--", "sleep", "30"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_running(db_path, taskid)
+    twctl(db_path, "kill", str(taskid))
+    _, stderr = running.communicate(timeout=60)
+    assert (reporter.told("killed.json") or {}).get("TASKWATCHER_OUTCOME") == "KILLED", stderr
+
+    result = twrun(db_path, "--on-failure", reporter("missing.json"), "--", "no-such-command-x")
+    assert result.returncode == 127
+    told = reporter.told("missing.json")
+    assert told is not None, result.stderr
+    assert (told["TASKWATCHER_OUTCOME"], told["TASKWATCHER_EXITCODE"]) == ("FAILED", "127")
+    assert told["feedback"] is None  # it wrote none, as history says
+
+
+def test_on_failure_hooks_skip_a_completed_task(db_path, reporter):
+    ok = twrun(
+        db_path, "--on-failure", reporter("a.json"), "--on-exit", reporter("b.json"), "--", "true"
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert reporter.told("a.json") is None and reporter.told("b.json") is not None
+
+
+def test_a_failing_hook_is_a_warning_and_a_log_line_never_a_changed_outcome(db_path, reporter):
+    result = twrun(
+        db_path, "--on-exit", "sh -c 'exit 7'", "--on-exit", "no-such-hook-x",
+        "--on-exit", reporter(), "--", "sh", "-c", "echo done",
+    )  # fmt: skip
+    assert result.returncode == 0
+    warnings = result.stderr.splitlines()
+    assert warnings == [
+        "twrun: warning: hook sh -c 'exit 7': exited with status 7",
+        "twrun: warning: hook no-such-hook-x: command not found: no-such-hook-x",
+    ]
+    assert reporter.told() is not None  # the hooks after a failed one still run
+    (ended,) = twctl_json(db_path, "history")
+    assert ended["outcome"] == "COMPLETED" and ended["exitcode"] == 0
+    log = Path(ended["logfile"]).read_text()
+    assert log == "done\n" + "".join(line.replace("warning: ", "") + "\n" for line in warnings)
+
+
+def test_a_hook_that_hangs_is_stopped_with_what_it_started(db_path, tmp_path):
+    pids = tmp_path / "pids"
+    hook = f"sh -c 'sleep 60 & echo $! > {pids}; echo $$ >> {pids}; wait'"
+    started = time.monotonic()
+    result = twrun(
+        db_path, "--hook-timeout", "0.5", "--grace", "1", "--on-exit", hook, "--", "true"
+    )
+    assert result.returncode == 0
+    assert time.monotonic() - started < 30
+    assert_one_line(result.stderr, "twrun: warning: hook sh -c")
+    assert "still running after 0.5 s: stopped" in result.stderr
+    for pid in map(int, pids.read_text().split()):
+        assert gone(pid)
+
+
+def test_wait_returns_when_the_task_is_archived_before_its_hooks(db_path, tmp_path):
+    gate = tmp_path / "gate"
+    taskid = reserve(db_path)
+    hook = f"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done'"
+    argv = [BIN / "twrun", "--db", db_path, "--taskid", taskid, "--on-exit", hook, "--", "true"]
+    supervisor = subprocess.Popen(list(map(str, argv)), stdout=subprocess.DEVNULL)
+    try:
+        waited = run_cli("twctl", "--db", db_path, "wait", str(taskid), "--timeout", "30")
+        assert waited.returncode == 0, waited.stderr
+        assert supervisor.poll() is None  # its hook still holds it
+    finally:
+        gate.touch()
+    assert supervisor.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize(("option", "value"), [("--on-exit", "echo 'unclosed"), ("--on-exit", " ")])
+def test_a_hook_that_cannot_be_split_is_refused_before_anything_runs(db_path, option, value):
+    result = run_cli("twrun", "--db", db_path, option, value, "--", "true")
+    assert result.returncode == 125
+    assert_one_line(result.stderr, "twrun: ")
+    assert not db_path.exists() or twctl_json(db_path, "history") == []
+
+
+def test_hooks_leave_nothing_when_none_applies(db_path):
+    result = twrun(db_path, "--on-failure", "sh -c 'exit 9'", "--", "true")
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_ctrl_c_during_a_hook_stops_it_and_keeps_the_task_s_status(db_path, tmp_path):
+    pid_file, second = tmp_path / "hookpid", tmp_path / "second"
+    argv = [
+        BIN / "twrun", "--db", db_path, "--output", "log",
+        "--on-exit", f"sh -c 'echo $$ > {pid_file}; sleep 60'", "--on-exit", f"touch {second}",
+        "--", "sh", "-c", "exit 4",
+    ]  # fmt: skip
+    supervisor = subprocess.Popen(list(map(str, argv)), stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
+    supervisor.send_signal(signal.SIGINT)
+    _, stderr = supervisor.communicate(timeout=60)
+    assert supervisor.returncode == 4
+    assert "interrupted" in assert_one_line(stderr, "twrun: warning: ")
+    assert gone(int(pid_file.read_text())) and not second.exists()
