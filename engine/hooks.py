@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -102,28 +103,49 @@ def hook_environment(ended: Ended, feedback_json: str) -> dict[str, str]:
 def _run(hook: Hook, env: dict[str, str], timeout: float, grace: float) -> str | None:
     """Run one hook in a process group of its own; what went wrong, in words, or None.
 
-    Whatever it leaves in its group (a background job it forgot) is stopped with it.
+    Whatever it leaves in its group (a background job it forgot) is stopped with it, and so
+    is the hook on a Ctrl-C of twrun (the terminal's Ctrl-C does not reach its group).
     """
+    started, interrupted = _start(hook, env)
+    if isinstance(started, str):
+        if interrupted:
+            raise KeyboardInterrupt
+        return started
+    child, leader = started, None
     try:
-        child, _ = process.spawn(hook.argv, env)
-    except LaunchError as error:
-        return str(error)
-    except OSError as error:
-        return f"cannot start: {error.strerror or error}"
-    leader = process.identity_of(child.pid)
-    try:
+        leader = process.identity_of(child.pid)
+        if interrupted:
+            raise KeyboardInterrupt
         status = child.wait(timeout)
     except subprocess.TimeoutExpired:
         _stop(leader, child.pid, grace)
         child.wait()
         return f"still running after {timeout:g} s: stopped"
-    except BaseException:  # Ctrl-C of twrun: its group is not the terminal's, stop it here
-        _stop(leader, child.pid, grace)
+    except BaseException:
+        _stop(leader or process.identity_of(child.pid), child.pid, grace)
         child.wait()
         raise
     if not process.left_nothing(child.pid):
         _stop(leader, child.pid, grace)
     return _failure(status)
+
+
+def _start(hook: Hook, env: dict[str, str]) -> tuple[subprocess.Popen | str, list[int]]:
+    """The hook's process, or why it could not start; and whether a Ctrl-C came meanwhile,
+    held back until then: raised inside spawn, it would leave a hook nobody knows the pid of.
+    (The list, not a flag, is returned: a Ctrl-C just before the handler goes back counts.)"""
+    caught: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        return process.spawn(hook.argv, env)[0], caught
+    except LaunchError as error:
+        return str(error), caught
+    except OSError as error:
+        return f"cannot start: {error.strerror or error}", caught
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _stop(leader: process.ProcessIdentity | None, pgid: int, grace: float) -> None:
