@@ -59,16 +59,25 @@ def add_metrics(sub) -> None:
     )
     parser.add_argument(
         "--textfile",
-        type=Path,
+        type=_file_path,
         metavar="PATH",
         help="write to PATH atomically instead of printing (name it *.prom for node_exporter)",
     )
 
 
+def _file_path(text: str) -> Path:
+    """argparse type: a path that can name a file (`""`, `.` and `/` cannot)."""
+    path = Path(text)
+    if not text or not path.name or path.name in (".", ".."):
+        raise argparse.ArgumentTypeError(f"not a file name: {text!r}")
+    return path
+
+
 def _cmd_metrics(store: Store, args: argparse.Namespace) -> int:
     text = exposition(collect(store, window=args.window))
     if args.textfile is None:
-        sys.stdout.write(text)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode())  # the format is UTF-8 whatever the locale
         return 0
     try:
         write_atomically(args.textfile, text.encode())
@@ -135,7 +144,7 @@ def _history(store: Store, now: float, window: float) -> list[Family]:
         "When the last task of this name and outcome ended, unix time (whole history).",
     )
     for tally in store.history_tally(now - window):
-        labels = {"name": tally.taskname or "", "outcome": tally.outcome}
+        labels = {"name": tally.taskname, "outcome": tally.outcome}
         ended.add(tally.count, **labels)
         last.add(tally.last_end, **labels)
     span = Family("taskwatcher_ended_window_seconds", "The window taskwatcher_ended_tasks counts.")

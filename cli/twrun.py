@@ -31,6 +31,7 @@ from taskwatcher.engine.hooks import (
     note_in_log,
     run_hooks,
 )
+from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.output import DEFAULT_LOG_MAX_BYTES
 from taskwatcher.engine.request import DEFAULT_GRACE, DEFAULT_HEARTBEAT, Heartbeat, LaunchRequest
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL
@@ -213,8 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidRequest as error:
         fail(f"twrun: {error}", SUPERVISOR_FAILED)
     # Outside supervision a kill request has nothing to stop, and its default action would
-    # kill twrun: a late `twctl kill` must not turn the child's exit status into 138.
-    signal.signal(KILL_REQUEST_SIGNAL, signal.SIG_IGN)
+    # kill twrun: a late `twctl kill` must not turn the child's exit status into 138. A
+    # handler that does nothing, not SIG_IGN: an ignored signal stays ignored in what twrun
+    # starts (hooks), a handled one is reset by exec.
+    signal.signal(KILL_REQUEST_SIGNAL, _ignore_signal)
     try:
         with open_store(args.db) as store:
             end = _supervise(store, request, hooks, args)
@@ -252,7 +255,7 @@ def _run_hooks(store: Store, taskid: int, hooks: list[Hook], args: argparse.Name
     except TaskwatcherError as error:
         _warn(f"hooks not run: the task's record cannot be read: {error}")
         return
-    if ended is None:  # archived as LOST by another process meanwhile: no end of ours
+    if ended is None or ended.outcome == Status.LOST:  # not an end this twrun saw
         return
 
     def warn(message: str) -> None:
@@ -263,6 +266,12 @@ def _run_hooks(store: Store, taskid: int, hooks: list[Hook], args: argparse.Name
         run_hooks(hooks, ended, timeout=args.hook_timeout, grace=args.grace, warn=warn)
     except KeyboardInterrupt:  # the task's end stands, and so does its exit status
         warn("interrupted: the hook running was stopped and the others skipped")
+    except OSError as error:  # no room for the feedback file, say: hooks are not the task
+        warn(f"hooks not run: {error.strerror or error}")
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """A signal handler that does nothing (see main)."""
 
 
 def _warn(message: str) -> None:

@@ -8,12 +8,13 @@ Linux allows a single environment string.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
+import stat
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -67,7 +68,8 @@ def run_hooks(
     warn: Callable[[str], None],
 ) -> None:
     """Run, one after the other, the hooks that apply to how the task ended; `warn` is told
-    of each that failed, timed out or could not start."""
+    of each that failed, timed out or could not start. A Ctrl-C, SIGTERM or SIGHUP of twrun
+    meanwhile stops the hook running and skips the rest (KeyboardInterrupt)."""
     chosen = [hook for hook in hooks if hook.applies_to(ended)]
     if not chosen:
         return
@@ -76,15 +78,61 @@ def run_hooks(
     try:
         with open(feedback_json, "wb") as stream:
             stream.write(orjson.dumps(ended.feedback))
-        env = {**os.environ, **hook_environment(ended, feedback_json)}
-        for hook in chosen:
-            trouble = _run(hook, env, timeout, grace)
-            if trouble:
-                warn(f"hook {hook}: {trouble}")
-    finally:  # the folder is ours alone (0700): only our file can be in it
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(feedback_json)
-        os.rmdir(folder)
+        env = {**_inherited(os.environ), **hook_environment(ended, feedback_json)}
+        with _Interrupts() as interrupts:
+            for hook in chosen:
+                trouble = _run(hook, env, timeout, grace, interrupts)
+                if trouble:
+                    warn(f"hook {hook}: {trouble}")
+    finally:
+        import shutil  # only where hooks ran: what a hook left in the folder goes too
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+#: What twrun's own environment may hold for twrun alone: the socket of the systemd unit it
+#: runs under, and that unit's watchdog, are not a hook's to speak to.
+_NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")
+
+
+def _inherited(environ: Mapping[str, str]) -> dict[str, str]:
+    return {key: value for key, value in environ.items() if key not in _NOT_INHERITED}
+
+
+class _Interrupts:
+    """While hooks run, the signals that stop twrun (Ctrl-C, SIGTERM, SIGHUP) raise
+    KeyboardInterrupt, so the hook's group, which is not the terminal's, is stopped with
+    twrun instead of left behind; while a hook is being started they are held back until its
+    pid is known. Signals twrun's starter ignored stay ignored."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        for signum in self.SIGNALS:
+            previous = signal.getsignal(signum)
+            if previous is not signal.SIG_IGN:
+                self._previous[signum] = signal.signal(signum, self._arrived)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _arrived(self, signum: int, frame: object) -> None:
+        if self.holding:
+            self.pending.append(signum)
+        else:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raise for a signal held back while a hook was being started."""
+        if self.pending:
+            raise KeyboardInterrupt
 
 
 def hook_environment(ended: Ended, feedback_json: str) -> dict[str, str]:
@@ -100,57 +148,51 @@ def hook_environment(ended: Ended, feedback_json: str) -> dict[str, str]:
     }
 
 
-def _run(hook: Hook, env: dict[str, str], timeout: float, grace: float) -> str | None:
-    """Run one hook in a process group of its own; what went wrong, in words, or None.
-
-    Whatever it leaves in its group (a background job it forgot) is stopped with it, and so
-    is the hook on a Ctrl-C of twrun (the terminal's Ctrl-C does not reach its group).
-    """
-    started, interrupted = _start(hook, env)
-    if isinstance(started, str):
-        if interrupted:
-            raise KeyboardInterrupt
-        return started
-    child, leader = started, None
+def _run(
+    hook: Hook, env: dict[str, str], timeout: float, grace: float, interrupts: _Interrupts
+) -> str | None:
+    """Run one hook in a process group of its own, stdin closed (a hook reading a terminal
+    it does not own would stop); what went wrong, in words, or None. Whatever it leaves in
+    its group (a background job it forgot) is stopped with it."""
+    interrupts.holding = True
     try:
+        child, _ = process.spawn(hook.argv, env, stdin=subprocess.DEVNULL)
+    except (LaunchError, OSError) as error:
+        interrupts.holding = False
+        interrupts.check()  # nothing started: nothing to stop
+        return str(error) if isinstance(error, LaunchError) else f"cannot start: {error.strerror}"
+    leader = None
+    try:  # from here a signal, held back or not, stops the hook
+        interrupts.holding = False
         leader = process.identity_of(child.pid)
-        if interrupted:
-            raise KeyboardInterrupt
+        interrupts.check()
         status = child.wait(timeout)
     except subprocess.TimeoutExpired:
-        _stop(leader, child.pid, grace)
-        child.wait()
+        _stop(leader, child, grace, interrupts)
         return f"still running after {timeout:g} s: stopped"
     except BaseException:
-        _stop(leader or process.identity_of(child.pid), child.pid, grace)
-        child.wait()
+        _stop(leader or process.identity_of(child.pid), child, grace, interrupts)
         raise
     if not process.left_nothing(child.pid):
-        _stop(leader, child.pid, grace)
+        _stop(leader, child, grace, interrupts)
     return _failure(status)
 
 
-def _start(hook: Hook, env: dict[str, str]) -> tuple[subprocess.Popen | str, list[int]]:
-    """The hook's process, or why it could not start; and whether a Ctrl-C came meanwhile,
-    held back until then: raised inside spawn, it would leave a hook nobody knows the pid of.
-    (The list, not a flag, is returned: a Ctrl-C just before the handler goes back counts.)"""
-    caught: list[int] = []
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is signal.default_int_handler:
-        signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+def _stop(
+    leader: process.ProcessIdentity | None,
+    child: subprocess.Popen,
+    grace: float,
+    interrupts: _Interrupts,
+) -> None:
+    """Stop the hook's group and reap its leader; a second Ctrl-C meanwhile cannot cut it
+    short (it is held back: the stop already answers it)."""
+    interrupts.holding = True
     try:
-        return process.spawn(hook.argv, env)[0], caught
-    except LaunchError as error:
-        return str(error), caught
-    except OSError as error:
-        return f"cannot start: {error.strerror or error}", caught
+        if leader is not None:
+            process.terminate_task(leader, child.pid, grace)
+        child.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _stop(leader: process.ProcessIdentity | None, pgid: int, grace: float) -> None:
-    if leader is not None:
-        process.terminate_task(leader, pgid, grace)
+        interrupts.holding = False
 
 
 def _failure(status: int) -> str | None:
@@ -166,12 +208,14 @@ def note_in_log(logfile: str | None, line: str) -> None:
     (cleared, never captured) or that became something else (a link) is left alone."""
     if not logfile:
         return
-    try:
-        fd = os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:  # best effort: the same line is on stderr already
+        fd = os.open(logfile, flags)
+        with os.fdopen(fd, "ab") as stream:
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # never a FIFO or a device put there
+                stream.write(f"{line}\n".encode(errors="backslashreplace"))
     except OSError:
         return
-    with os.fdopen(fd, "ab") as stream:
-        stream.write(f"{line}\n".encode(errors="backslashreplace"))
 
 
 def hooks_from_options(on_exit: Iterable[str], on_failure: Iterable[str]) -> list[Hook]:

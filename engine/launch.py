@@ -47,11 +47,12 @@ def spawn(
     *,
     die_with_parent: bool = True,
     pipes: int = 0,
+    stdin: int | None = None,
 ) -> tuple[subprocess.Popen, tuple[int, ...]]:
     """Start argv exactly as given (no shell) as leader of a new process group, with the
     read ends (the caller's to close) of the `pipes` its output goes to: 0, it inherits
     stdout and stderr; 1, both go to one pipe, whose order is then exactly theirs; 2, one
-    each, stdout first. stdin is always inherited.
+    each, stdout first. stdin is inherited unless given (`subprocess.DEVNULL`).
 
     The own group lets the whole task be signalled with one killpg() and keeps terminal
     signals meant for the supervisor away from it. env None inherits the caller's environment.
@@ -76,6 +77,7 @@ def spawn(
             process_group=0,
             close_fds=True,
             preexec_fn=arm_death_signal,
+            stdin=stdin,
             stdout=writers[0],
             stderr=writers[-1],
         )

@@ -151,7 +151,7 @@ class Ended:
 class Tally:
     """History summed up for one task name and outcome, as monitoring reads it."""
 
-    taskname: str | None
+    taskname: str  # "" for tasks without a name
     outcome: str
     count: int  # how many ended within the window asked for
     last_end: float  # when the latest of them ended, whatever the window

@@ -149,29 +149,28 @@ class SqlReads:
     def history_tally(self, since: float) -> list[Tally]:
         """Per name and outcome: how many ended at or after `since`, and when the last of
         them ended over the whole history (monitoring's "last success" needs no window).
+        No name and the empty name are one name here, as monitoring labels show them.
 
-        Two grouped scans, not a walk of the rows: a scrape every 15 s of a history of
-        100,000 rows must stay cheap.
+        Two grouped reads of the `history_tally` index, not a walk of the rows: a scrape
+        every 15 s of a history of 100,000 rows must stay cheap.
         """
-        counted = {
-            (row["taskname"], row["outcome"]): int(row["n"])
-            for row in self._db.rows(
-                "SELECT taskname, outcome, count(*) AS n FROM history WHERE endtime >= ?"
-                " GROUP BY taskname, outcome",
-                (since,),
-            )
-        }
+        group = " GROUP BY taskname, outcome"
+        counted: dict[tuple[str, str], int] = {}
+        for row in self._db.rows(
+            f"SELECT taskname, outcome, count(*) AS n FROM history WHERE endtime >= ?{group}",
+            (since,),
+        ):
+            key = (row["taskname"] or "", row["outcome"])
+            counted[key] = counted.get(key, 0) + int(row["n"])
+        last: dict[tuple[str, str], float] = {}
+        for row in self._db.rows(
+            f"SELECT taskname, outcome, max(endtime) AS last FROM history{group}"
+        ):
+            key = (row["taskname"] or "", row["outcome"])
+            last[key] = max(last.get(key, row["last"]), row["last"])
         return [
-            Tally(
-                row["taskname"],
-                row["outcome"],
-                counted.get((row["taskname"], row["outcome"]), 0),
-                float(row["last"]),
-            )
-            for row in self._db.rows(
-                "SELECT taskname, outcome, max(endtime) AS last FROM history"
-                " GROUP BY taskname, outcome ORDER BY taskname, outcome"
-            )
+            Tally(name, outcome, counted.get((name, outcome), 0), float(ended))
+            for (name, outcome), ended in sorted(last.items())
         ]
 
     def wait_for_change(self, timeout: float) -> bool:

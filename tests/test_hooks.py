@@ -4,6 +4,7 @@ the task ended, bounded by their timeout, and unable to change the record or the
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -189,3 +190,45 @@ def test_ctrl_c_during_a_hook_stops_it_and_keeps_the_task_s_status(db_path, tmp_
     assert supervisor.returncode == 4
     assert "interrupted" in assert_one_line(stderr, "twrun: warning: ")
     assert gone(int(pid_file.read_text())) and not second.exists()
+
+
+def test_sigterm_of_twrun_during_a_hook_stops_the_hook_s_group(db_path, tmp_path):
+    pids = tmp_path / "pids"
+    hook = f"sh -c 'sleep 60 & echo $! > {pids}; echo $$ >> {pids}; wait'"
+    argv = [BIN / "twrun", "--db", db_path, "--on-exit", hook, "--", "sh", "-c", "exit 5"]
+    supervisor = subprocess.Popen(list(map(str, argv)), stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2)
+    supervisor.terminate()
+    _, stderr = supervisor.communicate(timeout=60)
+    assert supervisor.returncode == 5, stderr
+    assert "interrupted" in assert_one_line(stderr, "twrun: warning: ")
+    for pid in map(int, pids.read_text().split()):
+        assert gone(pid)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("taskwatcher-hook-")]
+
+
+def test_a_hook_starts_clean_stdin_closed_signals_default_no_notify_socket(db_path, tmp_path):
+    seen = tmp_path / "seen"
+    probe = (
+        f'{{ grep -E "^Sig(Ign|Blk)" /proc/self/status; read line || echo "stdin: eof";'
+        f' echo "notify: ${{NOTIFY_SOCKET:-none}} ${{WATCHDOG_USEC:-none}}"; }} > {seen}'
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "5000000"}
+    result = subprocess.run(
+        [str(BIN / "twrun"), "--db", str(db_path), "--on-exit", shlex.join(["sh", "-c", probe]),
+         "--", "true"],
+        input="a line the hook must not read\n", capture_output=True, text=True, env=env,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(":", 1) for line in seen.read_text().splitlines())
+    assert int(lines["SigIgn"], 16) == 0 and int(lines["SigBlk"], 16) == 0
+    assert lines["stdin"].strip() == "eof" and lines["notify"].strip() == "none none"
+
+
+def test_what_a_hook_leaves_beside_the_feedback_json_goes_with_it(db_path, tmp_path):
+    hook = 'sh -c \'touch "$TASKWATCHER_FEEDBACK_JSON.bak"; echo "$TASKWATCHER_FEEDBACK_JSON"\''
+    result = twrun(db_path, "--on-exit", hook, "--", "true")
+    assert (result.returncode, result.stderr) == (0, "")
+    folder = Path(result.stdout.strip()).parent
+    assert folder.name.startswith("taskwatcher-hook-") and not folder.exists()

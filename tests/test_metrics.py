@@ -22,7 +22,7 @@ from tests.fault_helpers import (
     twrun,
     wait_running,
 )
-from tests.helpers import run_cli, wait_for
+from tests.helpers import BIN, run_cli, wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -200,3 +200,31 @@ def _umask() -> int:
     would change it for the other tests' threads)."""
     code = "import os; print(os.umask(0))"
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
+
+
+def test_no_name_and_the_empty_name_are_one_series(db_path):
+    for argv in (["reserve"], ["reserve", "--name", ""]):
+        twctl(db_path, *argv)
+    for taskid in ("1", "2"):
+        twctl(db_path, "kill", taskid)
+    samples = scrape(twctl(db_path, "metrics"))
+    assert samples["taskwatcher_ended_tasks", labels(name="", outcome="EXPIRED")] == 2
+
+
+@pytest.mark.parametrize("path", ["", ".", "/", "..", "out/.."])
+def test_a_textfile_that_cannot_name_a_file_is_a_usage_error(db_path, path):
+    result = run_cli("twctl", "--db", db_path, "metrics", "--textfile", path)
+    assert result.returncode == 2
+    assert "--textfile" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_output_is_utf8_whatever_the_locale(db_path):
+    reserve(db_path, "--name", "日本")
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1", "LC_ALL": "C"}
+    result = subprocess.run(
+        [str(BIN / "twctl"), "--db", str(db_path), "metrics"], capture_output=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert ("taskwatcher_live_tasks", labels(name="日本", status="RESERVED")) in scrape(
+        result.stdout.decode()
+    )
