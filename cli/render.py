@@ -12,11 +12,16 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
+from taskwatcher.cli.fit import FIXED, Fit
 from taskwatcher.engine.records import storable
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 # C0 controls, DEL and C1 controls: a task name must never move the cursor or colour the screen.
 _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]} | {
@@ -108,12 +113,14 @@ def yes_no(flag: object) -> str:
 
 @dataclass(frozen=True)
 class Column:
-    """One table column: its header, the record key it shows and how a value becomes text."""
+    """One table column: its header, the record key it shows, how a value becomes text and
+    how the column gives way on a narrow terminal."""
 
     header: str
     key: str
     human: Callable[[Any], str] = cell
     plain: Callable[[Any], str] = cell
+    fit: Fit = FIXED
 
 
 def _plain_seconds(value: float | None) -> str:
@@ -219,7 +226,7 @@ def _print_rich(
         print(empty, file=out)
     while batch is not None:
         following = next(batches, None)
-        console.print(rich_table(batch, columns, title, None if following else caption))
+        console.print(rich_table(console, batch, columns, title, None if following else caption))
         title, batch = None, following
 
 
@@ -230,26 +237,39 @@ def _batches(records: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def rich_table(
+    console: Console,
     records: Sequence[dict[str, Any]],
     columns: Sequence[Column],
     title: str | None,
     caption: str | None = None,
-):
-    """A rich Table for terminals: human times, coloured statuses, cells never read as markup."""
-    from rich.table import Table
+) -> Table:
+    """A rich Table within the console's width: human times, coloured statuses, cells never
+    read as markup, free text cut and the least needed columns left out when it is narrow."""
     from rich.text import Text
 
-    table = Table(title=title, caption=caption, header_style="bold", expand=False)
-    for column in columns:
-        table.add_column(column.header, overflow="fold")
+    from taskwatcher.cli.fit import cut_text, fitted_table
+
+    rows = []
     for record in records:
         cells = []
         for column in columns:
             value = record.get(column.key)
             style = STATUS_STYLES.get(value, "") if column.key in ("status", "outcome") else ""
-            cells.append(Text(column.human(value), style=style))
-        table.add_row(*cells)
-    return table
+            text = column.human(value)
+            cells.append(cut_text(text, style) if column.fit.free else Text(text, style=style))
+        rows.append(cells)
+    headers = [column.header for column in columns]
+    fits = [column.fit for column in columns]
+    return fitted_table(
+        console,
+        console.width,
+        headers,
+        fits,
+        rows,
+        title=title,
+        caption=caption,
+        header_style="bold",
+    )
 
 
 def print_json(value: Any, *, pretty: bool = False, out: TextIO | None = None) -> None:

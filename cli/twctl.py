@@ -191,7 +191,7 @@ def _cmd_show(store: Store, args: argparse.Namespace) -> int:
 def _cmd_watch(store: Store, args: argparse.Namespace) -> int:
     from taskwatcher.cli.watch import watch
 
-    return watch(store, once=args.once, interval=args.interval)
+    return watch(store, once=args.once, interval=args.interval, as_json=args.json)
 
 
 def _seconds_option(
@@ -347,6 +347,7 @@ def _add_reads(sub) -> None:
     )
     watch.add_argument("--once", action="store_true", help="print one frame and exit")
     _seconds_option(watch, "--interval", 1.0, "seconds between refreshes", positive_seconds)
+    json_flag(watch)
 
 
 def _add_stops(sub) -> None:
