@@ -10,6 +10,7 @@ from taskwatcher.cli import interruptible, waiting
 from taskwatcher.cli.aliases import expand_aliases
 from taskwatcher.cli.columns import HISTORY_COLUMNS, LIST_COLUMNS
 from taskwatcher.cli.common import (
+    SubcommandParser,
     add_db_option,
     fail,
     json_flag,
@@ -21,7 +22,7 @@ from taskwatcher.cli.common import (
     subcommand,
     task_id,
 )
-from taskwatcher.cli.helpformat import HelpFormatter
+from taskwatcher.cli.helpformat import HelpFormatter, add_version_option
 from taskwatcher.cli.history import PAGE, HistoryWalk, terminal_page
 from taskwatcher.cli.logs import add_log_commands, report_left_logs
 from taskwatcher.cli.render import (
@@ -201,16 +202,22 @@ def _names(statuses: Iterable[Status]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The twctl command line: one subcommand per operation, plus the spec's flag aliases."""
+    """The twctl command line: one subcommand per operation (the flags of taskwatcher 1.x
+    are rewritten into them before parsing, see aliases)."""
     parser = argparse.ArgumentParser(
         prog="twctl",
         formatter_class=HelpFormatter,
-        description="Control taskwatcher tasks. The spec's --list, --reserve, --feedback ID, "
-        "--history, --clear, --kill ID, --killall NAME, --initialize and --update also work.",
+        description="Control taskwatcher tasks. The flags of taskwatcher 1.x (--list, "
+        "--reserve, --feedback ID, --history, --clear, --kill ID, --killall NAME, --initialize, "
+        "--update) still work.",
+        epilog="twctl COMMAND --help shows a command's options and an example.",
     )
     add_db_option(parser)
     parser.add_argument("-v", "--debug", action="count", default=0, help="more logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_version_option(parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=SubcommandParser
+    )
     _add_upkeep(sub)
     _add_reads(sub)
     _add_stops(sub)
@@ -226,7 +233,7 @@ def _add_upkeep(sub) -> None:
         "init",
         _cmd_init,
         "create or recreate the database (all is lost)",
-        "twctl init --force",
+        "twctl --db ./lab.db init",
     )
     init.add_argument("--force", action="store_true", help="even while tasks are live")
 
@@ -268,7 +275,12 @@ def _add_reads(sub) -> None:
     """list, feedback, history, show and watch."""
     listing = subcommand(sub, "list", _cmd_list, "show live tasks", "twctl list --json")
     listing.add_argument("--name", help="only tasks with this name")
-    listing.add_argument("--status", type=str.upper, choices=_names(LIVE_STATUSES))
+    listing.add_argument(
+        "--status",
+        type=str.upper,
+        choices=_names(LIVE_STATUSES),
+        help="only tasks in this status",
+    )
     json_flag(listing)
 
     feedback = subcommand(
@@ -289,7 +301,12 @@ def _add_reads(sub) -> None:
         "twctl history --name nightly --since 7d --json",
     )
     history.add_argument("--name", help="only tasks with this name")
-    history.add_argument("--outcome", type=str.upper, choices=_names(FINAL_STATUSES))
+    history.add_argument(
+        "--outcome",
+        type=str.upper,
+        choices=_names(FINAL_STATUSES),
+        help="only tasks that ended so",
+    )
     history.add_argument(
         "--since",
         type=parse_when,
@@ -344,7 +361,12 @@ def _add_stops(sub) -> None:
 @interruptible
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `twctl` console script."""
-    args = build_parser().parse_args(expand_aliases(sys.argv[1:] if argv is None else argv))
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not words:  # a usage error that lists the commands, on stderr like any other
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(expand_aliases(words))
     setup_logging("twctl", args.debug)
     try:
         with open_store(args.db) as store:

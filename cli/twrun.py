@@ -19,7 +19,7 @@ from taskwatcher.cli.common import (
     setup_logging,
     task_id,
 )
-from taskwatcher.cli.helpformat import RawDescriptionHelpFormatter
+from taskwatcher.cli.helpformat import RawDescriptionHelpFormatter, add_version_option
 from taskwatcher.engine.capture import OutputMode
 from taskwatcher.engine.errors import InvalidRequest, NotRecorded
 from taskwatcher.engine.output import DEFAULT_LOG_MAX_BYTES
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-feedback", action="store_true", help="leave the feedback file after the end"
     )
     parser.add_argument("-v", "--debug", action="count", default=0, help="more logging")
+    add_version_option(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     return parser
 
