@@ -52,6 +52,10 @@ EXIT_USAGE = 2
 #: their own, so they can report it LOST instead of finding it already gone.
 NO_HOUSEKEEPING = {"init", "update", "kill", "killall"}
 
+#: Commands that need no database opened for them (`completion` opens one only to read task
+#: ids, and only if it exists): their handler is called as handler(args).
+WITHOUT_STORE = {"completion"}
+
 
 def _cmd_init(store: Store, args: argparse.Namespace) -> int:
     try:
@@ -186,6 +190,16 @@ def _cmd_watch(store: Store, args: argparse.Namespace) -> int:
     return watch(store, once=args.once, interval=args.interval)
 
 
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from taskwatcher.cli import completion
+
+    if args.task_ids:
+        completion.print_task_ids(args.db)
+    else:
+        print(completion.script(args.shell, build_parser()), end="")
+    return 0
+
+
 def _seconds_option(
     parser: argparse.ArgumentParser,
     flag: str,
@@ -223,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stops(sub)
     waiting.add_wait(sub)
     add_log_commands(sub)
+    _add_completion(sub)
     return parser
 
 
@@ -358,6 +373,21 @@ def _add_stops(sub) -> None:
         )
 
 
+def _add_completion(sub) -> None:
+    """completion: the shell scripts, and the task ids they ask twctl for as they complete."""
+    completion = subcommand(
+        sub,
+        "completion",
+        _cmd_completion,
+        "print the bash or zsh completion script (commands, options, live task ids)",
+        'eval "$(twctl completion bash)"   # in ~/.bashrc\n'
+        "  source <(twctl completion zsh)    # in ~/.zshrc, after compinit",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")
+    # What the scripts ask for as they complete: live task ids, one a line, never an error.
+    completion.add_argument("--task-ids", action="store_true", help=argparse.SUPPRESS)
+
+
 @interruptible
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `twctl` console script."""
@@ -368,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     args = parser.parse_args(expand_aliases(words))
     setup_logging("twctl", args.debug)
+    if args.command in WITHOUT_STORE:
+        return args.handler(args)
     try:
         with open_store(args.db) as store:
             if args.command not in NO_HOUSEKEEPING:

@@ -32,7 +32,7 @@ def test_twctl_alone_lists_the_commands_as_a_usage_error(isolated_state: Path) -
     assert result.stdout == ""  # a script's captured output stays empty
     assert result.stderr.startswith("usage: twctl")
     listed = re.findall(r"^    (\w+)", result.stderr, re.MULTILINE)
-    assert listed == list(subcommands()) and "follow" in listed
+    assert listed == list(subcommands()) and "completion" in listed
     assert not isolated_state.exists()  # no database was made for it
 
 
