@@ -59,11 +59,38 @@ WITHOUT_STORE = {"completion"}
 
 def _cmd_init(store: Store, args: argparse.Namespace) -> int:
     try:
+        if not args.force:
+            control.refuse_live_tasks(store)  # before asking, not after a yes
+        losses = _counted(store.history_count(), "history row")
+        if args.force:
+            losses += _counted(store.live_count(), "live task")
+        if losses:
+            _confirm(args, f"recreate {escape(store.location)}, dropping {' and '.join(losses)}?")
         control.reinitialize(store, force=args.force)
     except LiveTasksExist as error:
         fail(f"twctl: {error}; use --force to drop them", EXIT_FAILED)
     print(f"initialized {escape(store.location)}")
     return 0
+
+
+def _counted(count: int, noun: str) -> list[str]:
+    """`["3 history row(s)"]`, or nothing for none: what a change would drop."""
+    return [f"{count} {noun}(s)"] if count else []
+
+
+def _confirm(args: argparse.Namespace, question: str) -> None:
+    """On a terminal, ask before dropping what cannot come back; any answer but y or yes
+    (an empty line, end of input) cancels with exit 1 and nothing changed. A script (stdin
+    not a terminal) and --yes are not asked, so they run as they always did."""
+    if args.yes or not sys.stdin.isatty():
+        return
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    if answer.strip().lower() in ("y", "yes"):
+        return
+    if not answer:  # end of input (Ctrl-D): end the question's line
+        print(file=sys.stderr)
+    fail("twctl: cancelled, nothing changed", EXIT_FAILED)
 
 
 def _cmd_update(store: Store, args: argparse.Namespace) -> int:
@@ -112,6 +139,8 @@ def _cmd_history(store: Store, args: argparse.Namespace) -> int:
 
 
 def _cmd_clear(store: Store, args: argparse.Namespace) -> int:
+    if args.before is None and (rows := store.history_count()):
+        _confirm(args, f"drop all {rows} history row(s) of {escape(store.location)}?")
     sweep = LogSweep()  # the rows' logs go once their batch is committed
     notice = _progress_notice("removed")
     # Many hosts: the logs of other hosts' tasks are on their disks, for them to clear.
@@ -251,6 +280,7 @@ def _add_upkeep(sub) -> None:
         "twctl --db ./lab.db init",
     )
     init.add_argument("--force", action="store_true", help="even while tasks are live")
+    _yes_option(init)
 
     update = subcommand(
         sub,
@@ -283,6 +313,14 @@ def _add_upkeep(sub) -> None:
         type=parse_when,
         metavar="WHEN",
         help="only rows that ended before WHEN (keep recent ones)",
+    )
+    _yes_option(clear)
+
+
+def _yes_option(parser: argparse.ArgumentParser) -> None:
+    """--yes: a command that drops data asks first on a terminal, unless told not to."""
+    parser.add_argument(
+        "-y", "--yes", action="store_true", help="do not ask for confirmation on a terminal"
     )
 
 

@@ -69,7 +69,7 @@ def test_bash_completes_a_commands_own_options_and_their_choices(bash_script: Pa
     assert {"--outcome", "--since", "--limit", "--all", "--json", "--db", "--help"} <= set(options)
     assert "--pretty" not in options  # feedback's, not history's
     assert "--task-ids" not in bash_completes(bash_script, "completion", "--")  # hidden
-    assert set(bash_completes(bash_script, "clear", "-")) >= {"--before", "--db"}
+    assert set(bash_completes(bash_script, "clear", "-")) >= {"-y", "--yes", "--before"}
     live = {status.value for status in LIVE_STATUSES}
     assert set(bash_completes(bash_script, "list", "--status", "")) == live
     assert bash_completes(bash_script, "history", "--outcome", "=", "TI") == ["TIMEOUT"]
