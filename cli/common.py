@@ -6,11 +6,13 @@ import argparse
 import math
 import re
 import sys
+from collections.abc import Sequence
 from typing import NoReturn
 
 from taskwatcher.cli.helpformat import RawDescriptionHelpFormatter
 from taskwatcher.engine import lazylog
-from taskwatcher.engine.location import resolve_db_path
+from taskwatcher.engine.errors import StoreError
+from taskwatcher.engine.location import ENV_VAR, default_db_path, resolve_db_path
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.store import open_store as open_database
 
@@ -19,13 +21,23 @@ MAX_TASK_ID = 2**63 - 1
 #: Numbers as users type them: ASCII digits only (`[0-9]`, unlike `\d`, matches no others).
 _WHOLE = re.compile(r"-?[0-9]+")
 _DECIMAL = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
-DB_HELP = "database file (default: $TASKWATCHER_DB, else $XDG_STATE_HOME/taskwatcher/tasks.db)"
+
+
+def db_help() -> str:
+    """--db's help, naming the file this user's commands use by default: where that is
+    depends on $XDG_STATE_HOME and the home folder, which a pattern leaves to guess."""
+    try:
+        default = str(default_db_path())
+    except StoreError:  # no home folder: nothing to name
+        default = "$XDG_STATE_HOME/taskwatcher/tasks.db"
+    text = f"database file, or a postgresql:// URL (default: ${ENV_VAR} if set, else {default})"
+    return text.replace("%", "%%")  # argparse formats help with %
 
 
 def add_db_option(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
     """Add --db; on a subcommand it must not overwrite a --db given before the subcommand."""
     default = argparse.SUPPRESS if inherited else None
-    parser.add_argument("--db", type=db_path, metavar="PATH", default=default, help=DB_HELP)
+    parser.add_argument("--db", type=db_path, metavar="PATH", default=default, help=db_help())
 
 
 def add_debug_option(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
@@ -142,11 +154,24 @@ def _whole(text: str) -> int | None:
         return None
 
 
+class SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an argument it does not know is its own usage error, shown
+    with its usage line (`usage: twctl feedback ...`), not the whole command's."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def subcommand(
     subparsers, name: str, handler, help_text: str, example: str
 ) -> argparse.ArgumentParser:
     """A twctl subcommand: its help, one example, --db accepted after it, and its handler,
-    called as handler(store, args) -> exit status."""
+    called as handler(store, args) -> exit status. `subparsers` must make SubcommandParsers."""
     parser = subparsers.add_parser(
         name,
         help=help_text,

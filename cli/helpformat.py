@@ -1,4 +1,6 @@
-"""argparse formatters that find the terminal's width without importing shutil.
+"""What every command's parser shares, at no cost to a command that only runs: formatters
+that find the terminal's width without importing shutil, and a --version that looks the
+version up only when asked.
 
 argparse builds a formatter for every option it adds, and each one asks shutil for the
 width: shutil's import (archives, compression) costs every command milliseconds it needs
@@ -11,6 +13,9 @@ import argparse
 import os
 import sys
 from typing import Any
+
+#: The distribution whose installed metadata holds the version.
+DISTRIBUTION = "taskwatcher"
 
 
 class _TerminalWidth:
@@ -41,3 +46,57 @@ def _terminal_columns() -> int:
         except (AttributeError, ValueError, OSError):
             columns = 0
     return columns if columns > 0 else 80
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: print `PROG VERSION` and exit 0, like argparse's own, but the version is
+    read only when the option is given."""
+
+    def __init__(self, option_strings: list[str], dest: str, **options: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **options)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"{parser.prog} {installed_version()}")
+        parser.exit()
+
+
+def add_version_option(parser: argparse.ArgumentParser) -> None:
+    """Add --version to a command's parser."""
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
+
+
+def installed_version() -> str:
+    """The installed version, from the `.dist-info` folder pip left on sys.path.
+
+    importlib.metadata finds the same file but costs some 80 ms to import (email, zipfile,
+    csv): more than the rest of the command. Any other layout (an egg, a zip) is left to it.
+    """
+    prefix = f"{DISTRIBUTION}-"
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or os.curdir)
+        except OSError:  # a zip, or a folder gone
+            continue
+        for name in names:
+            if name.startswith(prefix) and name.endswith(".dist-info"):
+                version = _metadata_version(os.path.join(entry, name, "METADATA"))
+                if version:
+                    return version
+    from importlib.metadata import version
+
+    return version(DISTRIBUTION)
+
+
+def _metadata_version(path: str) -> str | None:
+    """The `Version:` header of a METADATA file (headers come before the first blank line)."""
+    try:
+        with open(path, encoding="utf-8") as metadata:
+            for line in metadata:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                if key == "Version":
+                    return value.strip()
+    except OSError:
+        pass
+    return None

@@ -10,6 +10,7 @@ from taskwatcher.cli import interruptible, waiting
 from taskwatcher.cli.aliases import expand_aliases
 from taskwatcher.cli.columns import HISTORY_COLUMNS, LIST_COLUMNS
 from taskwatcher.cli.common import (
+    SubcommandParser,
     add_db_option,
     add_debug_option,
     fail,
@@ -23,7 +24,7 @@ from taskwatcher.cli.common import (
     task_id,
 )
 from taskwatcher.cli.ended import ended_json, ended_line
-from taskwatcher.cli.helpformat import HelpFormatter
+from taskwatcher.cli.helpformat import HelpFormatter, add_version_option
 from taskwatcher.cli.history import PAGE, HistoryWalk, terminal_page
 from taskwatcher.cli.logs import add_log_commands, report_left_logs
 from taskwatcher.cli.metrics import add_metrics
@@ -54,14 +55,45 @@ EXIT_USAGE = 2
 #: their own, so they can report it LOST instead of finding it already gone.
 NO_HOUSEKEEPING = {"init", "update", "kill", "killall"}
 
+#: Commands that need no database opened for them (`completion` opens one only to read task
+#: ids, and only if it exists): their handler is called as handler(args).
+WITHOUT_STORE = {"completion"}
+
 
 def _cmd_init(store: Store, args: argparse.Namespace) -> int:
     try:
+        if not args.force:
+            control.refuse_live_tasks(store)  # before asking, not after a yes
+        losses = _counted(store.history_count(), "history row")
+        if args.force:
+            losses += _counted(store.live_count(), "live task")
+        if losses:
+            _confirm(args, f"recreate {escape(store.location)}, dropping {' and '.join(losses)}?")
         control.reinitialize(store, force=args.force)
     except LiveTasksExist as error:
         fail(f"twctl: {error}; use --force to drop them", EXIT_FAILED)
     print(f"initialized {escape(store.location)}")
     return 0
+
+
+def _counted(count: int, noun: str) -> list[str]:
+    """`["3 history row(s)"]`, or nothing for none: what a change would drop."""
+    return [f"{count} {noun}(s)"] if count else []
+
+
+def _confirm(args: argparse.Namespace, question: str) -> None:
+    """On a terminal, ask before dropping what cannot come back; any answer but y or yes
+    (an empty line, end of input) cancels with exit 1 and nothing changed. A script (stdin
+    not a terminal) and --yes are not asked, so they run as they always did."""
+    if args.yes or not sys.stdin.isatty():
+        return
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    if answer.strip().lower() in ("y", "yes"):
+        return
+    if not answer:  # end of input (Ctrl-D): end the question's line
+        print(file=sys.stderr)
+    fail("twctl: cancelled, nothing changed", EXIT_FAILED)
 
 
 def _cmd_update(store: Store, args: argparse.Namespace) -> int:
@@ -117,6 +149,8 @@ def _cmd_history(store: Store, args: argparse.Namespace) -> int:
 
 
 def _cmd_clear(store: Store, args: argparse.Namespace) -> int:
+    if args.before is None and (rows := store.history_count()):
+        _confirm(args, f"drop all {rows} history row(s) of {escape(store.location)}?")
     sweep = LogSweep()  # the rows' logs go once their batch is committed
     notice = _progress_notice("removed")
     # Many hosts: the logs of other hosts' tasks are on their disks, for them to clear.
@@ -194,6 +228,16 @@ def _cmd_watch(store: Store, args: argparse.Namespace) -> int:
     return watch(store, once=args.once, interval=args.interval, as_json=args.json)
 
 
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from taskwatcher.cli import completion
+
+    if args.task_ids:
+        completion.print_task_ids(args.db)
+    else:
+        print(completion.script(args.shell, build_parser()), end="")
+    return 0
+
+
 def _seconds_option(
     parser: argparse.ArgumentParser,
     flag: str,
@@ -225,22 +269,29 @@ def _live_status(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The twctl command line: one subcommand per operation, plus the spec's flag aliases."""
+    """The twctl command line: one subcommand per operation (the flags of taskwatcher 1.x
+    are rewritten into them before parsing, see aliases)."""
     parser = argparse.ArgumentParser(
         prog="twctl",
         formatter_class=HelpFormatter,
-        description="Control taskwatcher tasks. The spec's --list, --reserve, --feedback ID, "
-        "--history, --clear, --kill ID, --killall NAME, --initialize and --update also work.",
+        description="Control taskwatcher tasks. The flags of taskwatcher 1.x (--list, "
+        "--reserve, --feedback ID, --history, --clear, --kill ID, --killall NAME, --initialize, "
+        "--update) still work.",
+        epilog="twctl COMMAND --help shows a command's options and an example.",
     )
     add_db_option(parser)
     add_debug_option(parser)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_version_option(parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=SubcommandParser
+    )
     _add_upkeep(sub)
     _add_reads(sub)
     _add_stops(sub)
     waiting.add_wait(sub)
     add_log_commands(sub)
     add_metrics(sub)
+    _add_completion(sub)
     return parser
 
 
@@ -251,9 +302,10 @@ def _add_upkeep(sub) -> None:
         "init",
         _cmd_init,
         "create or recreate the database (all is lost)",
-        "twctl init --force",
+        "twctl --db ./lab.db init",
     )
     init.add_argument("--force", action="store_true", help="even while tasks are live")
+    _yes_option(init)
 
     update = subcommand(
         sub,
@@ -289,6 +341,14 @@ def _add_upkeep(sub) -> None:
         metavar="WHEN",
         help="only rows that ended before WHEN (keep recent ones)",
     )
+    _yes_option(clear)
+
+
+def _yes_option(parser: argparse.ArgumentParser) -> None:
+    """--yes: a command that drops data asks first on a terminal, unless told not to."""
+    parser.add_argument(
+        "-y", "--yes", action="store_true", help="do not ask for confirmation on a terminal"
+    )
 
 
 def _add_reads(sub) -> None:
@@ -298,6 +358,8 @@ def _add_reads(sub) -> None:
     listing.add_argument(
         "--status",
         type=_live_status,
+        choices=_names(LIVE_STATUSES),
+        metavar="STATUS",
         help=f"only tasks in this status: {', '.join(_names(LIVE_STATUSES))}",
     )
     json_flag(listing)
@@ -320,7 +382,12 @@ def _add_reads(sub) -> None:
         "twctl history --name nightly --since 7d --json",
     )
     history.add_argument("--name", "--taskname", help="only tasks with this name")
-    history.add_argument("--outcome", type=str.upper, choices=_names(FINAL_STATUSES))
+    history.add_argument(
+        "--outcome",
+        type=str.upper,
+        choices=_names(FINAL_STATUSES),
+        help="only tasks that ended so",
+    )
     history.add_argument(
         "--since",
         type=parse_when,
@@ -374,11 +441,33 @@ def _add_stops(sub) -> None:
         json_flag(killer)
 
 
+def _add_completion(sub) -> None:
+    """completion: the shell scripts, and the task ids they ask twctl for as they complete."""
+    completion = subcommand(
+        sub,
+        "completion",
+        _cmd_completion,
+        "print the bash or zsh completion script (commands, options, live task ids)",
+        'eval "$(twctl completion bash)"   # in ~/.bashrc\n'
+        "  source <(twctl completion zsh)    # in ~/.zshrc, after compinit",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")
+    # What the scripts ask for as they complete: live task ids, one a line, never an error.
+    completion.add_argument("--task-ids", action="store_true", help=argparse.SUPPRESS)
+
+
 @interruptible
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `twctl` console script."""
-    args = build_parser().parse_args(expand_aliases(sys.argv[1:] if argv is None else argv))
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not words:  # a usage error that lists the commands, on stderr like any other
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(expand_aliases(words))
     setup_logging("twctl", args.debug)
+    if args.command in WITHOUT_STORE:
+        return args.handler(args)
     try:
         with open_store(args.db) as store:
             if args.command not in NO_HOUSEKEEPING:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from functools import partial
 
 from taskwatcher.cli import interruptible
-from taskwatcher.cli.helpformat import HelpFormatter
+from taskwatcher.cli.helpformat import HelpFormatter, add_version_option
 from taskwatcher.cli.render import json_bytes, silence_stdout
 from taskwatcher.grammar import READ_CHUNK, FeedbackStream, open_regular
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", "-d", "--debug", dest="debug", action="store_true", help="log details"
     )
+    add_version_option(parser)
     return parser
 
 

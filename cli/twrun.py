@@ -21,7 +21,7 @@ from taskwatcher.cli.common import (
     setup_logging,
     task_id,
 )
-from taskwatcher.cli.helpformat import RawDescriptionHelpFormatter
+from taskwatcher.cli.helpformat import RawDescriptionHelpFormatter, add_version_option
 from taskwatcher.engine.capture import OutputMode
 from taskwatcher.engine.errors import InvalidRequest, LaunchError, NotRecorded
 from taskwatcher.engine.hooks import (
@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_hook_options(parser)
     add_debug_option(parser)
+    add_version_option(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     return parser
 

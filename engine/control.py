@@ -215,9 +215,15 @@ def tasks_named(store: Store, name: str) -> list[int]:
     return [task.taskid for task in store.list_tasks(name=name)]
 
 
+def refuse_live_tasks(store: Store) -> None:
+    """LiveTasksExist while any task is live: recreating the database would drop it."""
+    live = store.live_count()
+    if live:
+        raise LiveTasksExist(f"{live} live task(s) in the database would be dropped")
+
+
 def reinitialize(store: Store, *, force: bool = False) -> None:
     """Recreate the database; refuse while tasks are live unless forced."""
-    live = store.live_count()
-    if live and not force:
-        raise LiveTasksExist(f"{live} live task(s) in the database would be dropped")
+    if not force:
+        refuse_live_tasks(store)
     store.reinitialize()

@@ -85,6 +85,9 @@ class SqlReads:
     def live_count(self) -> int:
         return self._number("SELECT count(*) AS n FROM tasks")
 
+    def history_count(self) -> int:
+        return self._number("SELECT count(*) AS n FROM history")
+
     def load_feedback(self, taskid: int) -> dict[str, str]:
         """The live task's feedback as its supervisor last published it ({} before any)."""
         self._live(taskid)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,31 +12,16 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import BIN, run_cli, start_cli, wait_for
+from tests.tmux_helpers import Tmux, needs_tmux
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+pytestmark = needs_tmux
 PERCENT = re.compile(r"(\d+\.\d)%")
-
-
-class Tmux:
-    """One private tmux server (its own socket) with one session, killed at the end."""
-
-    def __init__(self, socket: Path) -> None:
-        self.base = ["tmux", "-S", str(socket)]
-
-    def __call__(self, *args: str) -> str:
-        return subprocess.run(
-            [*self.base, *args], capture_output=True, text=True, check=True, timeout=10
-        ).stdout
-
-    def screen(self) -> str:
-        return self("capture-pane", "-p", "-t", "watch")
 
 
 @pytest.fixture
 def tmux(tmp_path: Path):
-    server = Tmux(tmp_path / "tmux.sock")
-    yield server
-    subprocess.run([*server.base, "kill-server"], capture_output=True, timeout=10)
+    with Tmux(tmp_path / "tmux.sock", "watch") as server:
+        yield server
 
 
 def progress_task(db: Path, tmp_path: Path) -> subprocess.Popen:
