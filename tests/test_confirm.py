@@ -62,15 +62,24 @@ def test_clear_cancelled_changes_nothing(
     assert history_rows(db_path) == 2
 
 
-def test_init_asks_naming_what_it_drops(tmp_path: Path, db_path: Path) -> None:
-    with_history(db_path)
-    with open_store(db_path) as store:
+def with_history_and_a_live_task(db: Path) -> list[str]:
+    """Two history rows and a live task; the arguments of an init that drops them all."""
+    with_history(db)
+    with open_store(db) as store:
         store.reserve("live")
-    args = ["--db", str(db_path), "init", "--force"]
+    return ["--db", str(db), "init", "--force"]
+
+
+def test_init_asks_naming_what_it_drops(tmp_path: Path, db_path: Path) -> None:
+    args = with_history_and_a_live_task(db_path)
     status, screen = on_terminal(tmp_path, args, "n", "Enter")
     assert f"recreate {db_path}, dropping 2 history row(s) and 1 live task(s)? {QUESTION}" in screen
     assert status == 1 and "twctl: cancelled, nothing changed" in screen
     assert history_rows(db_path) == 2
+
+
+def test_init_goes_ahead_on_yes(tmp_path: Path, db_path: Path) -> None:
+    args = with_history_and_a_live_task(db_path)
     assert on_terminal(tmp_path, args, "YES", "Enter")[0] == 0
     assert history_rows(db_path) == 0
 
