@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from tests.fault_helpers import twctl, twctl_json
 from tests.helpers import BIN, run_cli, start_cli, wait_for
-from tests.test_watch_tmux import Tmux
+from tests.tmux_helpers import Tmux
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -80,19 +79,17 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture
 def tmux(tmp_path: Path) -> Iterator[Tmux]:
-    server = Tmux(tmp_path / "tmux.sock")
-    yield server
-    subprocess.run([*server.base, "kill-server"], capture_output=True, timeout=10)
+    with Tmux(tmp_path / "tmux.sock", "w") as server:
+        yield server
 
 
 def drawn(tmux: Tmux, size: tuple[int, int], *argv: str | Path) -> list[str]:
     """The screen once `twctl ARGV` has run in a terminal of `size`, wrapped lines joined
     (a line longer than the terminal is one that wrapped)."""
     command = shlex.join([str(BIN / "twctl"), *map(str, argv)])
-    columns, lines = map(str, size)
     # The test runner's workers may export COLUMNS and LINES, which rich would prefer.
     shell = f"unset COLUMNS LINES; {command}; echo TWCTL-EXIT=$?; sleep 60"
-    tmux("new-session", "-d", "-s", "w", "-x", columns, "-y", lines, shell)
+    tmux.start(shell, width=size[0], height=size[1])
     screen = wait_for(lambda: "TWCTL-EXIT=" in (s := tmux("capture-pane", "-pJ", "-t", "w")) and s)
     shown = [line.rstrip() for line in screen.splitlines() if line.strip()]
     assert shown[-1] == "TWCTL-EXIT=0", screen
