@@ -215,10 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidRequest as error:
         fail(f"twrun: {error}", SUPERVISOR_FAILED)
     # Outside supervision a kill request has nothing to stop, and its default action would
-    # kill twrun: a late `twctl kill` must not turn the child's exit status into 138. A
-    # handler that does nothing, not SIG_IGN: an ignored signal stays ignored in what twrun
-    # starts (hooks), a handled one is reset by exec.
-    signal.signal(KILL_REQUEST_SIGNAL, _ignore_signal)
+    # kill twrun: a late `twctl kill` must not turn the child's exit status into 138 (an
+    # ignored signal, unlike a handled one, stays so through the interpreter's exit).
+    signal.signal(KILL_REQUEST_SIGNAL, signal.SIG_IGN)
     try:
         with open_store(args.db) as store:
             end = _supervise(store, request, hooks, args)
@@ -269,10 +268,6 @@ def _run_hooks(store: Store, taskid: int, hooks: list[Hook], args: argparse.Name
         warn("interrupted: the hook running was stopped and the others skipped")
     except OSError as error:  # no room for the feedback file, say: hooks are not the task
         warn(f"hooks not run: {error.strerror or error}")
-
-
-def _ignore_signal(signum: int, frame: object) -> None:
-    """A signal handler that does nothing (see main)."""
 
 
 def _warn(message: str) -> None:

@@ -23,6 +23,7 @@ from taskwatcher.engine.errors import InvalidRequest, LaunchError
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.notify import private_folder
 from taskwatcher.engine.records import Ended
+from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL
 from taskwatcher.engine.stopping import twrun_exit_code
 
 #: Seconds a hook may run before it is stopped, unless `--hook-timeout` says otherwise.
@@ -117,6 +118,9 @@ class _Interrupts:
             previous = signal.getsignal(signum)
             if previous is not signal.SIG_IGN:
                 self._previous[signum] = signal.signal(signum, self._arrived)
+        # twrun ignores a late kill request; an ignored signal would stay ignored in a hook,
+        # a handled one is reset by its exec.
+        self._previous[KILL_REQUEST_SIGNAL] = signal.signal(KILL_REQUEST_SIGNAL, _late_request)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -146,6 +150,10 @@ def hook_environment(ended: Ended, feedback_json: str) -> dict[str, str]:
         "TASKWATCHER_LOG": ended.logfile or "",
         "TASKWATCHER_FEEDBACK_JSON": feedback_json,
     }
+
+
+def _late_request(signum: int, frame: object) -> None:
+    """A kill request after the end: nothing left to stop (the hooks are not the task)."""
 
 
 def _run(

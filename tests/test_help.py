@@ -40,7 +40,7 @@ def test_twctl_alone_lists_the_commands_as_a_usage_error(isolated_state: Path) -
     ("args", "unknown"),
     [
         (["feedback", "12", "--bogus"], "--bogus"),
-        (["list", "-v"], "-v"),  # twctl's own option, but after the subcommand
+        (["list", "--pretty"], "--pretty"),  # another subcommand's option
         (["history", "--limit", "3", "extra"], "extra"),
     ],
 )

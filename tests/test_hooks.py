@@ -73,6 +73,8 @@ def test_a_hook_is_told_how_the_task_ended(db_path, reporter, script, options, o
     told = reporter.told()
     assert told is not None, result.stderr
     feedback_json = told.pop("TASKWATCHER_FEEDBACK_JSON")
+    for inherited in [key for key in os.environ if key.startswith("TASKWATCHER_")]:
+        assert told.pop(inherited) == os.environ[inherited]  # the test run's own settings
     assert told == {
         "TASKWATCHER_TASKID": str(ended["taskid"]),
         "TASKWATCHER_NAME": "job",
