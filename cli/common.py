@@ -12,8 +12,8 @@ from typing import NoReturn
 from taskwatcher.cli.helpformat import RawDescriptionHelpFormatter
 from taskwatcher.engine import lazylog
 from taskwatcher.engine.errors import StoreError
-from taskwatcher.engine.location import ENV_VAR, default_db_path, resolve_db_path
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.location import ENV_VAR, default_db_path, named_location, resolve_db_path
+from taskwatcher.engine.store import Access, Store
 from taskwatcher.engine.store import open_store as open_database
 
 #: sqlite's largest INTEGER: a larger number cannot name a task, and sqlite would overflow on it.
@@ -56,9 +56,12 @@ def db_path(text: str) -> str:
     return text
 
 
-def open_store(db_option: str | None) -> Store:
-    """Open the database the options, the environment or the XDG default designate."""
-    return open_database(resolve_db_path(db_option))
+def open_store(db_option: str | None, access: Access = Access.CREATE) -> Store:
+    """Open the database the options, the environment or the XDG default designate, as the
+    command's `access` allows: short of creating it, a named one must exist, while the
+    default one may not yet (it then reads as empty)."""
+    missing_ok = named_location(db_option) is None
+    return open_database(resolve_db_path(db_option), access=access, missing_ok=missing_ok)
 
 
 def fail(message: str, code: int) -> NoReturn:

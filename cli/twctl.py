@@ -43,7 +43,7 @@ from taskwatcher.engine.lifecycle import FINAL_STATUSES, LIVE_STATUSES, Status
 from taskwatcher.engine.logs import LogSweep
 from taskwatcher.engine.records import Ended
 from taskwatcher.engine.settings import host_id
-from taskwatcher.engine.store import Store
+from taskwatcher.engine.store import Access, Store
 from taskwatcher.grammar.errors import TaskwatcherError
 
 EXIT_FAILED = 1
@@ -54,6 +54,20 @@ EXIT_USAGE = 2
 #: decide for themselves, and `kill`/`killall` archive a target whose supervisor vanished on
 #: their own, so they can report it LOST instead of finding it already gone.
 NO_HOUSEKEEPING = {"init", "update", "kill", "killall"}
+#: Commands that only read: they never create a database, and read one that cannot be
+#: written here as it is, without housekeeping (`Access.READ`).
+READ_ONLY = {"list", "history", "feedback", "show", "log", "follow", "wait", "watch", "metrics"}
+#: Commands that may be a database's first use, and create it; every other one changes a
+#: database that must exist already (`clear`, `kill`: there is nothing to clear or kill).
+CREATING = {"init", "reserve"}
+
+
+def _access(command: str) -> Access:
+    """How `command` opens its database."""
+    if command in READ_ONLY:
+        return Access.READ
+    return Access.CREATE if command in CREATING else Access.WRITE
+
 
 #: Commands that need no database opened for them (`completion` opens one only to read task
 #: ids, and only if it exists): their handler is called as handler(args).
@@ -469,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in WITHOUT_STORE:
         return args.handler(args)
     try:
-        with open_store(args.db) as store:
+        with open_store(args.db, _access(args.command)) as store:
             if args.command not in NO_HOUSEKEEPING:
                 housekeeping.housekeep(store)
             status = args.handler(store, args)

@@ -14,6 +14,10 @@ class StoreError(TaskwatcherError):
     """The database is unusable: not sqlite, a newer schema, or a folder that cannot be written."""
 
 
+class NoDatabase(StoreError, FileNotFoundError):
+    """Nothing at the location named, and the command is not one that creates a database."""
+
+
 class UnknownTask(TaskwatcherError, LookupError):
     """No live task has this id (never reserved, or already finished)."""
 

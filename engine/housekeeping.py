@@ -35,8 +35,11 @@ def housekeep(store: Store, *, grace: float = LOST_GRACE) -> list[Ended]:
     stop its processes. On a database of many hosts, a task of any host whose supervisor's
     lease ran out is LOST too, after this host's own lost tasks had their processes stopped;
     then what is left here of tasks other hosts found LOST is stopped. Returns the history
-    records written, so `twctl update` can say what it did.
+    records written, so `twctl update` can say what it did. A store opened read-only is left
+    as it is: nothing could be archived, and the caller only reads.
     """
+    if store.read_only:
+        return []
     ended = list(store.expire_reservations())
     census = None  # one look over /proc, taken once the first lost task shows
     for task in store.list_tasks():

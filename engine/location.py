@@ -47,10 +47,19 @@ def default_db_path() -> Path:
     return state_folder() / "tasks.db"
 
 
+def named_location(cli_value: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
+    """The location the user named, --db before $TASKWATCHER_DB; None leaves the default.
+
+    A named one that is missing is a typo for a command that does not create databases; the
+    default one, missing, has not been used yet.
+    """
+    return cli_value or os.environ.get(ENV_VAR) or None
+
+
 def resolve_db_path(cli_value: str | os.PathLike[str] | None) -> Path | str:
     """--db wins, then $TASKWATCHER_DB, then the XDG state path (DESIGN.md order); a URL is
     kept as it is."""
-    chosen = cli_value or os.environ.get(ENV_VAR)
+    chosen = named_location(cli_value)
     if chosen and is_url(str(chosen)):
         return str(chosen)
     if chosen and _CONNINFO.match(str(chosen)):

@@ -56,6 +56,8 @@ class SqlStore(SqlReads):
     #: Whether tasks of several hosts share the database (their supervisors push what
     #: readers elsewhere cannot read from the task's host: the output's last lines).
     many_hosts = False
+    #: Whether the database was opened read-only, so that nothing can be written through it.
+    read_only = False
 
     def __init__(self, db: Database, clock: Callable[[], float], reservation_ttl: float) -> None:
         self.location = db.location

@@ -18,17 +18,27 @@ from pathlib import Path
 from typing import Any
 
 from taskwatcher.engine import sqlite_schema
-from taskwatcher.engine.errors import RowLost, StoreError
+from taskwatcher.engine.errors import NoDatabase, RowLost, StoreError
+from taskwatcher.engine.lazylog import get_logger
 from taskwatcher.engine.locking import SQLITE_WAIT, patiently
 from taskwatcher.engine.records import storable
 from taskwatcher.engine.settings import busy_timeout
-from taskwatcher.engine.sqlite_file import prepare_db_file
+from taskwatcher.engine.sqlite_file import (
+    check_writable,
+    existing_db_file,
+    file_uri,
+    prepare_db_file,
+    read_only_reason,
+)
+from taskwatcher.engine.store import Access
 
 Clock = Callable[[], float]
+log = get_logger(__name__)
 
 
 class Database:
-    """A checked, upgraded sqlite database, with one connection for one command.
+    """A checked sqlite database, with one connection for one command, opened as `access`
+    allows (`store.open_store`); upgraded unless it is `read_only` here.
 
     One lock serializes every writer, so rows need no locks of their own, names neither,
     and nobody is told of changes: waiters watch the file (`ChangeWatch`).
@@ -37,12 +47,17 @@ class Database:
     for_update = ""
     skip_locked = ""
 
-    def __init__(self, path: Path, clock: Clock) -> None:
+    def __init__(
+        self, path: Path, clock: Clock, *, access: Access = Access.CREATE, missing_ok: bool = False
+    ) -> None:
         self.path = path
         self.location = str(path)
         self.busy_timeout = busy_timeout()
         self._clock = clock
-        self._db = _connect(path, self.busy_timeout)
+        self._db, read_only_because = _connect(path, self.busy_timeout, access, missing_ok)
+        self.read_only = read_only_because is not None
+        if self.read_only:
+            log.warning("%s is read-only here (%s): housekeeping skipped", path, read_only_because)
         descriptor = _sqlite_descriptor(path)
         self._journal = JournalGuard(path, descriptor)
         self._changes = ChangeWatch(path, descriptor)
@@ -133,24 +148,35 @@ class Database:
         try:
             yield
         except sqlite3.Error as error:
-            raise StoreError(f"{self.path}: {error}") from error
+            raise StoreError(f"{self.path}: {_explained(error)}") from error
 
 
-def _connect(path: Path, timeout: float) -> sqlite3.Connection:
-    """One connection to a checked, upgraded database; StoreError if unusable.
+def _connect(
+    path: Path, timeout: float, access: Access, missing_ok: bool
+) -> tuple[sqlite3.Connection, str | None]:
+    """One connection to a checked database, and why it is read-only here (None: it is
+    upgraded and writable); StoreError if unusable.
 
     Nothing is written before the file is known to be an sqlite database of a known version.
+    A database missing where `missing_ok` allows is an empty one in memory: nothing is created.
     """
-    prepare_db_file(path)
     try:
-        connection = sqlite3.connect(path, timeout=SQLITE_WAIT, isolation_level=None)
+        target, read_only_because = _target(path, access)
+    except NoDatabase:
+        if not missing_ok:
+            raise
+        target, read_only_because = ":memory:", None
+    try:
+        # A URI only where _target made one: an absolute path or ":memory:" is no URI.
+        connection = sqlite3.connect(target, timeout=SQLITE_WAIT, isolation_level=None, uri=True)
     except sqlite3.Error as error:
         raise StoreError(f"{path}: cannot open the database ({error})") from None
+    writable = read_only_because is None
     try:
-        patiently(lambda: sqlite_schema.prepare(connection, path), timeout)
+        patiently(lambda: sqlite_schema.prepare(connection, path, writable=writable), timeout)
     except sqlite3.OperationalError as error:
         connection.close()
-        raise StoreError(f"{path}: cannot use the database ({error})") from None
+        raise StoreError(f"{path}: cannot use the database ({_explained(error)})") from None
     except sqlite3.DatabaseError as error:
         connection.close()
         raise StoreError(f"{path}: not a taskwatcher database ({error})") from None
@@ -158,7 +184,33 @@ def _connect(path: Path, timeout: float) -> sqlite3.Connection:
         connection.close()
         raise
     connection.row_factory = sqlite3.Row
-    return connection
+    return connection, read_only_because
+
+
+def _target(path: Path, access: Access) -> tuple[Path | str, str | None]:
+    """What sqlite opens for `access`, and why read-only (None: read-write). Only CREATE
+    names the file itself; the others a `file:` URI whose mode cannot create it, should it
+    vanish after the checks."""
+    if access is Access.CREATE:
+        prepare_db_file(path)
+        return path, None
+    existing_db_file(path)
+    if access is Access.WRITE:
+        check_writable(path)
+        return file_uri(path, "rw"), None
+    read_only_because = read_only_reason(path)
+    return file_uri(path, "rw" if read_only_because is None else "ro"), read_only_because
+
+
+def _explained(error: sqlite3.Error) -> str:
+    """sqlite's words for an error, but for a hot journal met where nothing can be written,
+    which sqlite calls "attempt to write a readonly database"."""
+    if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_READONLY_ROLLBACK:
+        return (
+            "a change was interrupted, and its -journal can be rolled back only where the"
+            " database can be written"
+        )
+    return str(error)
 
 
 class JournalGuard:

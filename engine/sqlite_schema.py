@@ -11,9 +11,15 @@ from taskwatcher.engine.locking import is_busy
 from taskwatcher.engine.schema import LATEST_VERSION, MIGRATIONS, TABLES
 
 
-def prepare(connection: sqlite3.Connection, path: Path) -> None:
-    """Check, choose the journal, migrate: each step may be run again after a busy lock."""
+def prepare(connection: sqlite3.Connection, path: Path, *, writable: bool = True) -> None:
+    """Check, choose the journal, migrate: each step may be run again after a busy lock.
+
+    A database that cannot be written here is only checked: it must be readable as it is.
+    """
     check_usable(connection, path)
+    if not writable:
+        _check_current(connection, path)
+        return
     _use_rollback_journal(connection, path)
     migrate(connection)
 
@@ -32,6 +38,18 @@ def check_usable(connection: sqlite3.Connection, path: Path) -> None:
         )
     if version == 0 and tables:
         raise StoreError(f"{path}: not a taskwatcher database (unversioned, has other tables)")
+
+
+def _check_current(connection: sqlite3.Connection, path: Path) -> None:
+    """Refuse an older schema, which the queries of this version cannot read and which
+    cannot be upgraded where the database cannot be written."""
+    version = _user_version(connection)
+    if version < LATEST_VERSION:
+        raise StoreError(
+            f"{path}: schema version {version}, older than this taskwatcher's"
+            f" ({LATEST_VERSION}), cannot be upgraded here (read-only): run twctl update on it"
+            " where it can be written"
+        )
 
 
 def migrate(connection: sqlite3.Connection) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +30,7 @@ class Store(Protocol):
     reservation_ttl: float
     lease: float | None  # seconds a supervisor's lease lasts; None: no leases (one host)
     many_hosts: bool  # whether tasks of several hosts share it
+    read_only: bool  # opened read-only (`Access.READ` where it cannot be written)
 
     def close(self) -> None: ...
     def __enter__(self) -> Store: ...
@@ -101,16 +103,36 @@ class Store(Protocol):
         ...
 
 
+class Access(StrEnum):
+    """What a command does with its database, which decides what opening may do to it.
+
+    CREATE: it may be the database's first user; the file and its folders are made if
+    missing. WRITE: it changes the database, which must be there and writable. READ: it only
+    reads; the database must be there, and where it cannot be written it is opened read-only
+    (no upgrade, no housekeeping) rather than refused.
+    """
+
+    CREATE = "create"
+    WRITE = "write"
+    READ = "read"
+
+
 def open_store(
     location: str | os.PathLike[str],
     *,
+    access: Access = Access.CREATE,
+    missing_ok: bool = False,
     clock: Callable[[], float] = time.time,
     reservation_ttl: float | None = None,
 ) -> Store:
-    """Open (creating on first use) and upgrade the store at `location`; StoreError if unusable.
+    """Open and upgrade the store at `location` as `access` allows; StoreError if unusable.
 
-    Without `reservation_ttl`, $TASKWATCHER_RESERVATION_TTL or the default applies. A URL
-    loads the PostgreSQL driver, which nothing else imports.
+    Only `Access.CREATE` makes a missing sqlite file, so a typo in a path never leaves a
+    database behind: otherwise a missing one is NoDatabase, or with `missing_ok` an empty
+    store in memory (the default location before its first use reads as empty). Without
+    `reservation_ttl`, $TASKWATCHER_RESERVATION_TTL or the default applies. A URL loads the
+    PostgreSQL driver, which nothing else imports; a server's database is never created by
+    opening, whatever `access`.
     """
     ttl = reservation_ttl_from_env() if reservation_ttl is None else reservation_ttl
     if is_url(location):
@@ -118,7 +140,8 @@ def open_store(
     from taskwatcher.engine.sqlite_store import SqliteStore
 
     # Every path stored or handed to a task is absolute.
-    return SqliteStore(Path(location).absolute(), clock, ttl)
+    path = Path(location).absolute()
+    return SqliteStore(path, clock, ttl, access=access, missing_ok=missing_ok)
 
 
 def _open_server(url: str, clock: Callable[[], float], ttl: float) -> Store:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,20 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def db_path(tmp_path: Path) -> Path:
     """A database path in tmp_path; the file itself is created by whoever opens it first."""
     return tmp_path / "tasks.db"
+
+
+#: Run a command as root without the capabilities that let root ignore file modes.
+UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.fixture
+def unprivileged() -> list[str]:
+    """The prefix that makes file modes bind root too; skips where it is unavailable."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed")
+    if subprocess.run([*UNPRIVILEGED, "true"], capture_output=True).returncode:
+        pytest.skip("cannot drop capabilities here")
+    return UNPRIVILEGED
 
 
 @pytest.fixture

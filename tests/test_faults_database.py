@@ -32,9 +32,6 @@ from tests.fault_helpers import (
 )
 from tests.helpers import BIN, run_cli, wait_for
 
-#: Run a command as root without the capabilities that let root ignore file modes.
-UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
-
 
 def history_before_the_fault(db: Path) -> list[dict]:
     """A finished task in history, to be found intact after the fault."""
@@ -74,7 +71,7 @@ def test_database_deleted_while_a_task_runs(
     go.touch()
     assert not_recorded(runner, taskid, "COMPLETED").endswith("was deleted or replaced")
     assert group_members(row["pgid"]) == []
-    assert twctl(db_path, "history") == "No history.\n"  # a new, empty database
+    assert not db_path.exists()  # nor was a new one made
 
 
 def test_database_replaced_while_a_task_runs(
@@ -166,16 +163,6 @@ def test_disk_full_while_a_task_runs(
     assert twctl_json(db_path, "history")[1:] == before
 
 
-@pytest.fixture
-def unprivileged() -> list[str]:
-    """The prefix that makes file modes bind root too; skips where it is unavailable."""
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv is not installed")
-    if subprocess.run([*UNPRIVILEGED, "true"], capture_output=True).returncode:
-        pytest.skip("cannot drop capabilities here")
-    return UNPRIVILEGED
-
-
 def test_read_only_database_folder(db_path: Path, tmp_path: Path, unprivileged: list[str]) -> None:
     before = history_before_the_fault(db_path)
     elsewhere = tmp_path / "elsewhere"
@@ -184,7 +171,7 @@ def test_read_only_database_folder(db_path: Path, tmp_path: Path, unprivileged: 
     tmp_path.chmod(0o500)  # the folder of db_path
     try:
         for command, code in (
-            (["twctl", "list"], 2),
+            (["twctl", "clear"], 2),
             (["twctl", "reserve"], 2),
             (["twrun", "--", "touch", marker], 125),
         ):

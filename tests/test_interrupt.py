@@ -23,6 +23,7 @@ import pytest
 
 import taskwatcher.engine
 import taskwatcher.grammar
+from taskwatcher.engine.store import open_store
 from tests.helpers import BIN, run_cli, start_cli, wait_for
 
 RUNS = 60
@@ -61,6 +62,7 @@ def through_our_code(stderr: str) -> bool:
 def commands(db_path: Path, tmp_path: Path) -> dict[str, list[str]]:
     feedback = tmp_path / "feedback.log"
     feedback.write_text("[progress]1\n")
+    open_store(db_path).close()  # what twctl reads: interrupted while it reads, not refused
     return {
         "twctl": [str(BIN / "twctl"), "--db", str(db_path), "list"],
         "twrun": [str(BIN / "twrun"), "--db", str(db_path), "--", "sleep", "5"],
@@ -82,7 +84,8 @@ def test_an_early_ctrl_c_never_crashes_or_prints_our_traceback(
 
 
 def live_pid(db: Path) -> int | None:
-    tasks = json.loads(run_cli("twctl", "--db", db, "list", "--json").stdout)
+    # Empty until twrun has made the database: a missing one named by --db is an error.
+    tasks = json.loads(run_cli("twctl", "--db", db, "list", "--json").stdout or "[]")
     return tasks[0]["pid"] if tasks else None
 
 

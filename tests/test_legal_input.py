@@ -138,6 +138,7 @@ def test_a_database_path_that_is_not_utf8_prints_escaped(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("command", [["twctl", "list"], ["twctl", "reserve"], ["twparse", "-"]])
 def test_an_unwritable_or_closed_stdout_is_one_line(db_path: Path, command: list[str]) -> None:
+    twctl(db_path, "init")
     argv = [BIN / command[0], *(["--db", db_path] if command[0] == "twctl" else []), *command[1:]]
     with open("/dev/full", "w") as full:
         written = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True, input="")

@@ -116,6 +116,7 @@ def test_unique_conflict_names_the_holder(db_path: Path) -> None:
 
 
 def test_list_empty_piped_and_json(db_path: Path) -> None:
+    open_store(db_path).close()  # an empty database: a missing one named by --db is an error
     assert twctl(db_path, "list") == "No tasks.\n"
     assert twctl_json(db_path, "list") == []
     twctl(db_path, "reserve", "--name", "a b", "--info1", "first")
@@ -175,6 +176,7 @@ def test_usage_errors_exit_2(db_path: Path) -> None:
 
 
 def test_unknown_task_exits_1(db_path: Path) -> None:
+    open_store(db_path).close()
     twctl(db_path, "feedback", "42", code=1)
     twctl(db_path, "kill", "42", code=1)
     twctl(db_path, "show", "42", code=1)

@@ -31,6 +31,7 @@ def test_task_ids_out_of_range_are_usage_errors(db_path: Path, command: str, tas
 
 @pytest.mark.parametrize("args", [["list"], ["list", "--json"], ["history", "--json"]])
 def test_a_closed_pipe_ends_quietly(db_path: Path, args: list[str]) -> None:
+    open_store(db_path).close()
     reader, writer = os.pipe()
     os.close(reader)
     try:
@@ -48,6 +49,7 @@ def test_a_closed_pipe_ends_quietly(db_path: Path, args: list[str]) -> None:
 
 def test_watch_title_shows_brackets_in_the_path(tmp_path: Path) -> None:
     db = tmp_path / "a[/x].db"
+    open_store(db).close()
     result = run_cli("twctl", "--db", db, "watch", "--once")
     assert result.returncode == 0, result.stderr
     assert "a[/x].db" in "".join(result.stdout.split())  # a long title wraps

@@ -207,6 +207,7 @@ def test_an_unknown_id_is_said_at_once(db_path: Path, gate: Path, start_task: St
     ],
 )
 def test_bad_input_is_a_usage_error(db_path: Path, args: list[str], complaint: str) -> None:
+    open_store(db_path).close()
     result = wait_now(db_path, *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert complaint in result.stderr.strip().splitlines()[-1]
