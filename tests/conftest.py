@@ -31,6 +31,16 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "tasks.db"
 
 
+@pytest.fixture
+def empty_db(db_path: Path) -> Path:
+    """An empty database at db_path, for commands that only read (a missing one named by
+    --db is an error for them)."""
+    from taskwatcher.engine.store import open_store
+
+    open_store(db_path).close()
+    return db_path
+
+
 #: Run a command as root without the capabilities that let root ignore file modes.
 UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 

@@ -115,11 +115,11 @@ def test_an_unknown_shell_is_a_usage_error() -> None:
     ("command", "imports_it"), [(["list"], False), (["completion", "bash"], True)]
 )
 def test_only_the_completion_command_imports_completion(
-    db_path: Path, command: list[str], imports_it: bool
+    empty_db: Path, command: list[str], imports_it: bool
 ) -> None:
     """Every command pays for what it imports: the completion code is for one of them."""
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", CONSOLE_SCRIPT, "--db", str(db_path), *command],
+        [sys.executable, "-X", "importtime", "-c", CONSOLE_SCRIPT, "--db", str(empty_db), *command],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -133,8 +133,8 @@ def test_any_task_name_is_a_label_the_parser_reads_back(db_path, name):
     assert len(names) == 1
 
 
-def test_an_empty_database_is_valid_output(db_path):
-    samples = scrape(twctl(db_path, "metrics"))
+def test_an_empty_database_is_valid_output(empty_db):
+    samples = scrape(twctl(empty_db, "metrics"))
     assert samples == {("taskwatcher_ended_window_seconds", frozenset()): 86400}
 
 
@@ -157,7 +157,8 @@ def test_the_textfile_is_replaced_whole_and_readable_by_others(db_path, tmp_path
     assert not link.is_symlink() and elsewhere.read_text() == "keep\n"
 
 
-def test_an_unwritable_textfile_is_one_line_and_leaves_the_old_file(db_path, tmp_path):
+def test_an_unwritable_textfile_is_one_line_and_leaves_the_old_file(empty_db, tmp_path):
+    db_path = empty_db
     folder = tmp_path / "ro"
     folder.mkdir()
     target = folder / "taskwatcher.prom"
@@ -176,7 +177,7 @@ def test_an_unwritable_textfile_is_one_line_and_leaves_the_old_file(db_path, tmp
 
 
 @pytest.mark.parametrize("window", ["0", "-1h", "soon", "1y", "nan"])
-def test_a_bad_window_is_a_usage_error(db_path, window):
+def test_a_bad_window_is_a_usage_error(db_path, window):  # refused before any database
     result = run_cli("twctl", "--db", db_path, "metrics", "--window", window)
     assert result.returncode == 2
     assert "--window" in result.stderr and "Traceback" not in result.stderr
@@ -213,7 +214,7 @@ def test_no_name_and_the_empty_name_are_one_series(db_path):
 
 
 @pytest.mark.parametrize("path", ["", ".", "/", "..", "out/.."])
-def test_a_textfile_that_cannot_name_a_file_is_a_usage_error(db_path, path):
+def test_a_textfile_that_cannot_name_a_file_is_a_usage_error(db_path, path):  # likewise
     result = run_cli("twctl", "--db", db_path, "metrics", "--textfile", path)
     assert result.returncode == 2
     assert "--textfile" in result.stderr and "Traceback" not in result.stderr
@@ -229,3 +230,12 @@ def test_the_output_is_utf8_whatever_the_locale(db_path):
     assert ("taskwatcher_live_tasks", labels(name="日本", status="RESERVED")) in scrape(
         result.stdout.decode()
     )
+
+
+def test_a_database_that_is_not_there_is_an_error_and_no_textfile(tmp_path):
+    target = tmp_path / "taskwatcher.prom"
+    target.write_text("old\n")
+    result = run_cli("twctl", "--db", tmp_path / "typo.db", "metrics", "--textfile", target)
+    assert result.returncode == 2
+    assert "no taskwatcher database" in assert_one_line(result.stderr, "twctl: ")
+    assert target.read_text() == "old\n" and not (tmp_path / "typo.db").exists()

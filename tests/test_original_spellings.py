@@ -79,8 +79,8 @@ def test_database_initialize_and_update(db_path: Path) -> None:
         ["--debug", "history", "--list"],
     ],
 )
-def test_debug_goes_before_or_after_the_command(db_path: Path, args: list[str]) -> None:
-    assert twctl(db_path, *args) in ("No tasks.\n", "[]\n")
+def test_debug_goes_before_or_after_the_command(empty_db: Path, args: list[str]) -> None:
+    assert twctl(empty_db, *args) in ("No tasks.\n", "[]\n")
 
 
 def test_taskname_wherever_a_name_is_taken(db_path: Path) -> None:
