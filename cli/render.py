@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from taskwatcher.cli.fit import FIXED, Fit
+from taskwatcher.cli.fit import FIXED, Fit, cut_text, fitted_table
 from taskwatcher.engine.records import storable
 
 if TYPE_CHECKING:
@@ -246,8 +246,6 @@ def rich_table(
     """A rich Table within the console's width: human times, coloured statuses, cells never
     read as markup, free text cut and the least needed columns left out when it is narrow."""
     from rich.text import Text
-
-    from taskwatcher.cli.fit import cut_text, fitted_table
 
     rows = []
     for record in records:

@@ -78,11 +78,12 @@ def _cmd_init(store: Store, args: argparse.Namespace) -> int:
     try:
         if not args.force:
             control.refuse_live_tasks(store)  # before asking, not after a yes
-        losses = _counted(store.history_count(), "history row")
-        if args.force:
-            losses += _counted(store.live_count(), "live task")
-        if losses:
-            _confirm(args, f"recreate {escape(store.location)}, dropping {' and '.join(losses)}?")
+        if _asks(args):  # the counts only for the question: a script is never asked
+            losses = _counted(store.history_count(), "history row")
+            if args.force:
+                losses += _counted(store.live_count(), "live task")
+            if losses:
+                _confirm(f"recreate {escape(store.location)}, dropping {' and '.join(losses)}?")
         control.reinitialize(store, force=args.force)
     except LiveTasksExist as error:
         fail(f"twctl: {error}; use --force to drop them", EXIT_FAILED)
@@ -95,12 +96,15 @@ def _counted(count: int, noun: str) -> list[str]:
     return [f"{count} {noun}(s)"] if count else []
 
 
-def _confirm(args: argparse.Namespace, question: str) -> None:
-    """On a terminal, ask before dropping what cannot come back; any answer but y or yes
-    (an empty line, end of input) cancels with exit 1 and nothing changed. A script (stdin
-    not a terminal) and --yes are not asked, so they run as they always did."""
-    if args.yes or not sys.stdin.isatty():
-        return
+def _asks(args: argparse.Namespace) -> bool:
+    """Whether a command that drops data asks first: on a terminal, unless --yes. A script
+    (stdin not a terminal) is not asked, so it runs as it always did."""
+    return not args.yes and sys.stdin.isatty()
+
+
+def _confirm(question: str) -> None:
+    """Ask before dropping what cannot come back; any answer but y or yes (an empty line,
+    end of input) cancels with exit 1 and nothing changed."""
     print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
     answer = sys.stdin.readline()
     if answer.strip().lower() in ("y", "yes"):
@@ -163,8 +167,8 @@ def _cmd_history(store: Store, args: argparse.Namespace) -> int:
 
 
 def _cmd_clear(store: Store, args: argparse.Namespace) -> int:
-    if args.before is None and (rows := store.history_count()):
-        _confirm(args, f"drop all {rows} history row(s) of {escape(store.location)}?")
+    if args.before is None and _asks(args) and (rows := store.history_count()):
+        _confirm(f"drop all {rows} history row(s) of {escape(store.location)}?")
     sweep = LogSweep()  # the rows' logs go once their batch is committed
     notice = _progress_notice("removed")
     # Many hosts: the logs of other hosts' tasks are on their disks, for them to clear.
