@@ -21,15 +21,24 @@ def _dropping(columns: Sequence[Column], order: Sequence[str]) -> list[Column]:
     ]
 
 
+def attempt_of(task: dict) -> str | None:
+    """`2/4` for the second attempt of a task launched up to 4 times; None (shown `-`) for
+    a task launched once."""
+    attempts = task.get("attempts")
+    if not isinstance(attempts, int) or attempts <= 1:
+        return None
+    return f"{task.get('attempt')}/{attempts}"
+
+
 #: The columns that drop out of `list` on a narrow terminal, first to last; taskid, name and
 #: status always stay.
 LIST_DROP_ORDER = (
-    "info3", "info2", "info1", "timeout", "feedback",
+    "info3", "info2", "info1", "attempt", "timeout", "feedback",
     "starttime", "timer", "said", "pid", "duration",
 )  # fmt: skip
 #: The same for `history`; taskid, name and outcome always stay.
 HISTORY_DROP_ORDER = (
-    "info3", "info2", "info1", "signal", "starttime",
+    "info3", "info2", "info1", "attempt", "signal", "starttime",
     "error", "exit", "duration", "endtime",
 )  # fmt: skip
 
@@ -42,6 +51,7 @@ LIST_COLUMNS = _dropping(
         Column("info3", "info3", fit=FREE),
         Column("pid", "pid"),
         Column("status", "status"),
+        Column("attempt", "attempt_of"),
         time_column("starttime", "starttime"),
         seconds_column("duration", "duration"),
         Column("feedback", "feedback", yes_no, yes_no),
@@ -66,6 +76,7 @@ HISTORY_COLUMNS = _dropping(
         time_column("starttime", "starttime"),
         time_column("endtime", "endtime"),
         seconds_column("duration", "duration"),
+        Column("attempt", "attempt"),
     ],
     HISTORY_DROP_ORDER,
 )

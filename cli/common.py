@@ -129,6 +129,14 @@ def byte_count(text: str) -> int:
     return int(match.group(1)) * _SIZE_SUFFIXES[match.group(2).upper()]
 
 
+def count(text: str) -> int:
+    """argparse type: a count of zero or more (`--retries 0`: none)."""
+    value = _whole(text)
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"not a whole number of 0 or more: {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: a count of one or more (`--limit 0` or `-1` would mean nothing useful)."""
     value = _whole(text)

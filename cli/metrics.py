@@ -118,11 +118,17 @@ def _per_task(store: Store, tasks: list[Task], now: float) -> list[Family]:
     progress = Family(
         "taskwatcher_task_progress_ratio", "The task's numeric progress feedback, 0 to 1."
     )
+    attempt = Family(
+        "taskwatcher_task_attempt",
+        "The attempt of a task launched more than once (between two: the one to come).",
+    )
     feedback = store.live_feedback() if tasks else {}
     for task in tasks:
         labels = {"taskid": str(task.taskid), "name": task.name or "", "host": task.host or ""}
         if task.timeout is not None:
             timeout.add(task.timeout, **labels)
+        if task.attempt > 1:
+            attempt.add(task.attempt, **labels)
         heartbeat_age = task.heartbeat_age(now)
         if heartbeat_age is None:
             continue  # a reservation: no heartbeat, no start, no progress yet
@@ -131,13 +137,14 @@ def _per_task(store: Store, tasks: list[Task], now: float) -> list[Family]:
         value = progress_of(feedback.get(task.taskid, {}))
         if value is not None:
             progress.add(value / 100, **labels)
-    return [age, timeout, started, progress]
+    return [age, timeout, started, progress, attempt]
 
 
 def _history(store: Store, now: float, window: float) -> list[Family]:
     ended = Family(
         "taskwatcher_ended_tasks",
-        "Tasks that ended within the window, by name and outcome.",
+        "Tasks that ended within the window, by name and outcome (each attempt of a retried"
+        " one counts).",
     )
     last = Family(
         "taskwatcher_last_end_time_seconds",

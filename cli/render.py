@@ -49,6 +49,7 @@ STATUS_STYLES = {
     "RUNNING": "green",
     "SILENT": "yellow",
     "STALLED": "bold red",
+    "RETRYING": "yellow",
     "COMPLETED": "green",
     "FAILED": "red",
     "TIMEOUT": "bold red",

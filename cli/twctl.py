@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from taskwatcher.cli import interruptible, waiting
 from taskwatcher.cli.aliases import expand_aliases
-from taskwatcher.cli.columns import HISTORY_COLUMNS, LIST_COLUMNS
+from taskwatcher.cli.columns import HISTORY_COLUMNS, LIST_COLUMNS, attempt_of
 from taskwatcher.cli.common import (
     SubcommandParser,
     add_db_option,
@@ -129,6 +129,8 @@ def _cmd_update(store: Store, args: argparse.Namespace) -> int:
 
 def _cmd_list(store: Store, args: argparse.Namespace) -> int:
     records = control.listing(store, name=args.name, status=args.status)
+    if not args.json:
+        records = [{**record, "attempt_of": attempt_of(record)} for record in records]
     print_records(records, LIST_COLUMNS, as_json=args.json, empty="No tasks.", title="Live tasks")
     return 0
 
@@ -267,8 +269,9 @@ def _seconds_option(
 
 
 def _names(statuses: Iterable[Status]) -> list[str]:
-    """Plain strings for argparse choices, so an error lists RUNNING, not <Status.RUNNING>."""
-    return sorted(status.value for status in statuses)
+    """Plain strings for argparse choices, so an error lists RUNNING, not <Status.RUNNING>;
+    in the order of the life cycle."""
+    return [status.value for status in Status if status in statuses]
 
 
 def _live_status(text: str) -> str:

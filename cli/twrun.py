@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -14,6 +15,7 @@ from taskwatcher.cli.common import (
     add_db_option,
     add_debug_option,
     byte_count,
+    count,
     fail,
     non_negative_seconds,
     open_store,
@@ -34,6 +36,13 @@ from taskwatcher.engine.hooks import (
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.output import DEFAULT_LOG_MAX_BYTES
 from taskwatcher.engine.request import DEFAULT_GRACE, DEFAULT_HEARTBEAT, Heartbeat, LaunchRequest
+from taskwatcher.engine.retries import (
+    DEFAULT_RETRY_DELAY,
+    DEFAULT_RETRY_ON,
+    MAX_BACKOFF,
+    RETRYABLE,
+    RetryPolicy,
+)
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED, TaskEnd
 from taskwatcher.engine.store import Store
@@ -51,9 +60,30 @@ programs with `stdbuf -oL`, when their output must show (or be a heartbeat) at o
 
 examples:
   twrun --name nightly --timeout 30 -- ./nightly.py      # writes to $TASKWATCHER_FEEDBACK
+  twrun --retries 3 --retry-delay 10 --retry-backoff -- ./fetch.sh   # 10, 20, 40 s apart
   id=$(twctl reserve --name nightly --unique)
   twrun --taskid "$id" --feedpath . --timeout 30 -- ./nightly.py --feedback feedback_$id.log
 """
+
+
+def retry_outcomes(text: str) -> frozenset[Status]:
+    """argparse type: the outcomes of an attempt that are retried, such as `failed,timeout`."""
+    words = [word.strip().upper() for word in text.split(",") if word.strip()]
+    known = ", ".join(status.lower() for status in RETRYABLE)
+    if not words or not set(words) <= set(RETRYABLE):
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {known}")
+    return frozenset(Status(word) for word in words)
+
+
+def backoff_factor(text: str) -> float:
+    """argparse type: what each delay between attempts is multiplied by, 1 or more."""
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = math.nan
+    if not 1 <= factor <= MAX_BACKOFF:
+        raise argparse.ArgumentTypeError(f"not a factor from 1 to {MAX_BACKOFF:g}: {text!r}")
+    return factor
 
 
 def heartbeat_sources(text: str) -> frozenset[Heartbeat]:
@@ -126,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-feedback", action="store_true", help="leave the feedback file after the end"
     )
+    _add_retry_options(parser)
     _add_hook_options(parser)
     add_debug_option(parser)
     add_version_option(parser)
@@ -153,6 +184,41 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_retry_options(parser: argparse.ArgumentParser) -> None:
+    """--retries, --retry-delay, --retry-backoff, --retry-on: a failed task launched again."""
+    parser.add_argument(
+        "--retries",
+        type=count,
+        default=0,
+        metavar="N",
+        help="launch a task that failed again, up to N more times, under the same id",
+    )
+    parser.add_argument(
+        "--retry-delay",
+        type=non_negative_seconds,
+        default=DEFAULT_RETRY_DELAY,
+        metavar="SECONDS",
+        help=f"wait between two attempts (default {DEFAULT_RETRY_DELAY:g})",
+    )
+    parser.add_argument(
+        "--retry-backoff",
+        type=backoff_factor,
+        nargs="?",
+        const=2.0,
+        default=1.0,
+        metavar="FACTOR",
+        help="multiply the delay by FACTOR after each attempt (alone: 2; default 1)",
+    )
+    parser.add_argument(
+        "--retry-on",
+        type=retry_outcomes,
+        default=DEFAULT_RETRY_ON,
+        metavar="LIST",
+        help="which ends are retried, comma-separated: failed, timeout, killed (by a signal "
+        "nobody here sent; a kill asked for always ends the task) (default: failed,timeout)",
+    )
+
+
 def _add_hook_options(parser: argparse.ArgumentParser) -> None:
     """--on-exit, --on-failure, --hook-timeout: commands run once the task is archived."""
     parser.add_argument(
@@ -161,7 +227,7 @@ def _add_hook_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="CMD",
         help="run CMD (split as a shell would, run without one) once the task has ended and "
-        "been recorded; repeatable",
+        "been recorded (after its last attempt); repeatable",
     )
     parser.add_argument(
         "--on-failure",
@@ -198,6 +264,7 @@ def _request(command: list[str], args: argparse.Namespace) -> LaunchRequest:
         output=args.output,
         logdir=args.logdir,
         log_max_bytes=args.log_max_bytes,
+        retry=RetryPolicy(args.retries, args.retry_delay, args.retry_backoff, args.retry_on),
     )
 
 

@@ -12,6 +12,7 @@ import tty
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from taskwatcher.cli.columns import attempt_of
 from taskwatcher.cli.common import fail
 from taskwatcher.cli.fit import FIXED, FREE, Fit, cut_text, fitted_table
 from taskwatcher.cli.progress import progress_of
@@ -67,6 +68,18 @@ def _progress_cell(feedback: dict[str, str]) -> RenderableType:
     bar = Table.grid(padding=(0, 1))
     bar.add_row(ProgressBar(total=100, completed=value, width=BAR_WIDTH), Text(f"{value:5.1f}%"))
     return bar
+
+
+def _attempt_detail(record: dict[str, Any], now: float) -> str | None:
+    """`attempt 2/4 in 5s` while a task waits to be launched again; `attempt 2/4` while a
+    retried one runs; None for a task launched once."""
+    attempt = attempt_of(record)
+    if attempt is None:
+        return None
+    retry_at = record.get("retry_at")
+    if record["status"] != Status.RETRYING or not isinstance(retry_at, float):
+        return f"attempt {attempt}"
+    return f"attempt {attempt} in {human_duration(max(0.0, retry_at - now))}"
 
 
 def _detail(feedback: dict[str, str]) -> str:
@@ -145,7 +158,9 @@ def render_frame(store: Store, now: float | None = None) -> Frame:
                 Text(human_duration(record["duration"])),
                 _heartbeat_cell(record),
                 _progress_cell(feedback),
-                cut_text(_detail(feedback)),
+                cut_text(
+                    " · ".join(filter(None, [_attempt_detail(record, now), _detail(feedback)]))
+                ),
             ]
         )
     return Frame(escape(store.location), f"{len(records)} live · {clock}", columns, rows)

@@ -29,7 +29,7 @@ def _band(status: Status) -> str:
 
 def diagram_edges() -> list[tuple[str, str, str]]:
     """(source, dest, label) per drawn edge; a trigger allowed from every started state and
-    leaving them is drawn once, from the group."""
+    leaving them is drawn once from the group (and from any other state it leaves)."""
     edges = []
     for transition in TRANSITIONS:
         sources = transition["source"]
@@ -38,8 +38,8 @@ def diagram_edges() -> list[tuple[str, str, str]]:
         label = transition["trigger"]
         if "conditions" in transition:
             label = f"{label} when {_band(dest)}"
-        if set(sources) == set(STARTED_STATUSES) and dest not in STARTED_STATUSES:
-            sources = [GROUP]
+        if set(STARTED_STATUSES) <= set(sources) and dest not in STARTED_STATUSES:
+            sources = [GROUP, *(source for source in sources if source not in STARTED_STATUSES)]
         edges.extend((str(source), str(dest), label) for source in sources)
     return edges
 
@@ -76,7 +76,8 @@ def to_mermaid() -> str:
         if source in STARTED_STATUSES:
             inside.append(f"        {source} --> {dest} : {label}")
         elif dest in STARTED_STATUSES:
-            inside.insert(0, f"        [*] --> {dest}")
+            if (entry := f"        [*] --> {dest}") not in inside:
+                inside.insert(0, entry)
             outside.append(f"    {source} --> {GROUP} : {label}")
         else:
             outside.append(f"    {source} --> {dest} : {label}")

@@ -15,12 +15,13 @@ from taskwatcher.engine.errors import TransitionNotAllowed
 
 
 class Status(StrEnum):
-    """Every state a task can be in; the first four are live, the rest are final outcomes."""
+    """Every state a task can be in; the first five are live, the rest are final outcomes."""
 
     RESERVED = "RESERVED"
     RUNNING = "RUNNING"
     SILENT = "SILENT"
     STALLED = "STALLED"
+    RETRYING = "RETRYING"  # an attempt failed; its supervisor waits to launch the next
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     TIMEOUT = "TIMEOUT"
@@ -31,7 +32,9 @@ class Status(StrEnum):
 
 #: Started and alive: graded by heartbeat age.
 STARTED_STATUSES = (Status.RUNNING, Status.SILENT, Status.STALLED)
-LIVE_STATUSES = frozenset({Status.RESERVED, *STARTED_STATUSES})
+#: Held by a supervisor, started or between two attempts: what it can be asked to stop.
+SUPERVISED_STATUSES = (*STARTED_STATUSES, Status.RETRYING)
+LIVE_STATUSES = frozenset({Status.RESERVED, *SUPERVISED_STATUSES})
 FINAL_STATUSES = frozenset(Status) - LIVE_STATUSES
 
 SILENT_AT = 0.25
@@ -55,7 +58,12 @@ def health(fraction: float) -> Status:
 
 
 TRANSITIONS: list[dict[str, Any]] = [
-    {"trigger": "start", "source": Status.RESERVED, "dest": Status.RUNNING, "before": "mark_start"},
+    {
+        "trigger": "start",
+        "source": [Status.RESERVED, Status.RETRYING],
+        "dest": Status.RUNNING,
+        "before": "mark_start",
+    },
     {"trigger": "expire", "source": Status.RESERVED, "dest": Status.EXPIRED},
     {
         "trigger": "heartbeat",
@@ -84,8 +92,9 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "time_out", "source": STARTED_STATUSES, "dest": Status.TIMEOUT},
     {"trigger": "complete", "source": STARTED_STATUSES, "dest": Status.COMPLETED},
     {"trigger": "fail", "source": STARTED_STATUSES, "dest": Status.FAILED},
-    {"trigger": "kill", "source": STARTED_STATUSES, "dest": Status.KILLED},
-    {"trigger": "lose", "source": STARTED_STATUSES, "dest": Status.LOST},
+    {"trigger": "retry", "source": STARTED_STATUSES, "dest": Status.RETRYING},
+    {"trigger": "kill", "source": SUPERVISED_STATUSES, "dest": Status.KILLED},
+    {"trigger": "lose", "source": SUPERVISED_STATUSES, "dest": Status.LOST},
 ]
 
 

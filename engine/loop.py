@@ -58,11 +58,16 @@ def run(sources: Sequence[Source], done: Callable[[], bool], clock: Callable[[],
                     return
 
 
-def run_for(sources: Sequence[Source], seconds: float, clock: Callable[[], float]) -> None:
-    """Run the sources for `seconds`: the waits while a task is being stopped, when its
-    output and notifications must still be read."""
+def run_for(
+    sources: Sequence[Source],
+    seconds: float,
+    clock: Callable[[], float],
+    done: Callable[[], bool] = lambda: False,
+) -> None:
+    """Run the sources for `seconds`, or until `done()`: the waits while a task is being
+    stopped, when its output and notifications must still be read, and between attempts."""
     until = _Until(clock() + seconds, clock)
-    run([*sources, until], until.passed, clock)
+    run([*sources, until], lambda: until.passed() or done(), clock)
 
 
 class _Until:

@@ -40,7 +40,7 @@ def _grade_is(status: Status) -> Callable[[TaskState, float], bool]:
 
 class TaskState:
     """One task's life; the triggers (start, heartbeat, tick, time_out, complete, fail,
-    kill, lose, expire) are the table's.
+    retry, kill, lose, expire) are the table's.
 
     Each trigger returns True when a transition ran; `tick` has no self-loops, so its result
     says whether the state changed. A trigger the table forbids raises TransitionNotAllowed.
@@ -83,6 +83,9 @@ class TaskState:
 
     def fail(self) -> bool:
         return self._fire("fail")
+
+    def retry(self) -> bool:
+        return self._fire("retry")
 
     def kill(self) -> bool:
         return self._fire("kill")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import errno
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,8 @@ TEE_FLUSH_TIMEOUT = 1.0
 #: this much, or a tenth of a smaller file system; looked at before every write.
 LOG_RESERVE = 64 * 1024 * 1024
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_APPEND
+#: An earlier attempt's log, carried on: never through a link, never blocked on a FIFO.
+_CONTINUE_FLAGS = (_CREATE_FLAGS & ~os.O_EXCL) | os.O_NONBLOCK
 
 
 def log_name(taskid: int) -> str:
@@ -68,6 +71,21 @@ class LogFile:
             self._fd = os.open(self.path, _CREATE_FLAGS, 0o600)
         except OSError as error:
             raise FeedpathUnusable(f"cannot create the log {self.path}: {error.strerror}") from None
+
+    def carry_on(self) -> None:
+        """Open the log again for the task's next attempt, which appends to it (made anew
+        when it is gone): a regular file of ours, whose size counts towards the rotation.
+        FeedpathUnusable when that fails."""
+        try:
+            fd = os.open(self.path, _CONTINUE_FLAGS, 0o600)
+        except OSError as error:
+            raise FeedpathUnusable(f"cannot reopen the log {self.path}: {error.strerror}") from None
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode) or status.st_uid != os.geteuid():
+            os.close(fd)
+            raise FeedpathUnusable(f"cannot reopen the log {self.path}: not a file of ours")
+        os.set_blocking(fd, True)
+        self._fd, self._size = fd, status.st_size
 
     def write(self, data: bytes) -> None:
         """Append, rotating once the file is full, so the two files never exceed the limit."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from taskwatcher.engine.lifecycle import Status
+from taskwatcher.engine.lifecycle import STARTED_STATUSES, Status
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Launch:
     timeout: float | None = None
     feedpath: str | None = None
     logfile: str | None = None  # None: the output is not captured
+    attempts: int = 1  # how many times the task may be launched: 1 + its retries
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,14 @@ class Task:
     stopping: float | None = None  # when it said it was stopping (STOPPING=1)
     lease_until: float | None = None  # server time the supervisor's lease runs out (many hosts)
     output_tail: str | None = None  # the output's last lines, pushed for other hosts
+    attempt: int = 1  # the attempt running, or while RETRYING the one to come
+    attempts: int = 1  # out of how many
+    retry_at: float | None = None  # while RETRYING: when the next attempt is launched
 
     @property
     def started(self) -> bool:
-        return self.status != Status.RESERVED and self.starttime is not None
+        """Whether an attempt of the task is running (not reserved, nor between attempts)."""
+        return self.status in STARTED_STATUSES and self.starttime is not None
 
     def heartbeat_age(self, now: float) -> float | None:
         """Seconds since the last heartbeat (since the start before any); None until started."""
@@ -137,6 +142,7 @@ class Ended:
     output_tail: str | None = None
     token_hash: str | None = None  # what proves its leftover processes its own
     uid: int | None = None
+    attempt: int | None = 1  # which attempt of the task this row is (retries: 2, 3, ...)
 
     def as_json(self) -> dict[str, Any]:
         """As `twctl history --json` shows it: DESIGN.md's keys first, then the extras.
@@ -163,13 +169,13 @@ TASK_JSON_KEYS = (
     "starttime", "duration", "lastupdate", "timer", "timeout", "unique", "host",
     "supervisor_pid", "supervisor_ctime", "pgid", "child_ctime", "heartbeat", "feedpath",
     "command", "kill_request", "kill_requested_at", "uid", "token_hash", "logfile",
-    "ready", "stopping",
+    "ready", "stopping", "attempt", "attempts", "retry_at",
 )  # fmt: skip
 #: `history --json`: likewise.
 ENDED_JSON_KEYS = (
     "id", "taskid", "taskname", "info1", "info2", "info3", "termsignal", "termerror",
     "exitcode", "outcome", "starttime", "endtime", "duration", "feedback", "reservetime",
-    "host", "pid", "timeout", "killed_by", "command", "logfile", "output_tail",
+    "host", "pid", "timeout", "killed_by", "command", "logfile", "output_tail", "attempt",
 )  # fmt: skip
 
 

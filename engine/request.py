@@ -11,6 +11,7 @@ from taskwatcher.engine.capture import OutputMode
 from taskwatcher.engine.errors import InvalidRequest
 from taskwatcher.engine.feedbackfile import FEEDBACK_FLAG
 from taskwatcher.engine.output import DEFAULT_LOG_MAX_BYTES
+from taskwatcher.engine.retries import NO_RETRIES, RetryPolicy
 
 #: Seconds between SIGTERM and SIGKILL when a task is stopped (supervisord's stopwaitsecs idea).
 DEFAULT_GRACE = 5.0
@@ -48,6 +49,7 @@ class LaunchRequest:
     output: OutputMode = OutputMode.TEE
     logdir: Path | None = None
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    retry: RetryPolicy = NO_RETRIES
 
     def __post_init__(self) -> None:
         if Heartbeat.OUTPUT in self.heartbeat and not self.captures:

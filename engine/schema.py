@@ -20,10 +20,25 @@ class Step:
     postgres: tuple[str, ...]
 
 
-def _tasks_table(integer: str, real: str, boolean: str, key: str) -> str:
-    """The version-1 tasks table in a dialect: only the column types differ."""
+#: The live statuses the tasks table held up to version 6; version 7 adds RETRYING.
+_V1_STATUSES = "'RESERVED', 'RUNNING', 'SILENT', 'STALLED'"
+_V7_STATUSES = f"{_V1_STATUSES}, 'RETRYING'"
+
+
+def _tasks_table(
+    integer: str,
+    real: str,
+    boolean: str,
+    key: str,
+    *,
+    table: str = "tasks",
+    statuses: str = _V1_STATUSES,
+    more: str = "",
+) -> str:
+    """The version-1 tasks table in a dialect (only the column types differ); version 7
+    rebuilds it in sqlite, which cannot change a CHECK, under another name with more columns."""
     return f"""
-    CREATE TABLE tasks (
+    CREATE TABLE {table} (
         id                {key},
         name              TEXT,
         info1             TEXT,
@@ -31,7 +46,7 @@ def _tasks_table(integer: str, real: str, boolean: str, key: str) -> str:
         info3             TEXT,
         pid               {integer},
         status            TEXT NOT NULL DEFAULT 'RESERVED'
-                          CHECK (status IN ('RESERVED', 'RUNNING', 'SILENT', 'STALLED')),
+                          CHECK (status IN ({statuses})),
         feedback          INTEGER NOT NULL DEFAULT 0,          -- 1: it has written feedback
         reservetime       {real} NOT NULL,
         starttime         {real},
@@ -48,7 +63,7 @@ def _tasks_table(integer: str, real: str, boolean: str, key: str) -> str:
         feedpath          TEXT,
         command           TEXT,                                -- JSON argv
         kill_request      TEXT,                                -- who asked for the kill
-        kill_requested_at {real}
+        kill_requested_at {real}{more}
     )
     """
 
@@ -82,10 +97,13 @@ def _history_table(integer: str, real: str, key: str) -> str:
     """
 
 
-_INDEXES = (
+_TASKS_INDEXES = (
     "CREATE INDEX tasks_name ON tasks (name)",
     "CREATE UNIQUE INDEX tasks_unique_name ON tasks (name) WHERE is_unique",
     "CREATE INDEX tasks_reserved ON tasks (reservetime) WHERE status = 'RESERVED'",
+)
+_INDEXES = (
+    *_TASKS_INDEXES,
     "CREATE UNIQUE INDEX history_taskid ON history (taskid)",
     "CREATE INDEX history_name_end ON history (taskname, endtime)",
     "CREATE INDEX history_end ON history (endtime)",
@@ -217,6 +235,60 @@ _HOSTS_V5 = Step(
 _TALLY_INDEX = "CREATE INDEX history_tally ON history (taskname, outcome, endtime)"
 _TALLY_V6 = Step(sqlite=(_TALLY_INDEX,), postgres=(_TALLY_INDEX,))
 
+#: Version 7: retries. A task is RETRYING between two attempts, `attempt` counts them
+#: (during RETRYING: the one to come) out of `attempts`, `retry_at` is when the next one is
+#: launched; history keeps a row per attempt, so a task id is unique per attempt there.
+_TASKS_V6_COLUMNS = (
+    "id, name, info1, info2, info3, pid, status, feedback, reservetime, starttime, duration,"
+    " lastupdate, timeout, is_unique, host, supervisor_pid, supervisor_ctime, child_ctime,"
+    " pgid, heartbeat, feedpath, command, kill_request, kill_requested_at, token_hash, uid,"
+    " logfile, ready, stopping, lease_until, output_tail"
+)
+_ATTEMPTS_V7 = Step(
+    sqlite=(
+        _tasks_table(
+            "INTEGER",
+            "REAL",
+            "INTEGER NOT NULL DEFAULT 0",
+            "INTEGER PRIMARY KEY AUTOINCREMENT",
+            table="tasks_v7",
+            statuses=_V7_STATUSES,
+            more=""",
+        token_hash        TEXT,
+        uid               INTEGER,
+        logfile           TEXT,
+        ready             REAL,
+        stopping          REAL,
+        lease_until       REAL NOT NULL DEFAULT 0,
+        output_tail       TEXT,
+        attempt           INTEGER NOT NULL DEFAULT 1,
+        attempts          INTEGER NOT NULL DEFAULT 1,
+        retry_at          REAL""",
+        ),
+        f"INSERT INTO tasks_v7 ({_TASKS_V6_COLUMNS}) SELECT {_TASKS_V6_COLUMNS} FROM tasks",
+        # The id sequence goes with the table, so no id is ever handed out twice.
+        "DELETE FROM sqlite_sequence WHERE name = 'tasks_v7'",
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'tasks_v7', seq FROM sqlite_sequence"
+        " WHERE name = 'tasks'",
+        "DROP TABLE tasks",
+        "ALTER TABLE tasks_v7 RENAME TO tasks",  # renames its sqlite_sequence row too
+        *_TASKS_INDEXES,
+        "ALTER TABLE history ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1",
+        "DROP INDEX history_taskid",
+        "CREATE UNIQUE INDEX history_attempt ON history (taskid, attempt)",
+    ),
+    postgres=(
+        "ALTER TABLE tasks DROP CONSTRAINT tasks_status_check",
+        f"ALTER TABLE tasks ADD CONSTRAINT tasks_status_check CHECK (status IN ({_V7_STATUSES}))",
+        "ALTER TABLE tasks ADD COLUMN attempt bigint NOT NULL DEFAULT 1",
+        "ALTER TABLE tasks ADD COLUMN attempts bigint NOT NULL DEFAULT 1",
+        "ALTER TABLE tasks ADD COLUMN retry_at double precision",
+        "ALTER TABLE history ADD COLUMN attempt bigint NOT NULL DEFAULT 1",
+        "DROP INDEX history_taskid",
+        "CREATE UNIQUE INDEX history_attempt ON history (taskid, attempt)",
+    ),
+)
+
 MIGRATIONS: tuple[Step, ...] = (
     _CREATE_V1,
     _OWNERSHIP_V2,
@@ -224,6 +296,7 @@ MIGRATIONS: tuple[Step, ...] = (
     _NOTIFY_V4,
     _HOSTS_V5,
     _TALLY_V6,
+    _ATTEMPTS_V7,
 )
 LATEST_VERSION = len(MIGRATIONS)
 TABLES = ("tasks", "feedbacks", "history")

@@ -99,8 +99,13 @@ class SqlReads:
         return {row["id"]: decode_feedback(row["feedback"]) or {} for row in rows}
 
     def history_of(self, taskid: int) -> Ended | None:
-        """The history record of one finished task, or None if it has not finished."""
-        row = self._db.row("SELECT * FROM history WHERE taskid = ?", (taskid,))
+        """The history record of one finished task (of its last attempt), or None if it has
+        not finished: a task between two attempts has rows in history, and is still live."""
+        row = self._db.row(
+            "SELECT * FROM history WHERE taskid = ? AND NOT EXISTS"
+            " (SELECT 1 FROM tasks WHERE id = ?) ORDER BY attempt DESC, id DESC LIMIT 1",
+            (taskid, taskid),
+        )
         return None if row is None else typed(Ended, dict(row))
 
     def history(self, **filters: Any) -> list[Ended]:
@@ -217,7 +222,10 @@ class SqlReads:
         row = self._db.row(f"SELECT * FROM tasks WHERE id = ?{lock}", (taskid,))
         if row is not None:
             return task_from_row(row)
-        ended = self._db.row("SELECT outcome FROM history WHERE taskid = ?", (taskid,))
+        ended = self._db.row(
+            "SELECT outcome FROM history WHERE taskid = ? ORDER BY attempt DESC, id DESC LIMIT 1",
+            (taskid,),
+        )
         if ended is None:
             raise UnknownTask(f"no task {taskid}")
         raise UnknownTask(f"task {taskid} has already ended ({ended['outcome']})")

@@ -46,6 +46,8 @@ BATCH_SECONDS = 0.025
 BATCH_RANGE = (100, 20_000)
 #: Stale reservations every write expires on the way; expire_reservations() takes the rest.
 _EXPIRED_PER_WRITE = 50
+#: Ids per `IN (...)` list: well under every backend's limit of parameters.
+_IDS_PER_QUERY = 500
 
 
 class SqlStore(SqlReads):
@@ -126,6 +128,7 @@ class SqlStore(SqlReads):
                 "command": encode_command(launch.command),
                 "token_hash": launch.token_hash,
                 "uid": launch.uid,
+                "attempts": launch.attempts,
                 "starttime": now,
                 "lastupdate": now,
             }
@@ -283,6 +286,57 @@ class SqlStore(SqlReads):
             task = self._live(taskid, locked=True)
             return self._archive(task, ending, now, killed_by=task.kill_request)
 
+    def retry(self, taskid: int, token_hash: str, ending: Ending, retry_at: float) -> Ended:
+        """The attempt running ended and another one follows: the attempt goes to history as
+        it ended, and the task stays live, RETRYING, until its supervisor launches the next
+        one (`relaunch`) at `retry_at` (wall time); returns the attempt's record.
+
+        Refused (TransitionNotAllowed) after the last attempt, and once a kill was asked for:
+        the supervisor then archives the task as it ended instead.
+        """
+        with self._owned(taskid, token_hash) as now:
+            task = self._live(taskid, locked=True)
+            step(taskid, task.status, "retry")
+            if task.attempt >= task.attempts:
+                raise TransitionNotAllowed(
+                    f"task {taskid}: attempt {task.attempt} was its last of {task.attempts}"
+                )
+            if task.kill_request is not None:
+                raise TransitionNotAllowed(f"task {taskid}: killed by {task.kill_request}")
+            ended = self._to_history(task, ending, now)
+            self._update(
+                taskid,
+                token_hash,
+                now,
+                "status = ?, attempt = attempt + 1, retry_at = ?, starttime = NULL,"
+                " pid = NULL, pgid = NULL, child_ctime = NULL, heartbeat = NULL,"
+                " feedback = ?, ready = NULL, stopping = NULL, output_tail = NULL",
+                Status.RETRYING, retry_at, 0,
+            )  # fmt: skip
+            self._db.execute("DELETE FROM feedbacks WHERE id = ?", (taskid,))
+            self._db.announce("change", taskid)
+            return ended
+
+    def relaunch(self, taskid: int, token_hash: str, timeout: float | None) -> str | None:
+        """RETRYING -> RUNNING: the next attempt starts now, with the heartbeat `timeout` it
+        was launched with. When a kill was asked for meanwhile, nothing changes and the
+        requester is returned, for the supervisor to end the task KILLED instead."""
+        with self._owned(taskid, token_hash) as now:
+            task = self._live(taskid, locked=True)
+            step(taskid, task.status, "start")
+            if task.kill_request is not None:
+                return task.kill_request
+            lease, lease_params = self._lease_renewal()
+            self._update(
+                taskid,
+                token_hash,
+                now,
+                f"status = ?, starttime = ?, timeout = ?, retry_at = NULL, lease_until = {lease}",
+                Status.RUNNING, now, timeout, *lease_params,
+            )  # fmt: skip
+            self._db.announce("change", taskid)
+            return None
+
     def expire_reservations(self) -> list[Ended]:
         """Expire reservations older than the time-to-live; returns their history records.
 
@@ -316,7 +370,8 @@ class SqlStore(SqlReads):
         gone, and running it again finishes.
         `progress` hears the running total after each batch; `logs` the (taskid, logfile) of
         the batch's rows that had a log, once the batch is committed, so that the files go
-        only with rows surely gone.
+        only with rows surely gone; a log that another attempt of the task still names (its
+        live row, or another history row) is not among them.
         """
         condition, params = filters_clause(
             ("endtime < ?", before), ("(logfile IS NULL OR host IS NULL OR host = ?)", host)
@@ -331,12 +386,19 @@ class SqlStore(SqlReads):
             with self._db.transaction():
                 began = time.monotonic()
                 deleted = self._db.rows(batch, (*params, rows))
+                kept = self._still_recorded([row["taskid"] for row in deleted if _text_log(row)])
             held = time.monotonic() - began
             removed += len(deleted)
             if progress is not None and deleted:
                 progress(removed)
             if logs is not None and deleted:
-                logs([(row["taskid"], row["logfile"]) for row in deleted if _text_log(row)])
+                logs(
+                    [
+                        (row["taskid"], row["logfile"])
+                        for row in deleted
+                        if _text_log(row) and row["taskid"] not in kept
+                    ]
+                )
             if len(deleted) < rows:
                 return removed
             self._db.pause_between_batches(began)
@@ -392,7 +454,17 @@ class SqlStore(SqlReads):
     def _archive(
         self, task: Task, ending: Ending, now: float, *, killed_by: str | None = None
     ) -> Ended:
-        """Copy a live task to history with how it ended, then delete it and its feedback.
+        """Copy a live task to history with how it ended, then delete it and its feedback."""
+        ended = self._to_history(task, ending, now, killed_by=killed_by)
+        self._db.execute("DELETE FROM tasks WHERE id = ?", (task.taskid,))
+        self._db.execute("DELETE FROM feedbacks WHERE id = ?", (task.taskid,))
+        self._db.announce("change", task.taskid)
+        return ended
+
+    def _to_history(
+        self, task: Task, ending: Ending, now: float, *, killed_by: str | None = None
+    ) -> Ended:
+        """The history row of the task's current attempt, as it ended; returns it.
 
         Refused, in this transaction, when the table allows no such end from its status
         (COMPLETED for a reservation, EXPIRED once started).
@@ -417,15 +489,27 @@ class SqlStore(SqlReads):
                 "duration": 0.0 if started is None else max(0.0, endtime - started),
                 "feedback": orjson.dumps(feedback), "killed_by": killed_by,
                 "logfile": task.logfile, "output_tail": ending.output_tail,
-                "token_hash": task.token_hash, "uid": task.uid,
+                "token_hash": task.token_hash, "uid": task.uid, "attempt": task.attempt,
             },
         )  # fmt: skip
-        self._db.execute("DELETE FROM tasks WHERE id = ?", (task.taskid,))
-        self._db.execute("DELETE FROM feedbacks WHERE id = ?", (task.taskid,))
-        self._db.announce("change", task.taskid)
         # Read back rather than RETURNING, which skips REAL affinity (10.0 would come back as 10).
         (inserted,) = self._db.rows("SELECT * FROM history WHERE id = ?", (historyid,))
         return typed(Ended, dict(inserted))
+
+    def _still_recorded(self, taskids: list[int]) -> set[int]:
+        """Which of these tasks still have a row, live or in history: the attempts of a task
+        share its log."""
+        found: set[int] = set()
+        for start in range(0, len(taskids), _IDS_PER_QUERY):
+            chunk = taskids[start : start + _IDS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._db.rows(
+                f"SELECT taskid FROM history WHERE taskid IN ({marks})"
+                f" UNION SELECT id FROM tasks WHERE id IN ({marks})",
+                (*chunk, *chunk),
+            )
+            found.update(row["taskid"] for row in rows)
+        return found
 
     def _insert(self, table: str, values: Mapping[str, Any]) -> int:
         """INSERT one row from a column -> value mapping; returns its id."""

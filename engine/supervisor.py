@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from taskwatcher.engine import loop, ownership, process
+from taskwatcher.engine.attempts import wait_to_retry
 from taskwatcher.engine.capture import Capture
 from taskwatcher.engine.errors import (
     LaunchError,
@@ -28,6 +29,7 @@ from taskwatcher.engine.errors import (
     SupervisorUnusable,
     UnknownTask,
 )
+from taskwatcher.engine.exitstatus import SIGNAL_EXIT_BASE
 from taskwatcher.engine.feedbackfile import (
     FeedbackFile,
     feedback_elsewhere,
@@ -38,15 +40,15 @@ from taskwatcher.engine.lazylog import get_logger
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.machine import TaskState
 from taskwatcher.engine.notify import NotifySocket
-from taskwatcher.engine.output import log_name
+from taskwatcher.engine.output import LogFile, log_name
 from taskwatcher.engine.records import Launch
 from taskwatcher.engine.request import Heartbeat, LaunchRequest
 from taskwatcher.engine.running import listeners_of, stop_everything, supervise
 from taskwatcher.engine.settings import host_id
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox, watched_stop_signals
-from taskwatcher.engine.stopping import SUPERVISOR_FAILED, TaskEnd, end_of_task
+from taskwatcher.engine.stopping import SUPERVISOR_FAILED, StopReason, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store
-from taskwatcher.engine.supervision import Recorder, Supervision
+from taskwatcher.engine.supervision import HEARTBEAT_CHECK_INTERVAL, Recorder, Supervision
 from taskwatcher.engine.taskfiles import feedback_folder, log_folder, make_feedback_file, make_log
 from taskwatcher.engine.taskrow import TaskRow
 from taskwatcher.engine.wakeup import WakeSocket
@@ -62,7 +64,8 @@ def run_task(
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> TaskEnd:
-    """Launch the request's command as a supervised task and return how it ended.
+    """Launch the request's command as a supervised task and return how it ended: its last
+    attempt's end, when a failed one is launched again (`request.retry`).
 
     Raises before launching anything when the reservation or the feedback folder is wrong,
     and LaunchError (with its 126/127 exit code) once a command that cannot start is archived
@@ -71,72 +74,137 @@ def run_task(
     """
     check_descriptors()
     reservation = _find_reservation(store, request)
-    taskid = reservation.taskid
     token = ownership.new_token()
     with ExitStack() as resources:
         claimed = _claim(store, request, reservation, token, resources)
-        row = claimed.row
-        feedback = make_feedback_file(row, request, claimed.feedback_file)
-        try:  # a task that never started leaves no feedback file behind
-            capture = make_log(row, request, claimed.logfile)
-            if feedback is not None and (
-                warning := feedback_elsewhere(request.argv, feedback.path)
-            ):
-                log.warning("%s", warning)
-            env = _child_env(request, taskid, feedback and feedback.path, token)
-            env["NOTIFY_SOCKET"] = claimed.notify.address
-            child, pipes = _launch(row, request, env)
-        except BaseException:
-            if feedback is not None and not request.keep_feedback:
-                feedback.remove()
-            raise
-        leader = process.identity_of(child.pid)
-        row.write(store.set_child, child.pid, leader and leader.create_time)
-        health = TaskState(taskid, request.heartbeat_timeout)
-        health.start(monotonic())
-        state = Supervision(health, row, clock)
-        recorder = Recorder(state)
-        listeners = listeners_of(
-            child, claimed.notify, recorder, request, capture, pipes, monotonic
-        )
-        try:
-            supervise(
-                child,
-                claimed.inbox,
-                claimed.wake,
-                recorder,
-                feedback,
-                request,
-                listeners,
-                monotonic,
-            )
-        finally:  # whatever went wrong, none of the task's processes outlive supervision
-            quiet = listeners.while_stopping
-
-            def idle(seconds: float) -> None:
-                loop.run_for(quiet, seconds, monotonic)
-
-            stopped = stop_everything(child, leader, state.stop, request.grace, idle)
-            listeners.notifications.handle(monotonic())  # its last words
-        # Still inside the inbox: a stop or kill request that comes now, too late to matter,
-        # must not kill twrun before the end it saw is recorded.
-        end = _record_end(child, recorder, stopped, feedback, capture, clock())
+        attempt, logfile = 1, None
+        while True:
+            ran = _run_attempt(claimed, request, token, attempt, logfile, clock, monotonic)
+            if ran.retry_in is None:
+                end, feedback = ran.end, ran.feedback
+                break
+            if ran.feedback is not None and not request.keep_feedback:
+                ran.feedback.remove()
+            attempt, logfile = attempt + 1, ran.logfile
+            if (stop := _wait_to_relaunch(claimed, request, ran.retry_in, monotonic)) is not None:
+                end, feedback = _end_between(claimed.row, stop, attempt), None
+                break
     if feedback is not None and not request.keep_feedback:
         feedback.remove()
     return end
 
 
-def _record_end(
+class _Ran(NamedTuple):
+    """One attempt, recorded: how it ended, and whether (in how long) another follows."""
+
+    end: TaskEnd
+    feedback: FeedbackFile | None
+    logfile: LogFile | None
+    retry_in: float | None  # None: the task was archived
+
+
+def _run_attempt(
+    claimed: _Claimed,
+    request: LaunchRequest,
+    token: str,
+    attempt: int,
+    logfile: LogFile | None,
+    clock: Callable[[], float],
+    monotonic: Callable[[], float],
+) -> _Ran:
+    """Launch the command once, supervise it to its end, and record that end: in history
+    for good, or as one attempt of a task that is launched again."""
+    row, taskid = claimed.row, claimed.row.taskid
+    feedback = make_feedback_file(row, request, claimed.feedback_file)
+    try:  # a task that never started leaves no feedback file behind
+        capture = make_log(row, request, claimed.logfile, logfile)
+        if capture is not None and attempt > 1:
+            capture.note(f"attempt {attempt} of {request.retry.attempts}")
+        warning = feedback and attempt == 1 and feedback_elsewhere(request.argv, feedback.path)
+        if warning:
+            log.warning("%s", warning)
+        env = _child_env(request, taskid, feedback and feedback.path, token, attempt)
+        env["NOTIFY_SOCKET"] = claimed.notify.address
+        child, pipes = _launch(row, request, env)
+    except BaseException:
+        if feedback is not None and not request.keep_feedback:
+            feedback.remove()
+        raise
+    leader = process.identity_of(child.pid)
+    row.write(row.store.set_child, child.pid, leader and leader.create_time)
+    health = TaskState(taskid, request.heartbeat_timeout)
+    health.start(monotonic())
+    state = Supervision(health, row, clock)
+    recorder = Recorder(state)
+    listeners = listeners_of(child, claimed.notify, recorder, request, capture, pipes, monotonic)
+    try:
+        supervise(
+            child, claimed.inbox, claimed.wake, recorder, feedback, request, listeners, monotonic
+        )
+    finally:  # whatever went wrong, none of the task's processes outlive supervision
+        quiet = listeners.while_stopping
+
+        def idle(seconds: float) -> None:
+            loop.run_for(quiet, seconds, monotonic)
+
+        stopped = stop_everything(child, leader, state.stop, request.grace, idle)
+        listeners.notifications.handle(monotonic())  # its last words
+    # Still inside the inbox: a stop or kill request that comes now, too late to matter,
+    # must not kill twrun before the end it saw is recorded.
+    end, final, tail = _ending(child, recorder, stopped, feedback, capture, clock())
+    policy = request.retry
+    if policy.retries_end(end.outcome, state.stop and state.stop.outcome, attempt):
+        delay = policy.delay_before(attempt + 1)
+        if row.retry(end, final, tail, clock() + delay):
+            log.warning(
+                "task %s: attempt %s of %s ended %s (status %s); the next in %g s",
+                taskid, attempt, policy.attempts, end.outcome, end.exit_code, delay,
+            )  # fmt: skip
+            return _Ran(end, feedback, capture and capture.logfile, delay)
+    row.archive(end, final, tail)
+    return _Ran(end, feedback, None, None)
+
+
+def _wait_to_relaunch(
+    claimed: _Claimed, request: LaunchRequest, seconds: float, monotonic: Callable[[], float]
+) -> StopReason | None:
+    """Wait before the next attempt and mark it started; why the task must end instead, if
+    it must (a kill, a stop signal, the lease, its row gone). While the database cannot
+    record the launch, nothing is launched: the supervisor waits on, a second at a time."""
+    row = claimed.row
+    while (stop := wait_to_retry(row, claimed.inbox, claimed.wake, seconds, monotonic)) is None:
+        requester = row.relaunch(request.heartbeat_timeout)
+        if row.lost is not None:
+            return StopReason(Status.LOST, row.lost)
+        if row.answered:
+            return None if requester is None else StopReason.requested(requester)
+        seconds = HEARTBEAT_CHECK_INTERVAL
+    return stop
+
+
+def _end_between(row: TaskRow, stop: StopReason, attempt: int) -> TaskEnd:
+    """End, as `stop` says, a task between two attempts: its next one never started. A kill
+    exits as one of a running attempt would have (128 + the signal it would have been sent)."""
+    if stop.outcome == Status.KILLED:
+        code = SIGNAL_EXIT_BASE + stop.first_signal
+    else:
+        code = SUPERVISOR_FAILED  # LOST: the lease ran out, or the row is gone
+    reason = f"{stop.reason}, before attempt {attempt} started"
+    end = TaskEnd(row.taskid, stop.outcome, code, None, reason)
+    row.archive(end, None)
+    return end
+
+
+def _ending(
     child: subprocess.Popen,
     recorder: Recorder,
     stopped: process.StopResult | None,
     feedback: FeedbackFile | None,
     capture: Capture | None,
     ended_at: float,
-) -> TaskEnd:
-    """Archive how the task ended, with its final feedback, the end of its output and what
-    else history should know; returns the end. When archiving fails the feedback file stays:
-    all that is left of the task."""
+) -> tuple[TaskEnd, dict[str, str] | None, str | None]:
+    """How the attempt ended, as history keeps it, with its final feedback and the end of
+    its output. When recording fails the feedback file stays: all that is left of it."""
     state = recorder.state
     last_signal = stopped.last_signal if stopped is not None and state.stop else None
     end = end_of_task(state.row.taskid, state.stop, child.returncode, last_signal)
@@ -150,8 +218,7 @@ def _record_end(
     if capture is not None and capture.incomplete:
         notes.append(f"log incomplete: {capture.incomplete}")
     end = dataclasses.replace(end, endtime=ended_at, termerror=_noted(end.termerror, notes))
-    state.row.archive(end, recorder.final(final), tail)
-    return end
+    return end, recorder.final(final), tail
 
 
 def _denied(stopped: process.StopResult | None) -> list[str]:
@@ -279,9 +346,10 @@ def _default_name(argv: Sequence[str]) -> str:
 
 
 def _child_env(
-    request: LaunchRequest, taskid: int, feedback_file: Path | None, token: str
+    request: LaunchRequest, taskid: int, feedback_file: Path | None, token: str, attempt: int
 ) -> dict[str, str]:
-    """The parent's environment plus where and how often the task should report.
+    """The parent's environment plus where and how often the task should report, and which
+    attempt it is (1 unless retried) of how many.
 
     The token is how every process of the task is recognised later, even after a crash of
     this supervisor (see `ownership`).
@@ -289,6 +357,8 @@ def _child_env(
     env = dict(os.environ)
     env[ownership.TOKEN_VARIABLE] = token
     env["TASKWATCHER_TASKID"] = str(taskid)
+    env["TASKWATCHER_ATTEMPT"] = str(attempt)
+    env["TASKWATCHER_ATTEMPTS"] = str(request.retry.attempts)
     if feedback_file is not None:
         env["TASKWATCHER_FEEDBACK"] = str(feedback_file)
     else:  # not one inherited from an enclosing task either
@@ -334,5 +404,6 @@ def _claim_start(
         timeout=request.heartbeat_timeout,
         feedpath=None if feedback_file is None else str(feedback_file),
         logfile=None if logfile is None else str(logfile),
+        attempts=request.retry.attempts,
     )
     row.store.claim(row.taskid, launch)

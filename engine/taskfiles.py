@@ -70,14 +70,20 @@ def make_feedback_file(
     return feedback
 
 
-def make_log(row: TaskRow, request: LaunchRequest, path: Path | None) -> Capture | None:
-    """Create the log once the claim made the id ours; when that fails the task ends FAILED
-    in history with nothing launched. None when the output is not captured."""
+def make_log(
+    row: TaskRow, request: LaunchRequest, path: Path | None, earlier: LogFile | None = None
+) -> Capture | None:
+    """Create the log once the claim made the id ours, or carry on the `earlier` attempt's;
+    when that fails the task ends FAILED in history with nothing launched. None when the
+    output is not captured."""
     if path is None:
         return None
-    logfile = LogFile(path, request.log_max_bytes)
+    logfile = earlier or LogFile(path, request.log_max_bytes)
     try:
-        logfile.create()
+        if earlier is None:
+            logfile.create()
+        else:
+            logfile.carry_on()
     except FeedpathUnusable as error:
         _fail(row, error)
     return Capture(logfile, tee=request.output == OutputMode.TEE)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from taskwatcher.engine.errors import NotRecorded, RowLost, StoreError
+from taskwatcher.engine.errors import NotRecorded, RowLost, StoreError, TransitionNotAllowed
 from taskwatcher.engine.lazylog import get_logger
 from taskwatcher.engine.stopping import TaskEnd
 from taskwatcher.engine.store import Store
@@ -55,6 +55,37 @@ class TaskRow:
             raise not_recorded(end, str(error)) from error
         except Exception as error:  # a damaged row: say how the task ended all the same
             raise not_recorded(end, f"unusable row in {self.store.location}: {error!r}") from error
+
+    def retry(
+        self,
+        end: TaskEnd,
+        feedback: dict[str, str] | None,
+        output_tail: str | None,
+        retry_at: float,
+    ) -> bool:
+        """Record the attempt that ended and keep the task live for the next one; False when
+        the store refuses (a kill asked for, the row lost) or fails, and the task is then
+        archived instead: an attempt is never launched without the last one recorded."""
+        if self.lost is not None:
+            return False
+        try:
+            ending = end.ending(feedback, output_tail)
+            self.store.retry(self.taskid, self.token_hash, ending, retry_at)
+        except TransitionNotAllowed:
+            return False
+        except RowLost as error:
+            self.lost = str(error)
+            return False
+        except StoreError as error:
+            self._warn(f"{error}; not retried")
+            return False
+        return True
+
+    def relaunch(self, timeout: float | None) -> str | None:
+        """Mark the next attempt started; who asked for a kill instead, if anyone. Whether
+        the store answered is in `answered` (and `lost`), as for every write."""
+        answer = self._attempt(self.store.relaunch, self.taskid, self.token_hash, timeout)
+        return answer if isinstance(answer, str) else None
 
     def _attempt(self, action: Callable[..., object], *args: object) -> object:
         self.answered = False

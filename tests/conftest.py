@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -142,3 +145,32 @@ def backend_location(request: pytest.FixtureRequest, db_path: Path) -> Path | st
     """A store's location on each backend in turn: an sqlite file, a PostgreSQL database,
     for the tests of what both must do alike."""
     return db_path if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+#: A hook that writes what it was told (its TASKWATCHER_ variables and the feedback file's
+#: JSON) to the file named by its argument.
+REPORTER = """
+import json, os, sys
+told = {k: v for k, v in os.environ.items() if k.startswith("TASKWATCHER_")}
+with open(told["TASKWATCHER_FEEDBACK_JSON"], "rb") as stream:
+    told["feedback"] = json.load(stream)
+with open(sys.argv[1], "w") as out:
+    json.dump(told, out)
+"""
+
+
+@pytest.fixture
+def reporter(tmp_path: Path):
+    """A hook command line, and how to read what it was told (None if it never ran)."""
+    script = tmp_path / "reporter.py"
+    script.write_text(REPORTER)
+
+    def hook(name: str = "told.json") -> str:
+        return shlex.join([sys.executable, str(script), str(tmp_path / name)])
+
+    def told(name: str = "told.json") -> dict | None:
+        path = tmp_path / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    hook.told = told  # type: ignore[attr-defined]
+    return hook

@@ -97,7 +97,7 @@ def on_a_terminal(*argv: str | Path) -> str:
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, "COLUMNS": "250", "TERM": "xterm"},
+        env={**os.environ, "COLUMNS": "300", "TERM": "xterm"},
     )
     assert result.returncode == 0, result.stdout
     return result.stdout

@@ -3,12 +3,10 @@ the task ended, bounded by their timeout, and unable to change the record or the
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,34 +14,6 @@ import pytest
 
 from tests.fault_helpers import assert_one_line, gone, reserve, twctl, twctl_json, wait_running
 from tests.helpers import BIN, run_cli, wait_for
-
-#: A hook that writes what it was told (its TASKWATCHER_ variables and the feedback file's
-#: JSON) to the file named by its argument.
-REPORTER = """
-import json, os, sys
-told = {k: v for k, v in os.environ.items() if k.startswith("TASKWATCHER_")}
-with open(told["TASKWATCHER_FEEDBACK_JSON"], "rb") as stream:
-    told["feedback"] = json.load(stream)
-with open(sys.argv[1], "w") as out:
-    json.dump(told, out)
-"""
-
-
-@pytest.fixture
-def reporter(tmp_path: Path):
-    """A hook command line, and how to read what it was told (None if it never ran)."""
-    script = tmp_path / "reporter.py"
-    script.write_text(REPORTER)
-
-    def hook(name: str = "told.json") -> str:
-        return shlex.join([sys.executable, str(script), str(tmp_path / name)])
-
-    def told(name: str = "told.json") -> dict | None:
-        path = tmp_path / name
-        return json.loads(path.read_text()) if path.exists() else None
-
-    hook.told = told  # type: ignore[attr-defined]
-    return hook
 
 
 def twrun(db: Path, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -82,6 +52,7 @@ def test_a_hook_is_told_how_the_task_ended(db_path, reporter, script, options, o
         "TASKWATCHER_EXITCODE": str(code),
         "TASKWATCHER_DURATION": f"{ended['duration']:.3f}",
         "TASKWATCHER_LOG": ended["logfile"],
+        "TASKWATCHER_ATTEMPT": "1",
         "feedback": ended["feedback"],
     }
     assert ended["outcome"] == outcome

@@ -117,7 +117,11 @@ def test_log_names_the_task_and_its_log_as_history_does(db_path: Path) -> None:
 @pytest.mark.parametrize(
     ("status", "complaint"),
     [
-        ("bogus", "'bogus' is not a live status: choose from RESERVED, RUNNING, SILENT, STALLED"),
+        (
+            "bogus",
+            "'bogus' is not a live status:"
+            " choose from RESERVED, RUNNING, SILENT, STALLED, RETRYING",
+        ),
         (
             "Completed",
             "COMPLETED is the outcome of a finished task: see twctl history --outcome COMPLETED",

@@ -141,6 +141,7 @@ TRIGGER_ARGS = {
     "time_out": (),
     "complete": (),
     "fail": (),
+    "retry": (),
     "kill": (),
     "lose": (),
     "expire": (),
@@ -149,6 +150,10 @@ STARTED = {Status.RUNNING, Status.SILENT, Status.STALLED}
 #: (source, trigger) -> destination, written out independently of the module's table.
 ALLOWED = {
     (Status.RESERVED, "start"): Status.RUNNING,
+    (Status.RETRYING, "start"): Status.RUNNING,
+    (Status.RETRYING, "kill"): Status.KILLED,
+    (Status.RETRYING, "lose"): Status.LOST,
+    **{(source, "retry"): Status.RETRYING for source in STARTED},
     (Status.RESERVED, "expire"): Status.EXPIRED,
     **{(source, "heartbeat"): Status.RUNNING for source in STARTED},
     **{(source, "tick"): source for source in STARTED},  # heartbeat age 0: no change
@@ -161,7 +166,7 @@ ALLOWED = {
 
 
 def test_status_sets():
-    assert {Status.RESERVED, *STARTED} == LIVE_STATUSES
+    assert {Status.RESERVED, *STARTED, Status.RETRYING} == LIVE_STATUSES
     assert {"COMPLETED", "FAILED", "TIMEOUT", "KILLED", "LOST", "EXPIRED"} == FINAL_STATUSES
     assert not LIVE_STATUSES & FINAL_STATUSES
 

@@ -76,7 +76,7 @@ def test_live_tasks_and_history_read_back_through_the_real_parser(db_path, runni
     samples = scrape(twctl(db_path, "metrics"))
 
     live = {labels(name="pull", status=s): n for s, n in [("RESERVED", 1), ("RUNNING", 1)]}
-    for status in ("SILENT", "STALLED"):
+    for status in ("SILENT", "STALLED", "RETRYING"):
         live[labels(name="pull", status=status)] = 0
     assert {k[1]: v for k, v in samples.items() if k[0] == "taskwatcher_live_tasks"} == live
     task = labels(taskid=str(running_task), name="pull", host=os.uname().nodename)

@@ -19,6 +19,7 @@ from taskwatcher.engine.lifecycle import (
     TRANSITIONS,
     Status,
 )
+from taskwatcher.engine.records import Ending
 from taskwatcher.engine.store import Store, open_store
 from tests.store_helpers import TOKEN_HASH, claim, finish
 
@@ -37,8 +38,10 @@ def task_in(store: Store, status: Status) -> int:
     """A task recorded in `status`, reached the way a supervisor reaches it."""
     taskid = store.reserve("guarded")
     if status != Status.RESERVED:
-        claim(store, taskid, timeout=10)
-    if status == Status.STALLED:
+        claim(store, taskid, timeout=10, attempts=2)
+    if status == Status.RETRYING:  # its first attempt failed, the second is to come
+        store.retry(taskid, TOKEN_HASH, Ending(Status.FAILED, exitcode=1), store.now() + 60)
+    elif status == Status.STALLED:
         store.grade(taskid, TOKEN_HASH, Status.STALLED)
     elif status == Status.SILENT:
         store.grade(taskid, TOKEN_HASH, Status.SILENT)
@@ -83,7 +86,7 @@ def test_a_grade_is_recorded_only_where_heartbeats_and_ticks_lead(
     """
     with open_store(db_path) as store:
         taskid = task_in(store, source)
-        if source in STARTED_STATUSES and dest in STARTED_STATUSES:
+        if source in STARTED_STATUSES and dest in STARTED_STATUSES:  # never RETRYING
             store.grade(taskid, TOKEN_HASH, dest)
             assert store.get_task(taskid).status == dest
         else:

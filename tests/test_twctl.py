@@ -122,8 +122,8 @@ def test_list_empty_piped_and_json(db_path: Path) -> None:
     twctl(db_path, "reserve", "--name", "a b", "--info1", "first")
     lines = twctl(db_path, "list").splitlines()
     assert lines[0].split() == [
-        "taskid", "name", "info1", "info2", "info3", "pid", "status", "starttime", "duration",
-        "feedback", "timer", "timeout", "said",
+        "taskid", "name", "info1", "info2", "info3", "pid", "status", "attempt", "starttime",
+        "duration", "feedback", "timer", "timeout", "said",
     ]  # fmt: skip
     assert "a b" in lines[1] and "RESERVED" in lines[1] and "first" in lines[1]
     (record,) = twctl_json(db_path, "list")

@@ -9,6 +9,7 @@ opening or removing the file they name.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -303,7 +304,11 @@ def test_show_gives_the_end_of_the_output_escaped(db_path: Path) -> None:
     shown = twctl(db_path, "show", taskid).stdout.splitlines()
     (first,) = [n for n, line in enumerate(shown) if line.startswith("output_tail ")]
     indent = shown[first].index("out 0")
-    assert [line[indent:] for line in shown[first:]] == [
+    tail = [
+        shown[first],
+        *itertools.takewhile(lambda line: line[:indent].isspace(), shown[first + 1 :]),
+    ]
+    assert [line[indent:] for line in tail] == [
         *INTERLEAVED_OUTPUT.splitlines(),
         "\\x1b[31mred",
     ]

@@ -125,7 +125,7 @@ def test_list_fits_the_terminal(tmux: Tmux, lab: Path, size: tuple[int, int]) ->
             assert f"│ {tasks[taskid]['pid']} " in line
     assert "…" in "".join(rows.values())  # the long names are cut, never wrapped
     if size[0] >= 200:
-        assert len(shown) == 13 and all("│ l3 " in row for row in rows.values())
+        assert len(shown) == 14 and all("│ l3 " in row for row in rows.values())
     if size[0] <= 80:
         assert "info1" not in shown
 
@@ -138,7 +138,7 @@ def test_history_fits_the_terminal(tmux: Tmux, lab: Path, size: tuple[int, int])
     rows = {int(match[1]): match[2] for line in screen if (match := ROW.match(line))}
     assert rows == outcomes, "\n".join(screen)
     if size[0] >= 200:
-        assert len(shown) == 12
+        assert len(shown) == 13
         assert any("│ exit status 1 " in line for line in screen)  # free text whole if room
 
 
@@ -164,7 +164,7 @@ def test_watch_keeps_its_title_on_one_line(tmux: Tmux, lab: Path, size: tuple[in
 def test_pipes_get_every_column_whatever_the_width(lab: Path) -> None:
     """Scripts read piped tables: their columns do not depend on a terminal's width."""
     narrow = {**os.environ, "COLUMNS": "40"}
-    for command, columns, rows in (("list", 13, 4), ("history", 12, 3)):
+    for command, columns, rows in (("list", 14, 4), ("history", 13, 3)):
         header, *lines = twctl(lab, command, env=narrow).splitlines()
         assert len(header.split()) == columns and len(lines) == rows
         assert all(NAME.format("") in line and "…" not in line for line in lines)
