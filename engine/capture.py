@@ -106,9 +106,10 @@ class Capture:
         for fd, copy in self._copies.items():
             if not copy.close(TEE_FLUSH_TIMEOUT) and copy.error is None:
                 self.note(f"output to fd {fd} not finished within {TEE_FLUSH_TIMEOUT:g} s")
-        if self._log.close(LOG_FLUSH_TIMEOUT):
+        written = self._log.close(LOG_FLUSH_TIMEOUT)
+        if not self._log.busy:  # finished, a failed write included: its file is done with
             self.logfile.close()
-        elif self._log.error is None:
+        if not written and self._log.error is None:
             self.incomplete = f"not written within {LOG_FLUSH_TIMEOUT:g} s of the end"
             self._warn(f"the log {self.logfile.path} may miss the end of the output")
         if self._log.error is not None:

@@ -92,8 +92,9 @@ def run_hooks(
 
 
 #: What twrun's own environment may hold for twrun alone: the socket of the systemd unit it
-#: runs under, and that unit's watchdog, are not a hook's to speak to.
-_NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")
+#: runs under, and that unit's watchdog, are not a hook's to speak to; the attempts of a task
+#: enclosing twrun are not the hook's task's.
+_NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "TASKWATCHER_ATTEMPTS")
 
 
 def _inherited(environ: Mapping[str, str]) -> dict[str, str]:

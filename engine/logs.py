@@ -218,11 +218,12 @@ def pushed_lines(record: Task | Ended, count: int | None) -> list[bytes]:
 
 def log_of(record: Task | Ended) -> TaskLog:
     """The log a row names; NoLog for a task that never started or whose output was not
-    captured (`twrun --output inherit`)."""
-    if record.starttime is None:
-        when = "has not" if isinstance(record, Task) else "never"
-        raise NoLog(f"task {record.taskid} has no log (it {when} started)")
+    captured (`twrun --output inherit`). Between two attempts, and after a kill before an
+    attempt started, the log is the earlier attempts'."""
     if record.logfile is None:
+        if record.starttime is None and (record.attempt or 1) == 1:
+            when = "has not" if isinstance(record, Task) else "never"
+            raise NoLog(f"task {record.taskid} has no log (it {when} started)")
         raise NoLog(f"task {record.taskid} has no log (its output was not captured)")
     return TaskLog(record.taskid, record.logfile, record.uid if isinstance(record, Task) else None)
 

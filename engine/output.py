@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import errno
 import os
-import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +36,7 @@ TEE_FLUSH_TIMEOUT = 1.0
 LOG_RESERVE = 64 * 1024 * 1024
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_APPEND
 #: An earlier attempt's log, carried on: never through a link, never blocked on a FIFO.
-_CONTINUE_FLAGS = (_CREATE_FLAGS & ~os.O_EXCL) | os.O_NONBLOCK
+_CONTINUE_FLAGS = (_CREATE_FLAGS & ~(os.O_CREAT | os.O_EXCL)) | os.O_NONBLOCK
 
 
 def log_name(taskid: int) -> str:
@@ -61,6 +60,8 @@ class LogFile:
         self.max_bytes = max_bytes
         self._fd: int | None = None
         self._size = 0
+        #: (device, inode, size) of the file as it was closed; None before
+        self.identity: tuple[int, int, int] | None = None
 
     def create(self) -> None:
         """Remove leftovers of an earlier task of the same id, then make the file anew:
@@ -68,24 +69,36 @@ class LogFile:
         try:
             for leftover in (self.path, rotated(self.path)):
                 leftover.unlink(missing_ok=True)
-            self._fd = os.open(self.path, _CREATE_FLAGS, 0o600)
+            self._open_new()
         except OSError as error:
             raise FeedpathUnusable(f"cannot create the log {self.path}: {error.strerror}") from None
 
-    def carry_on(self) -> None:
-        """Open the log again for the task's next attempt, which appends to it (made anew
-        when it is gone): a regular file of ours, whose size counts towards the rotation.
-        FeedpathUnusable when that fails."""
+    def carry_on(self, earlier: tuple[int, int, int] | None) -> None:
+        """Append the task's next attempt to the file the attempt before wrote and closed
+        (`earlier`, its identity then), whose size counts towards the rotation. Anything
+        else in its place (nothing, a link, a FIFO, another file, one with a second name or
+        changed since) gives way to a new file; FeedpathUnusable when that cannot be made."""
         try:
-            fd = os.open(self.path, _CONTINUE_FLAGS, 0o600)
+            fd = os.open(self.path, _CONTINUE_FLAGS)
+        except OSError:
+            fd = None
+        if fd is not None:
+            status = os.fstat(fd)
+            if _identity(status) == earlier and status.st_nlink == 1:
+                os.set_blocking(fd, True)
+                self._fd, self._size = fd, status.st_size
+                return
+            os.close(fd)
+        try:
+            self.path.unlink(missing_ok=True)
+            self._open_new()
         except OSError as error:
             raise FeedpathUnusable(f"cannot reopen the log {self.path}: {error.strerror}") from None
-        status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode) or status.st_uid != os.geteuid():
-            os.close(fd)
-            raise FeedpathUnusable(f"cannot reopen the log {self.path}: not a file of ours")
-        os.set_blocking(fd, True)
-        self._fd, self._size = fd, status.st_size
+
+    def _open_new(self) -> None:
+        """Make the file, which must not be there: 0600, ours, never through a link."""
+        self._fd = os.open(self.path, _CREATE_FLAGS, 0o600)
+        self._size = 0
 
     def write(self, data: bytes) -> None:
         """Append, rotating once the file is full, so the two files never exceed the limit."""
@@ -111,6 +124,7 @@ class LogFile:
 
     def close(self) -> None:
         if self._fd is not None:
+            self.identity = _identity(os.fstat(self._fd))
             os.close(self._fd)
             self._fd = None
 
@@ -118,13 +132,18 @@ class LogFile:
         os.close(self._descriptor())
         self._fd = None
         os.replace(self.path, rotated(self.path))
-        self._fd = os.open(self.path, _CREATE_FLAGS, 0o600)
-        self._size = 0
+        self._open_new()
 
     def _descriptor(self) -> int:
         if self._fd is None:
             raise OSError(f"{self.path} is closed")
         return self._fd
+
+
+def _identity(status: os.stat_result) -> tuple[int, int, int]:
+    """What tells a file from another one made in its place since (an inode number is
+    reused at once): its device, inode and size."""
+    return status.st_dev, status.st_ino, status.st_size
 
 
 class Writer:

@@ -70,11 +70,10 @@ class PgStore(SqlStore):
                         f" supervisor (pid {task.supervisor_pid} on host {task.host}) stopped"
                         " renewing it",
                     )
-                    expired.append(self._archive(task, ending, now))
+                    lost = self._archive(task, ending, now)
+                    expired.append(lost)
                     # Its processes are on its host, for that host's housekeeping to stop.
-                    self._db.execute(
-                        "UPDATE history SET swept = false WHERE taskid = ?", (task.taskid,)
-                    )
+                    self._db.execute("UPDATE history SET swept = false WHERE id = ?", (lost.id,))
             if len(rows) < BATCH_ROWS:
                 return expired
 

@@ -214,7 +214,7 @@ def _fitter(annotation: str) -> Callable[[Any], Any]:
         return decode_command
     if annotation.startswith("dict"):
         return decode_feedback
-    return _text
+    return as_text
 
 
 def _boolean(value: Any) -> bool:
@@ -235,7 +235,8 @@ def _real(value: Any) -> float | None:
     return None
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A stored value as text: bytes decoded (undecodable ones escaped), anything else str()."""
     if isinstance(value, bytes):
         return value.decode(errors="backslashreplace")
     return value if isinstance(value, str) else str(value)

@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from taskwatcher.engine.errors import InvalidRequest, UnknownTask
-from taskwatcher.engine.records import Ended, Tally, Task, decode_feedback, typed
+from taskwatcher.engine.records import Ended, Tally, Task, as_text, decode_feedback, typed
 
 Row = Mapping[str, Any]
 
@@ -163,18 +163,21 @@ class SqlReads:
         every 15 s of a history of 100,000 rows must stay cheap.
         """
         group = " GROUP BY taskname, outcome"
+        # Only numbers are times: an edited row may hold text, which sqlite sorts after them.
+        timed = "endtime + 0 = endtime"
         counted: dict[tuple[str, str], int] = {}
         for row in self._db.rows(
-            f"SELECT taskname, outcome, count(*) AS n FROM history WHERE endtime >= ?{group}",
+            "SELECT taskname, outcome, count(*) AS n FROM history"
+            f" WHERE endtime >= ? AND {timed}{group}",
             (since,),
         ):
-            key = (row["taskname"] or "", row["outcome"])
+            key = (as_text(row["taskname"] or ""), as_text(row["outcome"]))
             counted[key] = counted.get(key, 0) + int(row["n"])
         last: dict[tuple[str, str], float] = {}
         for row in self._db.rows(
-            f"SELECT taskname, outcome, max(endtime) AS last FROM history{group}"
+            f"SELECT taskname, outcome, max(endtime) AS last FROM history WHERE {timed}{group}"
         ):
-            key = (row["taskname"] or "", row["outcome"])
+            key = (as_text(row["taskname"] or ""), as_text(row["outcome"]))
             last[key] = max(last.get(key, row["last"]), row["last"])
         return [
             Tally(name, outcome, counted.get((name, outcome), 0), float(ended))

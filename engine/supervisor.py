@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from taskwatcher.engine import loop, ownership, process
-from taskwatcher.engine.attempts import wait_to_retry
+from taskwatcher.engine.attempts import relaunch_after
 from taskwatcher.engine.capture import Capture
 from taskwatcher.engine.errors import (
     LaunchError,
@@ -48,7 +48,7 @@ from taskwatcher.engine.settings import host_id
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox, watched_stop_signals
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED, StopReason, TaskEnd, end_of_task
 from taskwatcher.engine.store import Store
-from taskwatcher.engine.supervision import HEARTBEAT_CHECK_INTERVAL, Recorder, Supervision
+from taskwatcher.engine.supervision import Recorder, Supervision
 from taskwatcher.engine.taskfiles import feedback_folder, log_folder, make_feedback_file, make_log
 from taskwatcher.engine.taskrow import TaskRow
 from taskwatcher.engine.wakeup import WakeSocket
@@ -86,8 +86,12 @@ def run_task(
             if ran.feedback is not None and not request.keep_feedback:
                 ran.feedback.remove()
             attempt, logfile = attempt + 1, ran.logfile
-            if (stop := _wait_to_relaunch(claimed, request, ran.retry_in, monotonic)) is not None:
-                end, feedback = _end_between(claimed.row, stop, attempt), None
+            row = claimed.row
+            stop = relaunch_after(
+                row, claimed.inbox, claimed.wake, ran.retry_in, request.heartbeat_timeout, monotonic
+            )
+            if stop is not None:
+                end, feedback = _end_between(row, stop, attempt, ran.final, ran.tail), None
                 break
     if feedback is not None and not request.keep_feedback:
         feedback.remove()
@@ -99,6 +103,8 @@ class _Ran(NamedTuple):
 
     end: TaskEnd
     feedback: FeedbackFile | None
+    final: dict[str, str] | None  # the feedback it ended with
+    tail: str | None  # the end of its output
     logfile: LogFile | None
     retry_in: float | None  # None: the task was archived
 
@@ -160,38 +166,28 @@ def _run_attempt(
                 "task %s: attempt %s of %s ended %s (status %s); the next in %g s",
                 taskid, attempt, policy.attempts, end.outcome, end.exit_code, delay,
             )  # fmt: skip
-            return _Ran(end, feedback, capture and capture.logfile, delay)
+            return _Ran(end, feedback, final, tail, capture and capture.logfile, delay)
     row.archive(end, final, tail)
-    return _Ran(end, feedback, None, None)
+    return _Ran(end, feedback, final, tail, None, None)
 
 
-def _wait_to_relaunch(
-    claimed: _Claimed, request: LaunchRequest, seconds: float, monotonic: Callable[[], float]
-) -> StopReason | None:
-    """Wait before the next attempt and mark it started; why the task must end instead, if
-    it must (a kill, a stop signal, the lease, its row gone). While the database cannot
-    record the launch, nothing is launched: the supervisor waits on, a second at a time."""
-    row = claimed.row
-    while (stop := wait_to_retry(row, claimed.inbox, claimed.wake, seconds, monotonic)) is None:
-        requester = row.relaunch(request.heartbeat_timeout)
-        if row.lost is not None:
-            return StopReason(Status.LOST, row.lost)
-        if row.answered:
-            return None if requester is None else StopReason.requested(requester)
-        seconds = HEARTBEAT_CHECK_INTERVAL
-    return stop
-
-
-def _end_between(row: TaskRow, stop: StopReason, attempt: int) -> TaskEnd:
-    """End, as `stop` says, a task between two attempts: its next one never started. A kill
-    exits as one of a running attempt would have (128 + the signal it would have been sent)."""
+def _end_between(
+    row: TaskRow,
+    stop: StopReason,
+    attempt: int,
+    feedback: dict[str, str] | None,
+    tail: str | None,
+) -> TaskEnd:
+    """End, as `stop` says, a task between two attempts: its next one never started, and
+    what the task last reported (the attempt before's feedback and output) is its record's.
+    A kill exits as one of a running attempt would have (128 + the signal it would get)."""
     if stop.outcome == Status.KILLED:
         code = SIGNAL_EXIT_BASE + stop.first_signal
     else:
         code = SUPERVISOR_FAILED  # LOST: the lease ran out, or the row is gone
     reason = f"{stop.reason}, before attempt {attempt} started"
     end = TaskEnd(row.taskid, stop.outcome, code, None, reason)
-    row.archive(end, None)
+    row.archive(end, feedback, tail)
     return end
 
 

@@ -73,17 +73,18 @@ def make_feedback_file(
 def make_log(
     row: TaskRow, request: LaunchRequest, path: Path | None, earlier: LogFile | None = None
 ) -> Capture | None:
-    """Create the log once the claim made the id ours, or carry on the `earlier` attempt's;
+    """Create the log once the claim made the id ours, or carry on the file of the `earlier`
+    attempt (a new LogFile each time: a writer of the earlier one may still hold its own);
     when that fails the task ends FAILED in history with nothing launched. None when the
     output is not captured."""
     if path is None:
         return None
-    logfile = earlier or LogFile(path, request.log_max_bytes)
+    logfile = LogFile(path, request.log_max_bytes)
     try:
         if earlier is None:
             logfile.create()
         else:
-            logfile.carry_on()
+            logfile.carry_on(earlier.identity)
     except FeedpathUnusable as error:
         _fail(row, error)
     return Capture(logfile, tee=request.output == OutputMode.TEE)

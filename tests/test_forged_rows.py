@@ -210,11 +210,14 @@ GARBLED = {
     "kill_request": b"\xff",
     "token_hash": b"\x01" * 64,
     "pid": "many",
+    "attempt": "second",
+    "attempts": b"\xff",
+    "retry_at": "later",
 }
 EVERY_COMMAND = [
     ["list"], ["list", "--json"], ["history"], ["history", "--json"], ["update"],
     ["watch", "--once"], ["show", "1"], ["show", "1", "--json"], ["feedback", "1"],
-    ["kill", "1", "--wait", "1"], ["killall", "forged", "--wait", "1"],
+    ["kill", "1", "--wait", "1"], ["killall", "forged", "--wait", "1"], ["metrics"],
 ]  # fmt: skip
 
 
@@ -224,8 +227,8 @@ def test_a_garbled_row_is_no_traceback_anywhere(db_path: Path, column: str) -> N
     query(db_path, "INSERT INTO feedbacks (id, feedback, lastupdate) VALUES (1, 'garbage{', 0)")
     query(
         db_path,
-        "INSERT INTO history (taskid, endtime, duration, feedback, outcome, command)"
-        " VALUES (99, 'x', 0, x'ff00', 'COMPLETED', '{')",
+        "INSERT INTO history (taskid, endtime, duration, feedback, outcome, command, attempt)"
+        " VALUES (99, 'x', 0, x'ff00', 'COMPLETED', '{', 'x')",
     )
     for command in EVERY_COMMAND:
         result = run_cli("twctl", "--db", db_path, *command)

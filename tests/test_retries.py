@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from taskwatcher.engine.lifecycle import Status
+from taskwatcher.engine.output import LogFile
 from taskwatcher.engine.records import Ending
 from taskwatcher.engine.retries import MAX_RETRY_DELAY, RetryPolicy
 from taskwatcher.engine.store import open_store
-from tests.fault_helpers import reserve, twctl, twctl_json
+from tests.fault_helpers import gone, reserve, twctl, twctl_json
 from tests.helpers import BIN, run_cli, start_cli, wait_for
 from tests.store_helpers import TOKEN_HASH, claim
 
@@ -137,9 +138,12 @@ def test_a_kill_during_an_attempt_ends_the_series(db_path: Path):
 
 def test_between_attempts_the_task_is_live_and_a_kill_ends_it_at_once(db_path: Path):
     taskid = reserve(db_path, "--name", "nightly", "--unique")
+    script = (
+        'echo "said $TASKWATCHER_ATTEMPT"; printf "[step]one\\n" > "$TASKWATCHER_FEEDBACK"; false'
+    )
     process = start_cli(
         "twrun", "--db", db_path, "--taskid", str(taskid), "--output", "log",
-        "--retries", "3", "--retry-delay", "60", "--", "false",
+        "--retries", "3", "--retry-delay", "60", "--", "sh", "-c", script,
     )  # fmt: skip
     task = wait_for(
         lambda: (task := live(db_path, taskid)) and task["status"] == "RETRYING" and task
@@ -151,9 +155,10 @@ def test_between_attempts_the_task_is_live_and_a_kill_ends_it_at_once(db_path: P
     # Still the task's: its unique name held, no end to wait for, no feedback of its own.
     refused = run_cli("twctl", "--db", db_path, "reserve", "--name", "nightly", "--unique")
     assert refused.returncode == 1, refused.stderr
-    assert (
-        run_cli("twctl", "--db", db_path, "wait", str(taskid), "--timeout", "0.2").returncode == 1
-    )
+    waited = run_cli("twctl", "--db", db_path, "wait", str(taskid), "--timeout", "0.2")
+    assert waited.returncode == 1
+    shown = run_cli("twctl", "--db", db_path, "log", str(taskid))
+    assert (shown.returncode, shown.stdout) == (0, "said 1\n")  # the first attempt's, live
     started = time.monotonic()
     killed = twctl(db_path, "kill", str(taskid))
     assert time.monotonic() - started < 20  # not the 60 s of the delay
@@ -164,6 +169,47 @@ def test_between_attempts_the_task_is_live_and_a_kill_ends_it_at_once(db_path: P
     assert (first["outcome"], first["exitcode"]) == ("FAILED", 1)
     assert (second["attempt"], second["outcome"], second["starttime"]) == (2, "KILLED", None)
     assert "before attempt 2 started" in second["termerror"]
+    # What it last reported stays its record's: the first attempt's feedback and output.
+    assert second["feedback"] == {"step": "one"} and second["output_tail"] == "said 1"
+    assert json.loads(twctl(db_path, "feedback", str(taskid))) == {"step": "one"}
+    shown = run_cli("twctl", "--db", db_path, "log", str(taskid))
+    assert (shown.returncode, shown.stdout) == (128 + signal.SIGTERM, "said 1\n")
+
+
+def test_a_signal_while_an_attempt_is_stopped_ends_the_task_even_without_a_delay(
+    db_path: Path,
+):
+    """The attempt ended on its own, but twrun was told to stop while it stopped what the
+    task left behind (a process ignoring SIGTERM, for the grace): no next attempt."""
+    open_store(db_path).close()
+    script = '(trap "" TERM; sleep 30) & echo "ran $TASKWATCHER_ATTEMPT"; exit 1'
+    process = start_cli(
+        "twrun", "--db", db_path, "--output", "log", "--grace", "2", "--retries", "1",
+        "--retry-delay", "0", "--", "sh", "-c", script,
+    )  # fmt: skip
+    (task,) = wait_for(lambda: [task for task in twctl_json(db_path, "list") if task["pid"]])
+    wait_for(lambda: gone(task["pid"]))
+    process.send_signal(signal.SIGTERM)  # while the leftover gets its grace
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    first, second = attempts_of(db_path, task["taskid"])
+    assert (first["outcome"], second["outcome"], second["starttime"]) == ("FAILED", "KILLED", None)
+    assert "ran 2" not in Path(first["logfile"]).read_text()
+
+
+def test_a_database_recreated_between_attempts_ends_the_wait(db_path: Path):
+    open_store(db_path).close()
+    process = start_cli(
+        "twrun", "--db", db_path, "--output", "log", "--retries", "1", "--retry-delay", "60",
+        "--", "false",
+    )  # fmt: skip
+    wait_for(lambda: any(task["status"] == "RETRYING" for task in twctl_json(db_path, "list")))
+    started = time.monotonic()
+    twctl(db_path, "init", "--force")
+    process.communicate(timeout=30)
+    assert process.returncode == 125
+    assert time.monotonic() - started < 20  # not the 60 s of the delay
+    assert twctl_json(db_path, "list") == []
 
 
 def test_a_stop_signal_to_twrun_between_attempts_ends_the_task(db_path: Path):
@@ -219,6 +265,36 @@ def test_bad_retry_options_are_one_line_and_launch_nothing(db_path: Path, option
     last = result.stderr.strip().splitlines()[-1]  # after the usage, for a usage error
     assert last.startswith("twrun: ") and message in last
     assert not db_path.exists()
+
+
+def test_a_log_is_carried_on_only_into_the_file_the_attempt_before_wrote(tmp_path: Path):
+    path = tmp_path / "task_1.log"
+    first = LogFile(path)
+    first.create()
+    first.write(b"one\n")
+    first.close()
+    again = LogFile(path)
+    again.carry_on(first.identity)
+    again.write(b"two\n")
+    again.close()
+    assert path.read_bytes() == b"one\ntwo\n" and again.identity[:2] == first.identity[:2]
+    planted = tmp_path / "precious"
+    for swap in ("hard link", "symbolic link", "other file", "gone"):
+        planted.write_bytes(b"keep\n")
+        path.unlink()
+        if swap == "hard link":
+            os.link(planted, path)
+        elif swap == "symbolic link":
+            path.symlink_to(planted)
+        elif swap == "other file":
+            path.write_bytes(b"another\n")
+        carried = LogFile(path)
+        carried.carry_on(first.identity)
+        carried.write(b"three\n")
+        carried.close()
+        assert planted.read_bytes() == b"keep\n", swap
+        assert path.read_bytes() == b"three\n" and not path.is_symlink(), swap
+        assert os.stat(path).st_nlink == 1, swap
 
 
 def test_the_delays_grow_by_the_backoff_and_are_capped():
