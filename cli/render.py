@@ -67,7 +67,10 @@ def escape(value: object) -> str:
     """
     if value is None:
         return "-"
-    return storable(str(value)).translate(_CONTROL_ESCAPES)
+    text = value if type(value) is str else str(value)
+    if text.isprintable():  # no control, format or surrogate character: nothing to escape
+        return text
+    return storable(text).translate(_CONTROL_ESCAPES)
 
 
 def escape_output(text: str) -> str:

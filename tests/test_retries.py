@@ -197,6 +197,22 @@ def test_a_signal_while_an_attempt_is_stopped_ends_the_task_even_without_a_delay
     assert "ran 2" not in Path(first["logfile"]).read_text()
 
 
+def test_a_supervisor_killed_between_attempts_leaves_its_task_lost(db_path: Path):
+    """SIGKILL cannot be heard: housekeeping finds the RETRYING task's supervisor gone."""
+    taskid = reserve(db_path)
+    process = start_cli(
+        "twrun", "--db", db_path, "--taskid", str(taskid), "--output", "log",
+        "--retries", "1", "--retry-delay", "60", "--", "false",
+    )  # fmt: skip
+    wait_for(lambda: (task := live(db_path, taskid)) and task["status"] == "RETRYING")
+    process.kill()
+    process.communicate(timeout=30)
+    twctl(db_path, "update")
+    first, second = attempts_of(db_path, taskid)
+    assert (first["outcome"], second["attempt"], second["outcome"]) == ("FAILED", 2, "LOST")
+    assert live(db_path, taskid) is None
+
+
 def test_a_database_recreated_between_attempts_ends_the_wait(db_path: Path):
     open_store(db_path).close()
     process = start_cli(
