@@ -1,18 +1,21 @@
 """Random sequences of task operations on one real database, with invariants after every step.
 
 The operations: reserve (unique or not), launch (the real supervisor, `run_task`, in a forked
-process so no interpreter start-up is paid), heartbeat (append to the feedback file), kill,
-housekeeping, expiry of reservations (an injected clock), a supervisor crash, a task's own
-exit, and time passing. After each one the database must agree: every task is live or in
-history and never both, statuses move only along the machine's TRANSITIONS, each outcome is
-one that the operations so far allow, and a history row never changes once written. At the
-end of each example every task is stopped and no process of it may be left.
+process so no interpreter start-up is paid; with or without a retry), heartbeat (append to
+the feedback file), kill, housekeeping, expiry of reservations (an injected clock), a
+supervisor crash, a task's own exit, and time passing. After each one the database must
+agree: every task is live or in history, and both only between or during its later attempts,
+whose history rows are its earlier ones, numbered from 1; statuses move only along the
+machine's TRANSITIONS, each outcome is one that the operations so far allow, and a history
+row never changes once written. At the end of each example every task is stopped and no
+process of it may be left.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -36,6 +39,7 @@ from taskwatcher.engine import control, housekeeping
 from taskwatcher.engine.errors import UniqueConflict, UnknownTask
 from taskwatcher.engine.lifecycle import FINAL_STATUSES, TRANSITIONS, Status
 from taskwatcher.engine.request import LaunchRequest
+from taskwatcher.engine.retries import NO_RETRIES, RetryPolicy
 from taskwatcher.engine.store import Store, open_store
 from taskwatcher.engine.supervisor import run_task
 from tests.helpers import wait_for
@@ -47,6 +51,8 @@ HEARTBEAT_TIMEOUT = 1.0
 WAIT = 30.0
 NAMES = (None, "alpha", "beta")
 REQUESTER = "fuzz"
+#: The one thing a supervisor says when all goes well: that an attempt failed and another comes.
+RETRY_NOTICE = re.compile(r"task \d+: attempt 1 of 2 ended [A-Z]+ \(status \d+\); the next in")
 #: Which task a rule acts on, as an index into the candidates of the moment. Rules draw the
 #: same values whatever the processes did meanwhile (no preconditions, no sampled_from of
 #: live tasks): Hypothesis must see the same draws when it replays an example.
@@ -133,6 +139,7 @@ class Tracked:
     feedback: bool = False
     beats: list[str] = field(default_factory=list)
     crashed: bool = False
+    retried: set[Status] = field(default_factory=set)  # outcomes an attempt may be retried on
 
     def conflicts_with(self, name: str | None, unique: bool) -> bool:
         """Whether, while live, this task stops a reservation of `name` (the unique rule)."""
@@ -167,14 +174,17 @@ class TaskOperations(RuleBasedStateMachine):
             reservation_ttl=RESERVATION_TTL,
         )
 
-    def snapshot(self) -> tuple[dict[int, sqlite3.Row], dict[int, sqlite3.Row]]:
-        """Live rows and history rows by task id, read in one transaction (one moment)."""
+    def snapshot(self) -> tuple[dict[int, sqlite3.Row], dict[int, list[sqlite3.Row]]]:
+        """Live rows and history rows (each task's attempts in order) by task id, read in one
+        transaction (one moment)."""
         connection = sqlite3.connect(self.db, timeout=WAIT, isolation_level=None)
         connection.row_factory = sqlite3.Row
         try:
             connection.execute("BEGIN")
             live = {row["id"]: row for row in connection.execute("SELECT * FROM tasks")}
-            history = {row["taskid"]: row for row in connection.execute("SELECT * FROM history")}
+            history: dict[int, list[sqlite3.Row]] = defaultdict(list)
+            for row in connection.execute("SELECT * FROM history ORDER BY taskid, attempt"):
+                history[row["taskid"]].append(row)
             connection.execute("COMMIT")
         finally:
             connection.close()
@@ -225,8 +235,16 @@ class TaskOperations(RuleBasedStateMachine):
         """Every example starts with a running task, so the rules about tasks have one."""
         self.launch(0, seconds, exit_code, feedback)
 
-    @rule(pick=picks, seconds=durations, exit_code=exit_codes, feedback=st.booleans())
-    def launch(self, pick: int, seconds: float, exit_code: int, feedback: bool) -> None:
+    @rule(
+        pick=picks,
+        seconds=durations,
+        exit_code=exit_codes,
+        feedback=st.booleans(),
+        retry=st.booleans(),
+    )
+    def launch(
+        self, pick: int, seconds: float, exit_code: int, feedback: bool, retry: bool = False
+    ) -> None:
         """Launch a reservation (a new one when none is left) and wait until it has started."""
         if not self.reserved():
             self.reserve(None, unique=False)
@@ -241,20 +259,23 @@ class TaskOperations(RuleBasedStateMachine):
         task.allowed = {Status.COMPLETED if exit_code == 0 else Status.FAILED}
         if feedback:
             task.allowed.add(Status.TIMEOUT)
+        if retry:
+            task.retried = task.allowed - {Status.COMPLETED}
         request = LaunchRequest(
             argv,
             taskid=task.taskid,
             feedpath=self.feedpath if feedback else None,
             timeout=HEARTBEAT_TIMEOUT if feedback else None,
             grace=GRACE,
+            retry=RetryPolicy(retries=1, delay=0.1) if retry else NO_RETRIES,
         )
         task.supervisor = fork_supervisor(self.db, request, self.log)
         self.supervisors.add(task.supervisor)
         wait_for(lambda: self.has_started(task.taskid), timeout=WAIT)
 
     def has_started(self, taskid: int) -> bool:
-        live, history = self.snapshot()
-        return taskid in history or live[taskid]["status"] != Status.RESERVED
+        live, _ = self.snapshot()
+        return taskid not in live or live[taskid]["status"] != Status.RESERVED
 
     @rule(pick=picks)
     def heartbeat(self, pick: int) -> None:
@@ -332,16 +353,27 @@ class TaskOperations(RuleBasedStateMachine):
     @invariant()
     def database_agrees(self) -> None:
         live, history = self.snapshot()
-        assert not live.keys() & history.keys(), "a task is both live and in history"
         assert live.keys() | history.keys() == self.tasks.keys()
         for taskid, row in live.items():
             self.observe(taskid, Status(row["status"]))
             if row["pgid"] is not None:
                 self.pgids.add(row["pgid"])
-        for taskid, row in history.items():
-            first = self.archived.setdefault(taskid, tuple(row))
-            assert tuple(row) == first, f"history row of task {taskid} changed"
-            self.check_end(self.tasks[taskid], row)
+            if taskid in history:  # its attempts so far, before the one running or to come
+                assert self.tasks[taskid].retried, f"task {taskid}: live and in history"
+                assert [attempt["attempt"] for attempt in history[taskid]] == list(
+                    range(1, row["attempt"])
+                ), f"task {taskid}: attempts {row['attempt']} live, history otherwise"
+        for taskid, rows in history.items():
+            assert [row["attempt"] for row in rows] == list(range(1, len(rows) + 1))
+            assert len(rows) <= 1 + bool(self.tasks[taskid].retried), f"task {taskid}: {rows}"
+            for row in rows:
+                first = self.archived.setdefault((taskid, row["attempt"]), tuple(row))
+                assert tuple(row) == first, f"history row of task {taskid} changed"
+            *earlier, last = rows
+            for row in earlier if taskid not in live else rows:
+                self.check_attempt(self.tasks[taskid], row)
+            if taskid not in live:
+                self.check_end(self.tasks[taskid], last)
         self.live = {taskid: Status(row["status"]) for taskid, row in live.items()}
 
     def observe(self, taskid: int, status: Status) -> None:
@@ -351,10 +383,19 @@ class TaskOperations(RuleBasedStateMachine):
             event(f"seen {before} -> {status}")  # shown by --hypothesis-show-statistics
         self.seen[taskid] = status
 
+    def check_attempt(self, task: Tracked, row: sqlite3.Row) -> None:
+        """An attempt that another one followed: it ended as a retry may follow."""
+        outcome = Status(row["outcome"])
+        assert outcome in task.retried, f"task {task.taskid}: {outcome} retried"
+        self.check_feedback(task, row)
+
     def check_end(self, task: Tracked, row: sqlite3.Row) -> None:
         outcome = Status(row["outcome"])
         self.observe(task.taskid, outcome)
         assert outcome in task.allowed, f"task {task.taskid} ended {outcome}, not {task.allowed}"
+        self.check_feedback(task, row)
+
+    def check_feedback(self, task: Tracked, row: sqlite3.Row) -> None:
         if task.feedback:  # null until the task wrote some, then whatever was read last
             finals = [None] + [{"beat": beat} for beat in task.beats]
             assert orjson.loads(row["feedback"]) in finals
@@ -372,7 +413,8 @@ class TaskOperations(RuleBasedStateMachine):
             assert self.live == {}, "tasks left live after every one was stopped"
             assert self.strays() == []
             output = self.log.read_text() if self.log.exists() else ""
-            assert output == "", f"the supervisors said: {output}"
+            said = [line for line in output.splitlines() if not RETRY_NOTICE.search(line)]
+            assert said == [], f"the supervisors said: {output}"
         finally:
             for pid in self.supervisors:  # only after a failure can one still run
                 os.kill(pid, signal.SIGKILL)  # unreaped, so the pid cannot be someone else's
