@@ -152,7 +152,12 @@ def _cmd_feedback(store: Store, args: argparse.Namespace) -> int:
 
 
 def _cmd_history(store: Store, args: argparse.Namespace) -> int:
-    filters = {"name": args.name, "outcome": args.outcome, "since": args.since}
+    filters = {
+        "name": args.name,
+        "taskid": args.taskid,
+        "outcome": args.outcome,
+        "since": args.since,
+    }
     records: Iterable[dict] = HistoryWalk(store, filters, args.limit)
     caption = None
     if args.limit is None and not (args.all or args.json) and sys.stdout.isatty():
@@ -403,6 +408,12 @@ def _add_reads(sub) -> None:
         "twctl history --name nightly --since 7d --json",
     )
     history.add_argument("--name", "--taskname", help="only tasks with this name")
+    history.add_argument(
+        "--taskid",
+        type=task_id,
+        metavar="ID",
+        help="only this task: its one row, or a row per attempt when it was retried",
+    )
     history.add_argument(
         "--outcome",
         type=str.upper,

@@ -116,6 +116,7 @@ class SqlReads:
         self,
         *,
         name: str | None = None,
+        taskid: int | None = None,
         outcome: str | None = None,
         since: float | None = None,
         before: float | None = None,
@@ -138,6 +139,7 @@ class SqlReads:
             max_id = self._number("SELECT coalesce(max(id), 0) AS n FROM history")
         where, params = filters_clause(
             ("taskname = ?", name),
+            ("taskid = ?", taskid),
             ("outcome = ?", outcome),
             ("endtime >= ?", since),
             ("endtime < ?", before),

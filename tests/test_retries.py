@@ -61,6 +61,9 @@ def test_a_task_that_succeeds_at_its_third_attempt(db_path: Path, tmp_path: Path
     assert [row["feedback"] for row in rows] == [{"step": "1"}, {"step": "2"}, {"step": "3"}]
     assert rows[0]["starttime"] < rows[0]["endtime"] <= rows[1]["starttime"] < rows[2]["starttime"]
     assert live(db_path, taskid) is None
+    assert twctl_json(db_path, "history", "--taskid", str(taskid)) == rows[::-1]
+    assert twctl_json(db_path, "history", "--taskid", str(taskid + 1)) == []
+    assert json.loads(twctl(db_path, "show", str(taskid), "--json"))["attempt"] == 3
     # One log, each attempt after the one before it, saying which it is; one feedback path.
     log = Path(rows[2]["logfile"]).read_text().splitlines()
     runs = [line for line in log if line.startswith("run ")]
