@@ -213,27 +213,44 @@ GARBLED: dict[str, object] = {
     "pid": "many",
     "attempts": {"attempt": "second", "attempts": b"\xff", "retry_at": "later"},
 }
-EVERY_COMMAND = [
+#: The commands that read every row; those run for each task id, after an `update`.
+EVERY_ROW = [
     ["list"], ["list", "--json"], ["history"], ["history", "--json"], ["update"],
-    ["watch", "--once"], ["show", "1"], ["show", "1", "--json"], ["feedback", "1"],
-    ["kill", "1", "--wait", "1"], ["killall", "forged", "--wait", "1"], ["metrics"],
+    ["watch", "--once"], ["metrics"], ["killall", "forged", "--wait", "1"],
 ]  # fmt: skip
+EACH_TASK = [["show"], ["show", "--json"], ["feedback"], ["kill", "--wait", "1"]]
 
 
-@pytest.mark.parametrize("column", GARBLED)
-def test_a_garbled_row_is_no_traceback_anywhere(db_path: Path, column: str) -> None:
-    garbled = GARBLED[column]
-    forge(db_path, **(garbled if isinstance(garbled, dict) else {column: garbled}), feedback=1)
-    query(db_path, "INSERT INTO feedbacks (id, feedback, lastupdate) VALUES (1, 'garbage{', 0)")
+@pytest.mark.parametrize("each", [None, *EACH_TASK], ids=lambda each: " ".join(each or ["all"]))
+def test_a_garbled_row_is_no_traceback_anywhere(db_path: Path, each: list[str] | None) -> None:
+    """One database holds a row per garbled column (each garbled alone, with garbled
+    feedback), and a garbled history row: the commands that read every row read them all,
+    and each command about one task reads each of them."""
+    garbled_in: dict[int, str] = {}
+    for column, garbled in GARBLED.items():
+        columns = garbled if isinstance(garbled, dict) else {column: garbled}
+        taskid = forge(db_path, **columns, feedback=1)  # type: ignore[arg-type]
+        garbled_in[taskid] = column
+        query(
+            db_path,
+            "INSERT INTO feedbacks (id, feedback, lastupdate) VALUES (?, 'garbage{', 0)",
+            (taskid,),
+        )
     query(
         db_path,
         "INSERT INTO history (taskid, endtime, duration, feedback, outcome, command, attempt)"
         " VALUES (99, 'x', 0, x'ff00', 'COMPLETED', '{', 'x')",
     )
-    for command in EVERY_COMMAND:
+    if each is None:
+        runs = [(command, "every row") for command in EVERY_ROW]
+    else:
+        runs = [(["update"], "every row")] + [
+            ([each[0], str(taskid), *each[1:]], column) for taskid, column in garbled_in.items()
+        ]
+    for command, garbled in runs:
         result = run_cli("twctl", "--db", db_path, *command)
-        assert "Traceback" not in result.stderr, (command, result.stderr)
-        assert result.returncode in (0, 1), (command, result.stderr)
+        assert "Traceback" not in result.stderr, (command, garbled, result.stderr)
+        assert result.returncode in (0, 1), (command, garbled, result.stderr)
 
 
 def test_a_garbled_reservation_does_not_stop_a_running_supervisor(
