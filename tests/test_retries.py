@@ -20,6 +20,7 @@ from taskwatcher.engine.store import open_store
 from tests.fault_helpers import gone, reserve, twctl, twctl_json
 from tests.helpers import BIN, run_cli, start_cli, wait_for
 from tests.store_helpers import TOKEN_HASH, claim
+from tests.test_metrics import labels, scrape
 
 #: A task that fails until its third attempt, counting its attempts in a file of its own
 #: (not trusting TASKWATCHER_ATTEMPT), and says in its feedback and output which one it is.
@@ -162,6 +163,11 @@ def test_between_attempts_the_task_is_live_and_a_kill_ends_it_at_once(db_path: P
     assert waited.returncode == 1
     shown = run_cli("twctl", "--db", db_path, "log", str(taskid))
     assert (shown.returncode, shown.stdout) == (0, "said 1\n")  # the first attempt's, live
+    samples = scrape(twctl(db_path, "metrics"))
+    assert samples[("taskwatcher_live_tasks", labels(name="nightly", status="RETRYING"))] == 1
+    task_labels = labels(taskid=str(taskid), name="nightly", host=os.uname().nodename)
+    assert samples[("taskwatcher_task_attempt", task_labels)] == 2
+    assert samples[("taskwatcher_ended_tasks", labels(name="nightly", outcome="FAILED"))] == 1
     started = time.monotonic()
     killed = twctl(db_path, "kill", str(taskid))
     assert time.monotonic() - started < 20  # not the 60 s of the delay
