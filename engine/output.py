@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import errno
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -84,7 +85,7 @@ class LogFile:
             fd = None
         if fd is not None:
             status = os.fstat(fd)
-            if _identity(status) == earlier and status.st_nlink == 1:
+            if _carries_on(status, earlier):
                 os.set_blocking(fd, True)
                 self._fd, self._size = fd, status.st_size
                 return
@@ -138,6 +139,17 @@ class LogFile:
         if self._fd is None:
             raise OSError(f"{self.path} is closed")
         return self._fd
+
+
+def _carries_on(status: os.stat_result, earlier: tuple[int, int, int] | None) -> bool:
+    """Whether the file found is the earlier attempt's log: the very file it closed, or,
+    when it could not close it (a writer stuck past the flush timeout), at least a regular
+    file of ours with one name, rather than the whole log lost."""
+    if status.st_nlink != 1:
+        return False
+    if earlier is not None:
+        return _identity(status) == earlier
+    return stat.S_ISREG(status.st_mode) and status.st_uid == os.geteuid()
 
 
 def _identity(status: os.stat_result) -> tuple[int, int, int]:

@@ -38,6 +38,12 @@ class PgStore(SqlStore):
         super().claim(taskid, launch)
         self._db.renewed(self.lease)
 
+    def relaunch(self, taskid: int, token_hash: str, timeout: float | None) -> str | None:
+        """The next attempt's start renews the lease, as the claim took it."""
+        requester = super().relaunch(taskid, token_hash, timeout)
+        self._db.renewed(self.lease)
+        return requester
+
     def kill_request(self, taskid: int, token_hash: str) -> str | None:
         """Who asked for the kill, if anyone; renews the lease in the same statement."""
         row = self._db.row(
@@ -70,7 +76,7 @@ class PgStore(SqlStore):
                         f" supervisor (pid {task.supervisor_pid} on host {task.host}) stopped"
                         " renewing it",
                     )
-                    lost = self._archive(task, ending, now)
+                    lost = self._archive(task, ending, now, killed_by=task.kill_request)
                     expired.append(lost)
                     # Its processes are on its host, for that host's housekeeping to stop.
                     self._db.execute("UPDATE history SET swept = false WHERE id = ?", (lost.id,))

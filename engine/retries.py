@@ -3,7 +3,8 @@
 A task that fails may be launched again by the same supervisor, under the same id, up to
 `retries` more times. Only ends the task itself caused are retried: a kill someone asked for
 (`twctl kill`, a signal to twrun) ends the series, and so do a lost lease and a command that
-could not start at all (126, 127: the next attempt would meet the same).
+twrun could not execute at all (not found, not executable: the next attempt would meet the
+same).
 """
 
 from __future__ import annotations

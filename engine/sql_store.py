@@ -23,6 +23,7 @@ from taskwatcher.engine.errors import (
     RowLost,
     TransitionNotAllowed,
     UniqueConflict,
+    UnknownTask,
 )
 from taskwatcher.engine.lifecycle import ENDING_TRIGGERS, FINAL_STATUSES, Status, graded_from, step
 from taskwatcher.engine.records import (
@@ -184,12 +185,7 @@ class SqlStore(SqlReads):
             beat = (when, when) if when is not None else ()
             self._update(taskid, token_hash, now, assignment or "heartbeat = heartbeat", *beat)
             if feedback is not None:
-                self._db.execute(
-                    "INSERT INTO feedbacks (id, feedback, lastupdate) VALUES (?, ?, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET feedback = excluded.feedback,"
-                    " lastupdate = excluded.lastupdate",
-                    (taskid, orjson.dumps(feedback), now),
-                )
+                self._publish(taskid, feedback, now)
 
     def note(self, taskid: int, token_hash: str, values: Mapping[str, float]) -> None:
         """What the task told its supervisor of itself: `ready`, `stopping` (wall times), a
@@ -292,7 +288,10 @@ class SqlStore(SqlReads):
         one (`relaunch`) at `retry_at` (wall time); returns the attempt's record.
 
         Refused (TransitionNotAllowed) after the last attempt, and once a kill was asked for:
-        the supervisor then archives the task as it ended instead.
+        the supervisor then archives the task as it ended instead. Until the next attempt
+        starts, the live row shows what this one last reported (its final feedback and the
+        end of its output): readers on other hosts, and a record made if the task is killed
+        or lost meanwhile, have it.
         """
         with self._owned(taskid, token_hash) as now:
             task = self._live(taskid, locked=True)
@@ -311,17 +310,19 @@ class SqlStore(SqlReads):
                 now,
                 "status = ?, attempt = attempt + 1, retry_at = ?, starttime = NULL,"
                 " pid = NULL, pgid = NULL, child_ctime = NULL, heartbeat = NULL,"
-                " feedback = ?, ready = NULL, stopping = NULL, output_tail = NULL",
-                Status.RETRYING, retry_at, 0,
+                " ready = NULL, stopping = NULL, output_tail = ?",
+                Status.RETRYING, retry_at, ended.output_tail,
             )  # fmt: skip
-            self._db.execute("DELETE FROM feedbacks WHERE id = ?", (taskid,))
+            if ending.feedback is not None:
+                self._publish(taskid, ending.feedback, now)
             self._db.announce("change", taskid)
             return ended
 
     def relaunch(self, taskid: int, token_hash: str, timeout: float | None) -> str | None:
         """RETRYING -> RUNNING: the next attempt starts now, with the heartbeat `timeout` it
-        was launched with. When a kill was asked for meanwhile, nothing changes and the
-        requester is returned, for the supervisor to end the task KILLED instead."""
+        was launched with, and nothing of the last one's feedback or output. When a kill was
+        asked for meanwhile, nothing changes and the requester is returned, for the
+        supervisor to end the task KILLED instead."""
         with self._owned(taskid, token_hash) as now:
             task = self._live(taskid, locked=True)
             step(taskid, task.status, "start")
@@ -332,9 +333,11 @@ class SqlStore(SqlReads):
                 taskid,
                 token_hash,
                 now,
-                f"status = ?, starttime = ?, timeout = ?, retry_at = NULL, lease_until = {lease}",
-                Status.RUNNING, now, timeout, *lease_params,
+                "status = ?, starttime = ?, timeout = ?, retry_at = NULL, feedback = ?,"
+                f" output_tail = NULL, lease_until = {lease}",
+                Status.RUNNING, now, timeout, 0, *lease_params,
             )  # fmt: skip
+            self._db.execute("DELETE FROM feedbacks WHERE id = ?", (taskid,))
             self._db.announce("change", taskid)
             return None
 
@@ -436,7 +439,10 @@ class SqlStore(SqlReads):
                 is None
             ):
                 raise self._row_lost()
-            yield now
+            try:
+                yield now
+            except UnknownTask:  # archived by another host since the look: not ours any more
+                raise self._row_lost() from None
 
     def _expire(self, now: float, at_most: int) -> list[Ended]:
         """Archive up to `at_most` stale reservations; those another host is archiving now
@@ -477,6 +483,8 @@ class SqlStore(SqlReads):
             )
         feedback = ending.feedback if ending.feedback is not None else self._published(task.taskid)
         endtime = now if ending.endtime is None else ending.endtime
+        # Without a tail of its own (found LOST, say): the last one pushed to the row.
+        tail = task.output_tail if ending.output_tail is None else ending.output_tail
         started = task.starttime
         historyid = self._insert(
             "history",
@@ -489,13 +497,22 @@ class SqlStore(SqlReads):
                 "starttime": started, "endtime": endtime,
                 "duration": 0.0 if started is None else max(0.0, endtime - started),
                 "feedback": orjson.dumps(feedback), "killed_by": killed_by,
-                "logfile": task.logfile, "output_tail": ending.output_tail,
+                "logfile": task.logfile, "output_tail": tail,
                 "token_hash": task.token_hash, "uid": task.uid, "attempt": task.attempt or 1,
             },
         )  # fmt: skip
         # Read back rather than RETURNING, which skips REAL affinity (10.0 would come back as 10).
         (inserted,) = self._db.rows("SELECT * FROM history WHERE id = ?", (historyid,))
         return typed(Ended, dict(inserted))
+
+    def _publish(self, taskid: int, feedback: dict[str, str], now: float) -> None:
+        """The feedback every reader of the live task sees."""
+        self._db.execute(
+            "INSERT INTO feedbacks (id, feedback, lastupdate) VALUES (?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET feedback = excluded.feedback,"
+            " lastupdate = excluded.lastupdate",
+            (taskid, orjson.dumps(feedback), now),
+        )
 
     def _still_recorded(self, taskids: list[int]) -> set[int]:
         """Which of these tasks still have a row, live or in history: the attempts of a task

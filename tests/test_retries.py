@@ -163,6 +163,7 @@ def test_between_attempts_the_task_is_live_and_a_kill_ends_it_at_once(db_path: P
     assert waited.returncode == 1
     shown = run_cli("twctl", "--db", db_path, "log", str(taskid))
     assert (shown.returncode, shown.stdout) == (0, "said 1\n")  # the first attempt's, live
+    assert json.loads(twctl(db_path, "feedback", str(taskid))) == {"step": "one"}
     samples = scrape(twctl(db_path, "metrics"))
     assert samples[("taskwatcher_live_tasks", labels(name="nightly", status="RETRYING"))] == 1
     task_labels = labels(taskid=str(taskid), name="nightly", host=os.uname().nodename)
@@ -209,9 +210,10 @@ def test_a_signal_while_an_attempt_is_stopped_ends_the_task_even_without_a_delay
 def test_a_supervisor_killed_between_attempts_leaves_its_task_lost(db_path: Path):
     """SIGKILL cannot be heard: housekeeping finds the RETRYING task's supervisor gone."""
     taskid = reserve(db_path)
+    script = 'echo "last words"; printf "[step]one\\n" > "$TASKWATCHER_FEEDBACK"; exit 1'
     process = start_cli(
         "twrun", "--db", db_path, "--taskid", str(taskid), "--output", "log",
-        "--retries", "1", "--retry-delay", "60", "--", "false",
+        "--retries", "1", "--retry-delay", "60", "--", "sh", "-c", script,
     )  # fmt: skip
     wait_for(lambda: (task := live(db_path, taskid)) and task["status"] == "RETRYING")
     process.kill()
@@ -220,6 +222,8 @@ def test_a_supervisor_killed_between_attempts_leaves_its_task_lost(db_path: Path
     first, second = attempts_of(db_path, taskid)
     assert (first["outcome"], second["attempt"], second["outcome"]) == ("FAILED", 2, "LOST")
     assert live(db_path, taskid) is None
+    # What the task last reported is its record's, as after a kill between attempts.
+    assert (second["feedback"], second["output_tail"]) == ({"step": "one"}, "last words")
 
 
 def test_a_database_recreated_between_attempts_ends_the_wait(db_path: Path):
@@ -451,6 +455,32 @@ def test_a_task_is_retried_on_postgresql(pg_url: str, tmp_path: Path):
     )
     rows = sorted(json.loads(listed.stdout), key=lambda row: row["attempt"])
     assert [(row["attempt"], row["outcome"]) for row in rows] == [(1, "FAILED"), (2, "COMPLETED")]
+
+
+def test_between_attempts_another_host_reads_the_last_output_and_kills_it(pg_url: str):
+    env = {**os.environ, "TASKWATCHER_DB": pg_url}
+    process = subprocess.Popen(
+        [str(BIN / "twrun"), "--output", "log", "--retries", "1", "--retry-delay", "60",
+         "--", "sh", "-c", "echo first; exit 1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    other = {**env, "TASKWATCHER_HOST": "other-host"}
+
+    def twctl_there(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "twctl"), *args], capture_output=True, text=True, env=other, timeout=60
+        )
+
+    def retrying() -> list[dict]:
+        return [t for t in json.loads(twctl_there("list", "--json").stdout) if t["attempt"] == 2]
+
+    (task,) = wait_for(retrying)
+    shown = twctl_there("log", str(task["taskid"]))
+    assert (shown.returncode, shown.stdout) == (0, "first\n"), shown.stderr
+    killed = twctl_there("kill", str(task["taskid"]))
+    assert "KILLED" in killed.stdout, killed.stderr
+    process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM
 
 
 def test_the_token_of_a_store_write_is_checked_between_attempts(db_path: Path):
