@@ -18,7 +18,7 @@ from taskwatcher.engine.store import open_store
 from tests.fault_helpers import query, twctl
 from tests.helpers import BIN, wait_for
 
-ROWS = 150_000  # a clear of several seconds: long enough to be interrupted, and to write during
+ROWS = 100_000  # a clear of seconds: long enough to be interrupted, and to write during
 BUSY = "0.3"
 
 #: Reserves and cancels tasks until told to stop, with the short busy timeout; prints how many

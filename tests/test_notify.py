@@ -125,7 +125,7 @@ def test_errno_goes_into_termerror_when_the_task_fails_and_stopping_is_recorded(
     assert history(db_path, 1).termerror == "exit status 1; errno 2 (No such file or directory)"
     stopping = raw(tmp_path, "STOPPING=1", "sleep:3", "exit:0")
     runner = start_cli("twrun", "--db", db_path, "--output", "log", "--", *stopping)
-    wait_for(lambda: _listed(db_path) and _listed(db_path)[0]["stopping"] is not None)
+    wait_for(lambda: (listed := _listed(db_path)) and listed[0]["stopping"] is not None)
     assert runner.wait(timeout=60) == 0
     assert history(db_path, 2).termerror is None  # ERRNO= alone never marks a success
 
