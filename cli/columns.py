@@ -24,10 +24,9 @@ def _dropping(columns: Sequence[Column], order: Sequence[str]) -> list[Column]:
 def attempt_of(task: dict) -> str | None:
     """`2/4` for the second attempt of a task launched up to 4 times; None (shown `-`) for
     a task launched once."""
-    attempts, attempt = task.get("attempts"), task.get("attempt")
-    if not isinstance(attempts, int) or attempts <= 1:
+    if task["attempts"] <= 1:
         return None
-    return f"{attempt if isinstance(attempt, int) else '?'}/{attempts}"
+    return f"{task['attempt']}/{task['attempts']}"
 
 
 #: The columns that drop out of `list` on a narrow terminal, first to last; taskid, name and

@@ -127,7 +127,7 @@ def _per_task(store: Store, tasks: list[Task], now: float) -> list[Family]:
         labels = {"taskid": str(task.taskid), "name": task.name or "", "host": task.host or ""}
         if task.timeout is not None:
             timeout.add(task.timeout, **labels)
-        if (task.attempt or 1) > 1:  # a damaged row reads None
+        if task.attempt > 1:
             attempt.add(task.attempt, **labels)
         heartbeat_age = task.heartbeat_age(now)
         if heartbeat_age is None:

@@ -150,7 +150,7 @@ def hook_environment(ended: Ended, feedback_json: str) -> dict[str, str]:
         "TASKWATCHER_DURATION": f"{ended.duration or 0.0:.3f}",
         "TASKWATCHER_LOG": ended.logfile or "",
         "TASKWATCHER_FEEDBACK_JSON": feedback_json,
-        "TASKWATCHER_ATTEMPT": str(ended.attempt or 1),  # the last one: hooks run once
+        "TASKWATCHER_ATTEMPT": str(ended.attempt),  # the last one: hooks run once
     }
 
 

@@ -221,7 +221,7 @@ def log_of(record: Task | Ended) -> TaskLog:
     captured (`twrun --output inherit`). Between two attempts, and after a kill before an
     attempt started, the log is the earlier attempts'."""
     if record.logfile is None:
-        if record.starttime is None and (record.attempt or 1) == 1:
+        if record.starttime is None and record.attempt == 1:
             when = "has not" if isinstance(record, Task) else "never"
             raise NoLog(f"task {record.taskid} has no log (it {when} started)")
         raise NoLog(f"task {record.taskid} has no log (its output was not captured)")

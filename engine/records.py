@@ -142,7 +142,7 @@ class Ended:
     output_tail: str | None = None
     token_hash: str | None = None  # what proves its leftover processes its own
     uid: int | None = None
-    attempt: int | None = 1  # which attempt of the task this row is (retries: 2, 3, ...)
+    attempt: int = 1  # which attempt of the task this row is (retries: 2, 3, ...)
 
     def as_json(self) -> dict[str, Any]:
         """As `twctl history --json` shows it: DESIGN.md's keys first, then the extras.
@@ -180,13 +180,17 @@ ENDED_JSON_KEYS = (
 
 
 def typed(record: type[Task] | type[Ended], values: Mapping[str, Any]) -> Any:
-    """A record from stored values, each made to fit its field's type or dropped to None."""
+    """A record from stored values, each made to fit its field's type, or else its default
+    (None for most: a damaged `attempt` reads as the field's 1)."""
     fitters = _fitters(record)
     kept = {
         name: None if value is None else fitters[name](value)
         for name, value in values.items()
         if name in fitters
     }
+    for name, default in _defaults(record).items():
+        if name in kept and kept[name] is None:
+            kept[name] = default
     for name in ("taskid", "id"):
         if name in fitters and kept.get(name) is None:
             kept[name] = 0  # only a damaged row lacks its id: it still reads
@@ -201,6 +205,16 @@ def _fitters(record: type) -> dict[str, Callable[[Any], Any]]:
     """For each field of a record, what makes a stored value fit its type: chosen once per
     record type, not again for every field of every row read (a long history has many)."""
     return {item.name: _fitter(item.type) for item in dataclasses.fields(record)}
+
+
+@functools.cache
+def _defaults(record: type) -> dict[str, Any]:
+    """The fields of a record whose default is a value, not None."""
+    return {
+        item.name: item.default
+        for item in dataclasses.fields(record)
+        if item.default is not dataclasses.MISSING and item.default is not None
+    }
 
 
 def _fitter(annotation: str) -> Callable[[Any], Any]:

@@ -173,13 +173,13 @@ class SqlReads:
             f" WHERE endtime >= ? AND {timed}{group}",
             (since,),
         ):
-            key = (as_text(row["taskname"] or ""), as_text(row["outcome"]))
+            key = _tally_key(row)
             counted[key] = counted.get(key, 0) + int(row["n"])
         last: dict[tuple[str, str], float] = {}
         for row in self._db.rows(
             f"SELECT taskname, outcome, max(endtime) AS last FROM history WHERE {timed}{group}"
         ):
-            key = (as_text(row["taskname"] or ""), as_text(row["outcome"]))
+            key = _tally_key(row)
             last[key] = max(last.get(key, row["last"]), row["last"])
         return [
             Tally(name, outcome, counted.get((name, outcome), 0), float(ended))
@@ -246,3 +246,8 @@ def filters_clause(*conditions: tuple[str, Any]) -> tuple[str, tuple[Any, ...]]:
     if not chosen:
         return "", ()
     return " WHERE " + " AND ".join(clause for clause, _ in chosen), tuple(v for _, v in chosen)
+
+
+def _tally_key(row: Row) -> tuple[str, str]:
+    """A history group's name and outcome as monitoring labels them: text, no name as ""."""
+    return as_text(row["taskname"] or ""), as_text(row["outcome"])

@@ -296,10 +296,9 @@ class SqlStore(SqlReads):
         with self._owned(taskid, token_hash) as now:
             task = self._live(taskid, locked=True)
             step(taskid, task.status, "retry")
-            attempt, attempts = task.attempt or 1, task.attempts or 1  # None: damaged
-            if attempt >= attempts:
+            if task.attempt >= task.attempts:
                 raise TransitionNotAllowed(
-                    f"task {taskid}: attempt {attempt} was its last of {attempts}"
+                    f"task {taskid}: attempt {task.attempt} was its last of {task.attempts}"
                 )
             if task.kill_request is not None:
                 raise TransitionNotAllowed(f"task {taskid}: killed by {task.kill_request}")
@@ -498,7 +497,7 @@ class SqlStore(SqlReads):
                 "duration": 0.0 if started is None else max(0.0, endtime - started),
                 "feedback": orjson.dumps(feedback), "killed_by": killed_by,
                 "logfile": task.logfile, "output_tail": tail,
-                "token_hash": task.token_hash, "uid": task.uid, "attempt": task.attempt or 1,
+                "token_hash": task.token_hash, "uid": task.uid, "attempt": task.attempt,
             },
         )  # fmt: skip
         # Read back rather than RETURNING, which skips REAL affinity (10.0 would come back as 10).
