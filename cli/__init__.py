@@ -54,9 +54,11 @@ _report_unraisable = sys.unraisablehook
 if _QUIET_START:
     sys.unraisablehook = _exit_on_swallowed_interrupts
 
-import functools  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from typing import Any  # noqa: E402
+# Only for annotations: a command forked by the command server (cli.start) imports this
+# package and little else, and typing alone would cost it more than all the rest.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def _import_orjson() -> None:
@@ -67,12 +69,14 @@ def _import_orjson() -> None:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, held)
 
 
-def interruptible(main: Callable[..., int]) -> Callable[..., int]:
+def interruptible(main: "Callable[..., int]") -> "Callable[..., int]":
     """Decorate a console script's main: in it Ctrl-C is a KeyboardInterrupt again (which
     `twctl watch` and twrun's supervision handle), and one left over ends it with 130."""
 
+    import functools
+
     @functools.wraps(main)
-    def run(*args: Any, **kwargs: Any) -> int:
+    def run(*args: object, **kwargs: object) -> int:
         if sys.stdout is None:  # started with stdout closed (`>&-`): do nothing, say so
             print(f"{_prog()}: standard output is closed", file=sys.stderr)
             return EXIT_USAGE

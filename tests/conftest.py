@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -16,7 +19,9 @@ from typing import NoReturn
 import psutil
 import pytest
 
+from tests.helpers import wait_for
 from tests.pg_server import ENV_SOCKET, ENV_TCP, with_database
+from tests.server_helpers import alive
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +30,7 @@ def isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state = tmp_path / "state"
     monkeypatch.setenv("XDG_STATE_HOME", str(state))
     monkeypatch.delenv("TASKWATCHER_DB", raising=False)
+    monkeypatch.delenv("TASKWATCHER_SERVER", raising=False)  # served only where a test says
     return state
 
 
@@ -174,3 +180,26 @@ def reporter(tmp_path: Path):
 
     hook.told = told  # type: ignore[attr-defined]
     return hook
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment of a command the command server runs, with a runtime folder of its
+    own (short enough for a socket path); its server is ended afterwards, whatever the test
+    did."""
+    runtime = Path(tempfile.mkdtemp(prefix="tws-", dir="/tmp"))
+    env = {
+        **os.environ,
+        "XDG_RUNTIME_DIR": str(runtime),
+        "TASKWATCHER_SERVER": "1",
+        "TASKWATCHER_SERVER_IDLE": "30",
+        "TASKWATCHER_DB": str(tmp_path / "served.db"),  # not db_path: the server's first use
+    }
+    yield env
+    for lock in runtime.glob("taskwatcher/*.lock"):
+        pid = int(lock.read_text() or 0)
+        if pid > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            wait_for(lambda pid=pid: not alive(pid), timeout=10)
+    shutil.rmtree(runtime)

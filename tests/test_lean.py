@@ -15,6 +15,7 @@ import pytest
 
 from tests.helpers import SPEC_EXAMPLE, run_cli
 from tests.run_helpers import PY, history, script
+from tests.server_helpers import alive, server_pid
 
 #: Never in a supervisor: (module, why it would be there).
 HEAVY = ("rich", "lark", "taskwatcher.engine.diagram", "psutil", "transitions", "logging")
@@ -33,14 +34,14 @@ TASK = """\
 """
 
 
-def supervised_modules(tmp_path: Path, *twrun_options: str) -> set[str]:
+def supervised_modules(tmp_path: Path, *twrun_options: str, env: dict[str, str]) -> set[str]:
     dump = tmp_path / "modules"
     task = script(tmp_path, "task.py", TASK)
     db = tmp_path / "tasks.db"
     result = run_cli(
         "twrun", "--db", db, "--timeout", "3", "--heartbeat", "feedback,output,notify",
         *twrun_options, "--", PY, task, SPEC_EXAMPLE,
-        env={**os.environ, "TASKWATCHER_DUMP_MODULES": str(dump)},
+        env={**env, "TASKWATCHER_DUMP_MODULES": str(dump)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert history(db, 1).feedback["progress"] == "10"  # the feedback was read, for real
@@ -51,7 +52,20 @@ def supervised_modules(tmp_path: Path, *twrun_options: str) -> set[str]:
 def test_a_supervisor_never_holds_the_ui_the_parser_generator_or_the_references(
     tmp_path: Path, output: str
 ) -> None:
-    modules = supervised_modules(tmp_path, "--output", output)
+    assert_lean(supervised_modules(tmp_path, "--output", output, env=dict(os.environ)))
+
+
+def test_a_supervisor_forked_by_the_command_server_is_as_lean(
+    tmp_path: Path, served: dict[str, str]
+) -> None:
+    server = server_pid(served)
+    modules = supervised_modules(tmp_path, "--output", "tee", env=served)
+    assert "taskwatcher.cli.twctl" in modules  # forked by the server, which imported it
+    assert_lean(modules)
+    assert alive(server)
+
+
+def assert_lean(modules: set[str]) -> None:
     assert "taskwatcher.engine.supervisor" in modules and "sqlite3" in modules
     held = sorted(name for name in modules if name.split(".")[0] in HEAVY or name in HEAVY)
     assert held == []

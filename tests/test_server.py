@@ -1,0 +1,192 @@
+"""The command server (`TASKWATCHER_SERVER=1`): a command forked by it behaves as the same
+command run in its caller's process, or the caller runs it itself.
+
+Each test has a runtime folder of its own, so its own server, and ends that server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import BIN, run_cli, wait_for
+from tests.run_helpers import PY, script
+from tests.server_helpers import alive, server_pid
+
+#: Reports what a task inherited from the process that ran twrun (and who supervised it).
+REPORT = """\
+    import json, os, resource, sys
+    supervisor = os.getppid()
+    with open(f"/proc/{supervisor}/stat") as stat:
+        worker_parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+    mask = int(next(l for l in open("/proc/self/status") if l.startswith("SigIgn")).split()[1], 16)
+    umask = os.umask(0)
+    print(json.dumps({
+        "cwd": os.getcwd(),
+        "umask": umask,
+        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+        "greeting": os.environ.get("GREETING"),
+        "ignored": mask,
+        "args": sys.argv[1:],
+        "stdin": sys.stdin.read(),
+        "supervisor_parent": worker_parent,
+    }))
+"""
+
+
+def report(tmp_path: Path, env: dict[str, str], **popen: object) -> dict:
+    task = script(tmp_path, "report.py", REPORT)
+    result = subprocess.run(
+        [str(BIN / "twrun"), "--", PY, task, "one", "two words"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        input="from stdin",
+        **popen,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_served_task_inherits_what_it_would_from_its_caller(
+    tmp_path: Path, served: dict[str, str]
+) -> None:
+    server = server_pid(served)
+    here = tmp_path / "somewhere"
+    here.mkdir()
+
+    def caller_state() -> None:
+        os.umask(0o027)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, resource.getrlimit(7)[1]))
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    popen = {"cwd": here, "preexec_fn": caller_state}
+    env = {**served, "GREETING": "hello"}
+    by_server = report(tmp_path, env, **popen)
+    in_process = report(tmp_path, {**env, "TASKWATCHER_SERVER": "0"}, **popen)
+    assert by_server.pop("supervisor_parent") == server
+    assert in_process.pop("supervisor_parent") != server
+    assert by_server == in_process
+    assert by_server["cwd"] == str(here) and by_server["umask"] == 0o027
+    assert by_server["nofile"][0] == 512 and by_server["greeting"] == "hello"
+    assert by_server["ignored"] & (1 << (signal.SIGHUP - 1))
+    assert by_server["args"] == ["one", "two words"] and by_server["stdin"] == "from stdin"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["twrun", "--", "sh", "-c", "echo out; echo err >&2; exit 7"],
+        ["twrun", "--", "sh", "-c", "kill -TERM $$"],
+        ["twrun"],
+        ["twctl", "list", "--json"],
+        ["twctl", "bogus"],
+        ["twparse", "/nonexistent/feedback"],
+    ],
+)
+def test_a_served_command_ends_and_prints_as_it_would_in_process(
+    served: dict[str, str], argv: list[str]
+) -> None:
+    server_pid(served)
+
+    def run(env: dict[str, str]) -> tuple[int, str, str]:
+        result = run_cli(*argv, env=env)
+        return result.returncode, result.stdout, result.stderr
+
+    assert run(served) == run({**served, "TASKWATCHER_SERVER": "0"})
+
+
+def test_a_signal_to_a_served_twrun_reaches_its_supervisor(
+    tmp_path: Path, served: dict[str, str]
+) -> None:
+    server_pid(served)
+    ends = []
+    for mode in ("1", "0"):
+        env = {**served, "TASKWATCHER_SERVER": mode}
+        twrun = subprocess.Popen([BIN / "twrun", "--", "sleep", "30"], env=env)
+        task = wait_for(lambda env=env: _live_pid(env))
+        twrun.send_signal(signal.SIGTERM)
+        ends.append(twrun.wait(timeout=15))
+        wait_for(lambda task=task: not alive(task), timeout=10)
+    assert ends[0] == ends[1]
+
+
+def test_a_served_twrun_killed_takes_its_task_with_it(served: dict[str, str]) -> None:
+    server_pid(served)
+    twrun = subprocess.Popen([BIN / "twrun", "--", "sleep", "30"], env=served)
+    task = wait_for(lambda: _live_pid(served))
+    twrun.kill()
+    twrun.wait(timeout=15)
+    wait_for(lambda: not alive(task), timeout=10)  # no stray process left behind
+
+
+def _live_pid(env: dict[str, str]) -> int | None:
+    listing = run_cli("twctl", "list", "--json", env={**env, "TASKWATCHER_SERVER": "0"})
+    rows = json.loads(listing.stdout or "[]")
+    return rows[0]["pid"] if rows and rows[0]["pid"] else None
+
+
+def test_a_caller_the_server_cannot_stand_in_for_runs_the_command_itself(
+    tmp_path: Path, served: dict[str, str]
+) -> None:
+    server = server_pid(served)
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: no affinity differs from the server's")
+    one_cpu = {"preexec_fn": lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})}
+    assert report(tmp_path, served, **one_cpu)["supervisor_parent"] != server
+
+
+def test_no_server_where_others_could_reach_its_socket(tmp_path: Path) -> None:
+    runtime = Path(tempfile.mkdtemp(prefix="tws-", dir="/tmp"))
+    try:
+        (runtime / "taskwatcher").mkdir(mode=0o777)
+        os.chmod(runtime / "taskwatcher", 0o777)
+        env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "TASKWATCHER_SERVER": "1"}
+        env["TASKWATCHER_DB"] = str(tmp_path / "tasks.db")
+        for _ in range(2):
+            result = run_cli("twrun", "--", "sh", "-c", "exit 3", env=env)
+            assert result.returncode == 3, result.stderr
+        assert list((runtime / "taskwatcher").iterdir()) == []
+    finally:
+        subprocess.run(["rm", "-rf", str(runtime)], check=True)
+
+
+def test_an_idle_server_ends_and_takes_its_socket_away(served: dict[str, str]) -> None:
+    env = {**served, "TASKWATCHER_SERVER_IDLE": "0.5"}
+    server = server_pid(env)
+    wait_for(lambda: not alive(server), timeout=15)
+    assert list((Path(served["XDG_RUNTIME_DIR"]) / "taskwatcher").glob("*.sock")) == []
+
+
+def test_a_server_told_to_end_lets_its_running_commands_finish(served: dict[str, str]) -> None:
+    server = server_pid(served)
+    folder = Path(served["XDG_RUNTIME_DIR"]) / "taskwatcher"
+    twrun = subprocess.Popen([BIN / "twrun", "--", "sh", "-c", "sleep 1; exit 5"], env=served)
+    wait_for(lambda: _live_pid(served))
+    os.kill(server, signal.SIGTERM)
+    wait_for(lambda: not list(folder.iterdir()))  # closed to new commands at once
+    assert twrun.wait(timeout=15) == 5  # its client still learns how it ended
+    wait_for(lambda: not alive(server), timeout=10)
+
+
+def test_a_client_whose_server_was_killed_waits_for_its_command_all_the_same(
+    served: dict[str, str],
+) -> None:
+    server = server_pid(served)
+    twrun = subprocess.Popen(
+        [BIN / "twrun", "--", "sh", "-c", "sleep 1; exit 5"], env=served, stderr=subprocess.PIPE
+    )
+    wait_for(lambda: _live_pid(served))
+    os.kill(server, signal.SIGKILL)
+    assert twrun.wait(timeout=15) == 1
+    assert "the command server was killed" in twrun.stderr.read().decode()
+    ended = run_cli("twctl", "history", "--json", env={**served, "TASKWATCHER_SERVER": "0"})
+    assert json.loads(ended.stdout)[0]["exitcode"] == 5  # the task ran to its end
