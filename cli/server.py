@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (most, most))
     for module in PREIMPORTED:
         __import__(module)
+    for command in ("twrun", "twctl"):  # their parsers, and the patterns argparse compiles
+        sys.modules[COMMANDS[command]].build_parser()
     if socket_path() != path:  # the package changed while it was being imported
         return 0
     with contextlib.suppress(FileNotFoundError):

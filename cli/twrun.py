@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import signal
@@ -107,8 +108,10 @@ class _Parser(argparse.ArgumentParser):
         fail(f"{self.prog}: {message}", SUPERVISOR_FAILED)
 
 
+@functools.cache
 def build_parser() -> argparse.ArgumentParser:
-    """The twrun command line; the command to run follows `--`."""
+    """The twrun command line; the command to run follows `--`. Built once per process
+    (the command server builds it before it forks its workers)."""
     parser = _Parser(
         prog="twrun",
         description="Run COMMAND as a supervised taskwatcher task.",
