@@ -117,13 +117,14 @@ def _served(name: str) -> int | None:
         return None
     try:
         return _run_by_server(connection, name)
-    except OSError:
-        return None
     finally:
         connection.close()
 
 
 def _run_by_server(connection: _socket.socket, name: str) -> int | None:
+    """Hand the command over; None if the server refused it (or failed before taking it):
+    this process then runs it, as it would have without a server. Once taken, it is never
+    run here too."""
     pending: list[int] = []
     worker = [0]
 
@@ -133,10 +134,39 @@ def _run_by_server(connection: _socket.socket, name: str) -> int | None:
         else:
             pending.append(signum)
 
+    before = {}
     for signame in FORWARDED:
         signum = getattr(_signal, signame)
-        if _signal.getsignal(signum) is not _signal.SIG_IGN:
+        before[signum] = _signal.getsignal(signum)
+        if before[signum] is not _signal.SIG_IGN:
             _signal.signal(signum, forward)
+    try:
+        _send_request(connection, name)
+        reply = _receive(connection, 9)
+    except OSError:
+        reply = b""
+    if reply[:1] != b"P":  # refused: this process runs the command, as it was
+        for signum, handler in before.items():
+            _signal.signal(signum, handler)
+        for signum in pending:
+            _signal.raise_signal(signum)
+        return None
+    worker[0] = int.from_bytes(reply[1:], "little")
+    for signum in pending:
+        os.kill(worker[0], signum)
+    try:
+        ended = _receive(connection, 5)
+    except OSError:
+        ended = b""
+    if ended[:1] != b"W":  # the server was killed: wait for the worker all the same
+        _wait_for(worker[0])
+        print(f"{name}: the command server was killed: how it ended is unknown", file=sys.stderr)
+        return 1
+    return _end_as(int.from_bytes(ended[1:], "little"))
+
+
+def _send_request(connection: _socket.socket, name: str) -> None:
+    """The command, with this process's working folder and standard streams."""
     here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         streams = [fd for fd in (0, 1, 2) if _is_open(fd)]
@@ -157,18 +187,6 @@ def _run_by_server(connection: _socket.socket, name: str) -> int | None:
         connection.sendall(request[sent:])
     finally:
         os.close(here)
-    reply = _receive(connection, 9)
-    if reply[:1] != b"P":  # refused: this process runs the command
-        return None
-    worker[0] = int.from_bytes(reply[1:], "little")
-    for signum in pending:
-        os.kill(worker[0], signum)
-    ended = _receive(connection, 5)
-    if ended[:1] != b"W":  # the server was killed: wait for the worker all the same
-        _wait_for(worker[0])
-        print(f"{name}: the command server was killed: how it ended is unknown", file=sys.stderr)
-        return 1
-    return _end_as(int.from_bytes(ended[1:], "little"))
 
 
 def _receive(connection: _socket.socket, size: int) -> bytes:

@@ -104,19 +104,31 @@ def test_a_served_command_ends_and_prints_as_it_would_in_process(
     assert run(served) == run({**served, "TASKWATCHER_SERVER": "0"})
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT])
 def test_a_signal_to_a_served_twrun_reaches_its_supervisor(
-    tmp_path: Path, served: dict[str, str]
+    served: dict[str, str], signum: int
 ) -> None:
+    """Served, refused by the server (another CPU affinity: the handlers that would pass
+    signals on are put back), and run in process: the same end, whether twrun handles the
+    signal (SIGTERM) or dies of it (SIGQUIT)."""
     server_pid(served)
+
+    def no_core() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    def no_core_one_cpu() -> None:
+        no_core()
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
     ends = []
-    for mode in ("1", "0"):
+    for mode, prepare in (("1", no_core), ("1", no_core_one_cpu), ("0", no_core)):
         env = {**served, "TASKWATCHER_SERVER": mode}
-        twrun = subprocess.Popen([BIN / "twrun", "--", "sleep", "30"], env=env)
+        twrun = subprocess.Popen([BIN / "twrun", "--", "sleep", "30"], env=env, preexec_fn=prepare)
         task = wait_for(lambda env=env: _live_pid(env))
-        twrun.send_signal(signal.SIGTERM)
+        twrun.send_signal(signum)
         ends.append(twrun.wait(timeout=15))
         wait_for(lambda task=task: not alive(task), timeout=10)
-    assert ends[0] == ends[1]
+    assert ends[0] == ends[1] == ends[2] != 0
 
 
 def test_a_served_twrun_killed_takes_its_task_with_it(served: dict[str, str]) -> None:
