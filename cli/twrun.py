@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
 import signal
@@ -108,10 +107,8 @@ class _Parser(argparse.ArgumentParser):
         fail(f"{self.prog}: {message}", SUPERVISOR_FAILED)
 
 
-@functools.cache
 def build_parser() -> argparse.ArgumentParser:
-    """The twrun command line; the command to run follows `--`. Built once per process
-    (the command server builds it before it forks its workers)."""
+    """The twrun command line; the command to run follows `--`."""
     parser = _Parser(
         prog="twrun",
         description="Run COMMAND as a supervised taskwatcher task.",
@@ -288,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # kill twrun: a late `twctl kill` must not turn the child's exit status into 138 (an
     # ignored signal, unlike a handled one, stays so through the interpreter's exit).
     signal.signal(KILL_REQUEST_SIGNAL, signal.SIG_IGN)
+    # A supervisor waits for its children: a SIGCHLD its starter ignored would have the
+    # system reap them unseen (the task inherits the default action, then).
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         with open_store(args.db) as store:
             end = _supervise(store, request, hooks, args)

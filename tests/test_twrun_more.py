@@ -42,6 +42,19 @@ def test_sighup_ignored_by_the_starter_stays_ignored(db_path: Path) -> None:
     assert (record.outcome, record.termerror) == ("KILLED", "twrun received SIGTERM")
 
 
+def test_a_starter_that_ignores_sigchld_still_gets_the_tasks_status(db_path: Path) -> None:
+    """With SIGCHLD ignored, the system would reap the task before twrun could wait for it."""
+
+    def ignore_sigchld() -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+    runner = start_cli(
+        "twrun", "--db", db_path, "--", "sh", "-c", "exit 3", preexec_fn=ignore_sigchld
+    )
+    assert runner.wait(timeout=20) == 3, runner.stderr.read()
+    assert history(db_path, 1).outcome == "FAILED"
+
+
 def test_task_without_feedback_runs_without_its_feedback_folder(db_path: Path) -> None:
     (db_path.parent / "tasks-feedback").write_text("a file where the folder would go")
     result = run_cli("twrun", "--db", db_path, "--", "true")
