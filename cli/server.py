@@ -17,6 +17,7 @@ it (SIGKILL, as twrun's own death would end it), so no work outlives its caller.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gc
 import io
@@ -30,7 +31,7 @@ import struct
 import sys
 import time
 
-from taskwatcher.cli.start import COMMANDS, IDLE_VARIABLE, MAGIC, socket_path, text_encodings
+from taskwatcher.cli.start import COMMANDS, IDLE_VARIABLE, MAGIC, server_address, text_encodings
 
 #: Seconds an idle server waits for a command (`$TASKWATCHER_SERVER_IDLE`).
 DEFAULT_IDLE = 60.0
@@ -43,10 +44,10 @@ REQUEST_TIMEOUT = 5.0
 #: What a worker cannot take on: these lines of /proc/<pid>/status must read the same.
 SAME_STATUS = (
     "Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs",
-    "Seccomp", "Cpus_allowed_list", "Mems_allowed_list",
+    "Seccomp", "Seccomp_filters", "Cpus_allowed_list", "Mems_allowed_list", "TracerPid",
 )  # fmt: skip
 #: ... nor these files of /proc/<pid>.
-SAME_FILES = ("cgroup", "oom_score_adj")
+SAME_FILES = ("cgroup", "oom_score_adj", "attr/current", "loginuid")
 #: The largest request taken (arguments and environment), against a runaway client.
 MOST_BYTES = 16 << 20
 
@@ -56,32 +57,31 @@ class Refused(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve on the socket path given, until idle; 0 at once if another server has it."""
-    (path,) = sys.argv[1:] if argv is None else argv
-    lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """Serve on the socket named (in `start.server_address()`'s folder) until idle; 0 at
+    once if another server has it, or if this installation is no longer the one named."""
+    (name,) = sys.argv[1:] if argv is None else argv
+    _start_clean()
+    for module in PREIMPORTED:
+        __import__(module)
+    for command in ("twrun", "twctl"):  # the patterns argparse compiles, for every worker
+        sys.modules[COMMANDS[command]].build_parser()
+    address = server_address()
+    if address is None or address[1] != name:  # the package changed while it was imported
+        return 0
+    folder, _ = address
+    lock = os.open(f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=folder)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # another server holds this socket
         return 0
     os.ftruncate(lock, 0)
     os.write(lock, f"{os.getpid()}\n".encode())  # who holds it, for `kill $(cat ...lock)`
-    os.chdir("/")
-    # Two descriptors per running worker: as many workers as the system lets this user open
-    # files (each worker takes its client's limits back).
-    _, most = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (most, most))
-    for module in PREIMPORTED:
-        __import__(module)
-    for command in ("twrun", "twctl"):  # their parsers, and the patterns argparse compiles
-        sys.modules[COMMANDS[command]].build_parser()
-    if socket_path() != path:  # the package changed while it was being imported
-        return 0
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # left by a server that was killed (the lock says none is alive)
+        os.unlink(name, dir_fd=folder)  # left by a server that was killed (none holds the lock)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
+    listener.bind(f"/proc/self/fd/{folder}/{name}")
     listener.listen(64)
-    server = Server(listener, path, lock, _idle_seconds())
+    server = Server(listener, folder, name, lock, _idle_seconds())
     gc.collect()
     gc.freeze()  # the workers' collections then leave the shared pages alone
     try:
@@ -89,6 +89,26 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.close()
     return 0
+
+
+def _start_clean() -> None:
+    """Whatever the first client had, the server starts from defaults: every signal as the
+    system sets it (an ignored SIGCHLD would reap the workers behind its back), none
+    blocked, in the root folder, and no soft limit below its hard one (a worker takes its
+    client's own back)."""
+    for signum in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python sets it
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    os.chdir("/")
+    for limit in _limits():
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(limit, (resource.getrlimit(limit)[1],) * 2)
+
+
+def _limits() -> list[int]:
+    return [getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")]
 
 
 def _idle_seconds() -> float:
@@ -109,10 +129,13 @@ class Server:
     still learn how they ended).
     """
 
-    def __init__(self, listener: socket.socket, path: str, lock: int, idle: float) -> None:
+    def __init__(
+        self, listener: socket.socket, folder: int, name: str, lock: int, idle: float
+    ) -> None:
         self.listener: socket.socket | None = listener
-        self.path = path
-        self.bound = os.stat(path)
+        self.folder = folder
+        self.name = name
+        self.bound = os.stat(name, dir_fd=folder)
         self.lock = lock
         self.idle = idle
         self.poller = select.poll()
@@ -151,10 +174,10 @@ class Server:
         if self.listener is None:
             return
         with contextlib.suppress(OSError):
-            now = os.stat(self.path)
+            now = os.stat(self.name, dir_fd=self.folder)
             if (now.st_dev, now.st_ino) == (self.bound.st_dev, self.bound.st_ino):
-                os.unlink(self.path)
-                os.unlink(f"{self.path}.lock")
+                os.unlink(self.name, dir_fd=self.folder)
+                os.unlink(f"{self.name}.lock", dir_fd=self.folder)
         self.poller.unregister(self.listener)
         self.listener.close()
         self.listener = None
@@ -167,17 +190,18 @@ class Server:
     def _accept(self) -> None:
         try:
             connection, _ = self.listener.accept()
-        except OSError:
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE):  # until a worker ends
+                self.poller.modify(self.listener, 0)
             return
         fds: list[int] = []
         try:
             client = _client_pid(connection)
-            connection.settimeout(REQUEST_TIMEOUT)
-            request = _read_request(connection, fds)
+            request = _read_request(connection, fds, time.monotonic() + REQUEST_TIMEOUT)
             if request["text"] != text_encodings():
                 raise Refused("locale")
             setting = _setting_of(client)
-            connection.settimeout(None)
+            connection.settimeout(5.0)  # for the replies: a client stuck in sending
             self._fork(connection, request, fds, setting)
         except (OSError, ValueError, EOFError, TypeError, KeyError, Refused):
             with contextlib.suppress(OSError):
@@ -190,24 +214,48 @@ class Server:
     def _fork(
         self, connection: socket.socket, request: dict, fds: list[int], setting: dict
     ) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker: whatever happens, it never returns to serving
-            status = 1
-            try:
-                self._leave()
-                os.close(connection.detach())
-                status = _work(request, fds, setting)
-            finally:
-                os._exit(status)
-        pidfd = os.pidfd_open(pid)
+        """Fork the worker; it starts once it is registered and its client told (so a
+        failure before that ends it unstarted, and the client runs the command itself).
+        Signals wait meanwhile, to reach the worker once it is set up as its client."""
+        go, going = os.pipe2(os.O_CLOEXEC)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            pid = os.fork()
+            if pid == 0:  # the worker: whatever happens, it never returns to serving
+                status = 1
+                try:
+                    self._leave()
+                    os.close(connection.detach())
+                    os.close(going)
+                    if os.read(go, 1) == b"!":
+                        status = _work(request, fds, setting)
+                finally:
+                    os._exit(status)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            os.close(go)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            os.close(going)  # the worker reads nothing and ends, unstarted
+            os.waitpid(pid, 0)
+            raise
+        try:
+            connection.sendmsg(
+                [b"P" + pid.to_bytes(8, "little")],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))],
+            )
+        except OSError:
+            os.close(going)
+            os.waitpid(pid, 0)
+            os.close(pidfd)
+            raise
+        os.write(going, b"!")
+        os.close(going)
         self.workers[pidfd] = (pid, connection)
         self.clients[connection.fileno()] = pidfd
         self.poller.register(pidfd, select.POLLIN)
         self.poller.register(connection, select.POLLIN | select.POLLRDHUP)
-        try:
-            connection.sendall(b"P" + pid.to_bytes(8, "little"))
-        except OSError:
-            self._client_gone(connection.fileno())
 
     def _leave(self) -> None:
         """In a worker: let go of everything the server holds."""
@@ -216,12 +264,14 @@ class Server:
             os.close(pidfd)
             os.close(connection.detach())
         os.close(self.listener.detach())
-        for fd in (self.lock, self.wakeup, self.wakeup_writer):
+        for fd in (self.lock, self.wakeup, self.wakeup_writer, self.folder):
             os.close(fd)
 
     def _reap(self, pidfd: int) -> None:
         pid, connection = self.workers.pop(pidfd)
         _, status = os.waitpid(pid, 0)
+        if self.listener is not None:  # room again, if descriptors ran out
+            self.poller.modify(self.listener, select.POLLIN)
         self.poller.unregister(pidfd)
         os.close(pidfd)
         if self.clients.pop(connection.fileno(), None) is not None:
@@ -239,23 +289,25 @@ class Server:
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
 
-def _read_request(connection: socket.socket, fds: list[int]) -> dict:
-    """The request; the descriptors that came with it (the client's working folder and
-    standard streams) go to `fds`, for the caller to close whatever comes of it."""
+def _read_request(connection: socket.socket, fds: list[int], deadline: float) -> dict:
+    """The request, whole by `deadline` (one slow client holds the others up that long at
+    most); the descriptors that came with it (the client's working folder and standard
+    streams) go to `fds`, for the caller to close whatever comes of it."""
+    connection.settimeout(max(0.0, deadline - time.monotonic()))
     data, ancillary, _, _ = connection.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 4))
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds += struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) // 4 * 4])
     header = len(MAGIC) + 8
     while len(data) < header:
-        data += _more(connection)
+        data += _more(connection, deadline)
     if not data.startswith(MAGIC):
         raise ValueError("not a request")
     size = int.from_bytes(data[len(MAGIC) : header], "little")
     if size > MOST_BYTES:
         raise ValueError("request too large")
     while len(data) < header + size:
-        data += _more(connection)
+        data += _more(connection, deadline)
     request = marshal.loads(data[header:])
     streams = request["streams"]
     if (
@@ -268,7 +320,8 @@ def _read_request(connection: socket.socket, fds: list[int]) -> dict:
     return request
 
 
-def _more(connection: socket.socket) -> bytes:
+def _more(connection: socket.socket, deadline: float) -> bytes:
+    connection.settimeout(max(0.0, deadline - time.monotonic()))
     chunk = connection.recv(1 << 16)
     if not chunk:
         raise EOFError
@@ -290,8 +343,10 @@ def _setting_of(client: int) -> dict:
     if any(ours.get(field) != theirs.get(field) for field in SAME_STATUS):
         raise Refused("credentials or affinity")
     for name in SAME_FILES:
-        if _read(f"/proc/self/{name}") != _read(f"/proc/{client}/{name}"):
+        if _peek(f"/proc/self/{name}") != _peek(f"/proc/{client}/{name}"):
             raise Refused(name)
+    if _scheduling(0) != _scheduling(client):
+        raise Refused("scheduling")
     for name in os.listdir("/proc/self/ns"):
         if os.readlink(f"/proc/self/ns/{name}") != os.readlink(f"/proc/{client}/ns/{name}"):
             raise Refused(f"namespace {name}")
@@ -305,13 +360,11 @@ def _setting_of(client: int) -> dict:
     if nice < os.getpriority(os.PRIO_PROCESS, 0):
         raise Refused("niceness")
     limits = {}
-    for name in dir(resource):
-        if name.startswith("RLIMIT_"):
-            limit = getattr(resource, name)
-            soft, hard = resource.prlimit(client, limit)
-            if _above(hard, resource.getrlimit(limit)[1]):
-                raise Refused(name)
-            limits[limit] = (soft, hard)
+    for limit in _limits():
+        soft, hard = resource.prlimit(client, limit)
+        if _above(hard, resource.getrlimit(limit)[1]):
+            raise Refused(f"limit {limit}")
+        limits[limit] = (soft, hard)
     return {
         "umask": int(theirs["Umask"], 8),
         "nice": nice,
@@ -319,6 +372,32 @@ def _setting_of(client: int) -> dict:
         "ignored": _signals(theirs["SigIgn"]),
         "blocked": _signals(theirs["SigBlk"]),
     }
+
+
+def _peek(path: str) -> str:
+    """A file's text, or the error that reading it gave (no LSM: no label to compare)."""
+    try:
+        return _read(path)
+    except OSError as error:
+        return f"error {error.errno}"
+
+
+def _scheduling(pid: int) -> tuple[int, int, int | None]:
+    """Policy, real-time priority and I/O priority (`chrt`, `ionice`)."""
+    return os.sched_getscheduler(pid), os.sched_getparam(pid).sched_priority, _io_priority(pid)
+
+
+#: ioprio_get(2), which Python does not offer, by machine.
+_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}
+
+
+def _io_priority(pid: int) -> int | None:
+    number = _IOPRIO_GET.get(os.uname().machine)
+    if number is None:
+        return None
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).syscall(number, 1, pid)  # 1: IOPRIO_WHO_PROCESS
 
 
 def _above(limit: int, ceiling: int) -> bool:
@@ -346,13 +425,9 @@ def _work(request: dict, fds: list[int], setting: dict) -> int:
     """In the worker: become the client's command and run it; the status to end with."""
     try:
         _become(request, fds, setting)
-    except Exception as error:  # the set-up failed: the command cannot honestly run here
-        print(f"{request.get('command')}: command server: {error}", file=sys.stderr)
-        return 1
-    module = __import__(COMMANDS[request["command"]], fromlist=["main"])
-    try:
+        module = __import__(COMMANDS[request["command"]], fromlist=["main"])
         status = _exit_status(module.main())
-    except SystemExit as end:
+    except SystemExit as end:  # Ctrl-C before main() ran, say, or main()'s own end
         status = _exit_status(end.code)
     except BaseException:
         import traceback
@@ -363,20 +438,24 @@ def _work(request: dict, fds: list[int], setting: dict) -> int:
 
 
 def _become(request: dict, fds: list[int], setting: dict) -> None:
-    os.setsid()
+    """Set up as the client: its signals unblocked last, so that one sent meanwhile finds
+    the client's handling in place."""
+    os.setpgid(0, 0)  # a group of its own, in the server's session (and its autogroup)
     here, *streams = fds
     for fd, stream in zip(request["streams"], streams, strict=True):
         os.dup2(stream, fd)
     for fd in {0, 1, 2} - set(request["streams"]):
         os.close(fd)
     os.fchdir(here)
+    for fd in fds:
+        os.close(fd)
     os.umask(setting["umask"])
     os.setpriority(os.PRIO_PROCESS, 0, setting["nice"])
     for limit, values in setting["limits"].items():
         resource.setrlimit(limit, values)
-    _take_signals(setting["ignored"], setting["blocked"])
     os.environ.clear()
     os.environb.update(request["environ"])
+    time.tzset()
     sys.argv = request["argv"]
     stdin, stdout, stderr = request["io"]
     sys.stdin = sys.__stdin__ = _text_stream(0, "r", stdin)
@@ -384,18 +463,16 @@ def _become(request: dict, fds: list[int], setting: dict) -> None:
     sys.stderr = sys.__stderr__ = _text_stream(2, "w", stderr)
     if "random" in sys.modules:  # else every worker draws the server's numbers
         sys.modules["random"].seed()
+    _take_signals(setting["ignored"], setting["blocked"])
 
 
 def _take_signals(ignored: set[int], blocked: set[int]) -> None:
     """The client's dispositions: what it ignored stays ignored, the rest is as a fresh
-    command has it (Ctrl-C ends it quietly until its main() runs)."""
+    command has it (Ctrl-C ends it quietly until its main() runs); then its mask."""
     from taskwatcher.cli import _exit_interrupted, _exit_on_swallowed_interrupts
 
-    for signum in range(1, signal.NSIG):
-        if signum in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        with contextlib.suppress(OSError, ValueError):  # those the C library keeps
-            signal.signal(signum, signal.SIG_IGN if signum in ignored else signal.SIG_DFL)
+    for signum in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
+        signal.signal(signum, signal.SIG_IGN if signum in ignored else signal.SIG_DFL)
     if signal.SIGINT not in ignored:
         signal.signal(signal.SIGINT, _exit_interrupted)
         sys.unraisablehook = _exit_on_swallowed_interrupts
@@ -403,17 +480,17 @@ def _take_signals(ignored: set[int], blocked: set[int]) -> None:
 
 
 def _text_stream(fd: int, mode: str, settings: tuple | None) -> io.TextIOWrapper | None:
-    """A standard stream set up as the client's Python set up its own."""
+    """A standard stream set up as the client's Python set up its own: buffered to the
+    file's block size (unless `python -u`), newlines as they come."""
     if settings is None:
         return None
     encoding, errors, line_buffering, write_through, buffered = settings
-    raw = io.FileIO(fd, mode, closefd=False)
-    if buffered:  # else unbuffered (`python -u`), as the client's
-        raw = io.BufferedReader(raw) if mode == "r" else io.BufferedWriter(raw)
+    binary = open(fd, f"{mode}b", buffering=-1 if buffered else 0, closefd=False)  # noqa: SIM115
     return io.TextIOWrapper(
-        raw,
+        binary,
         encoding=encoding,
         errors=errors,
+        newline="\n",
         line_buffering=line_buffering,
         write_through=write_through,
     )

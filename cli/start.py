@@ -61,11 +61,20 @@ def _command(name: str) -> int:
     return module.main()
 
 
-def socket_path() -> str | None:
-    """The server's socket for this interpreter and installation, in a folder only this
-    user can enter; None when there is no such folder (or the path is too long for one)."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/taskwatcher-{os.getuid()}"
-    folder = os.path.join(base, "taskwatcher") if "XDG_RUNTIME_DIR" in os.environ else base
+def server_address() -> tuple[int, str] | None:
+    """The server's folder, opened (O_PATH), and its socket's name there; None when there is
+    no folder only this user can enter.
+
+    The folder is `$XDG_RUNTIME_DIR/taskwatcher`, else `/tmp/taskwatcher-<uid>`. It is
+    checked through the descriptor, and the socket reached through it too
+    (`/proc/self/fd/N/NAME`), so nothing renamed or planted on the way can put another
+    socket in its place.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime):
+        folder = os.path.join(runtime, "taskwatcher")
+    else:
+        folder = f"/tmp/taskwatcher-{os.getuid()}"
     try:
         os.mkdir(folder, 0o700)
     except FileExistsError:
@@ -73,20 +82,22 @@ def socket_path() -> str | None:
     except OSError:
         return None
     try:
-        status = os.lstat(folder)
+        handle = os.open(folder, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
+    status = os.fstat(handle)
     # A folder another user made, or one others may write to, could hold their socket.
-    if (status.st_mode & 0o170077) != 0o040000 or status.st_uid != os.getuid():
+    if status.st_mode & 0o077 or status.st_uid != os.getuid():
+        os.close(handle)
         return None
-    path = os.path.join(folder, f"server-{fingerprint():08x}.sock")
-    return path if len(os.fsencode(path)) < 108 else None
+    return handle, f"server-{fingerprint():08x}.sock"
 
 
 def fingerprint() -> int:
     """What a server must share with a command to run it: the interpreter, its flags (but
-    -P) and import path, and the package's files as they are now (an upgrade or an edit gets
-    a new server; the old one ends when idle)."""
+    -P), options and import path, the environment that steers Python and the loader, and
+    the files of the package and of the import path's folders as they are now (an upgrade
+    or an edit gets a new server; the old one ends when idle)."""
     import zlib
 
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,40 +110,57 @@ def fingerprint() -> int:
     flags = [getattr(sys.flags, name) for name in FLAGS]
     # sys.path[0] is the script's folder; the server, started with -P, has none.
     path = sys.path if sys.flags.safe_path else sys.path[1:]
-    identity = [sys.executable, sys.version, *map(str, flags), *path, *sorted(stamps)]
+    for folder in path:  # a package installed or removed there changes the folder
+        try:  # noqa: SIM105  (contextlib would cost a served command more than the rest)
+            stamps.append(f"{folder}:{os.stat(folder).st_mtime_ns}")
+        except OSError:
+            pass
+    steering = sorted(
+        f"{key}={value}" for key, value in os.environ.items() if key.startswith(("PYTHON", "LD_"))
+    )
+    options = [*sys.warnoptions, *map(str, sys._xoptions.items())]
+    identity = [sys.executable, sys.version, *map(str, flags), *path, *options, *steering]
+    identity += sorted(stamps)
     return zlib.crc32("\0".join(identity).encode("utf-8", "surrogateescape"))
 
 
 def _served(name: str) -> int | None:
     """The command run by the server: the status to end with, or None to run it here."""
-    path = socket_path()
-    if path is None:
+    streams = [fd for fd in (0, 1, 2) if _is_open(fd)]  # before this makes descriptors
+    address = server_address()
+    if address is None:
         return None
+    folder, socket_name = address
     connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        connection.connect(path)
+        connection.connect(f"/proc/self/fd/{folder}/{socket_name}")
     except OSError:
         connection.close()
-        _start_server(path)
+        _start_server(socket_name)
         return None
+    finally:
+        os.close(folder)
     try:
-        return _run_by_server(connection, name)
+        return _run_by_server(connection, name, streams)
     finally:
         connection.close()
 
 
-def _run_by_server(connection: _socket.socket, name: str) -> int | None:
+def _run_by_server(connection: _socket.socket, name: str, streams: list[int]) -> int | None:
     """Hand the command over; None if the server refused it (or failed before taking it):
     this process then runs it, as it would have without a server. Once taken, it is never
     run here too."""
     pending: list[int] = []
-    worker = [0]
+    worker = [-1]  # its pidfd, once the server has said it took the command
 
     def forward(signum: int, frame: object) -> None:
-        if worker[0]:
-            os.kill(worker[0], signum)
-        else:
+        if worker[0] < 0:
             pending.append(signum)
+            return
+        try:  # noqa: SIM105
+            _signal.pidfd_send_signal(worker[0], signum)
+        except OSError:  # ended already (a pidfd never names another process)
+            pass
 
     before = {}
     for signame in FORWARDED:
@@ -141,21 +169,23 @@ def _run_by_server(connection: _socket.socket, name: str) -> int | None:
         if before[signum] is not _signal.SIG_IGN:
             _signal.signal(signum, forward)
     try:
-        _send_request(connection, name)
-        reply = _receive(connection, 9)
+        _send_request(connection, name, streams)
+        reply, handles = _receive(connection, 9, with_handle=True)
     except OSError:
-        reply = b""
-    if reply[:1] != b"P":  # refused: this process runs the command, as it was
+        reply, handles = b"", []
+    if reply[:1] != b"P" or len(handles) != 1:  # refused: this process runs the command
+        for handle in handles:
+            os.close(handle)
         for signum, handler in before.items():
             _signal.signal(signum, handler)
         for signum in pending:
             _signal.raise_signal(signum)
         return None
-    worker[0] = int.from_bytes(reply[1:], "little")
+    worker[0] = handles[0]
     for signum in pending:
-        os.kill(worker[0], signum)
+        forward(signum, None)
     try:
-        ended = _receive(connection, 5)
+        ended, _ = _receive(connection, 5)
     except OSError:
         ended = b""
     if ended[:1] != b"W":  # the server was killed: wait for the worker all the same
@@ -165,11 +195,10 @@ def _run_by_server(connection: _socket.socket, name: str) -> int | None:
     return _end_as(int.from_bytes(ended[1:], "little"))
 
 
-def _send_request(connection: _socket.socket, name: str) -> None:
+def _send_request(connection: _socket.socket, name: str, streams: list[int]) -> None:
     """The command, with this process's working folder and standard streams."""
-    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        streams = [fd for fd in (0, 1, 2) if _is_open(fd)]
         payload = marshal.dumps(
             {
                 "command": name,
@@ -189,35 +218,43 @@ def _send_request(connection: _socket.socket, name: str) -> None:
         os.close(here)
 
 
-def _receive(connection: _socket.socket, size: int) -> bytes:
-    data = b""
+def _receive(
+    connection: _socket.socket, size: int, *, with_handle: bool = False
+) -> tuple[bytes, list[int]]:
+    """`size` bytes (fewer at the end of the stream), and the descriptors sent with them."""
+    data, handles = b"", []
     while len(data) < size:
-        chunk = connection.recv(size - len(data))
+        chunk, ancillary, _, _ = connection.recvmsg(
+            size - len(data), _socket.CMSG_SPACE(4) if with_handle else 0
+        )
+        for level, kind, payload in ancillary:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                whole = len(payload) - len(payload) % 4
+                handles += [
+                    int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, whole, 4)
+                ]
         if not chunk:
             break
         data += chunk
-    return data
+    return data, handles
 
 
-def _wait_for(pid: int) -> None:
-    """Until `pid` (not a child of this process) has ended."""
+def _wait_for(pidfd: int) -> None:
+    """Until the process of `pidfd` (not a child of this one) has ended."""
     import select
 
-    try:
-        handle = os.pidfd_open(pid)
-    except OSError:  # gone already
-        return
-    try:
-        select.select([handle], [], [])
-    finally:
-        os.close(handle)
+    select.select([pidfd], [], [])
 
 
 def _end_as(wait_status: int) -> int:
-    """The status to end with: the worker's exit status, or its death by the same signal."""
+    """The status to end with: the worker's exit status, or its death by the same signal
+    (without a second core dump: the worker's is the one)."""
     if os.WIFSIGNALED(wait_status):
+        import resource
+
         signum = os.WTERMSIG(wait_status)
         sys.stdout.flush()
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
         _signal.signal(signum, _signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return 128 + signum
@@ -257,20 +294,34 @@ def _stream_settings(stream: object) -> tuple | None:
     )
 
 
-def _start_server(path: str) -> None:
+def server_environment() -> dict[str, str]:
+    """What a server starts with: this environment but a task's own variables (a twrun
+    looking for what its task left would take the server for it) and the notify socket."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key == IDLE_VARIABLE or not key.startswith(("TASKWATCHER_", "NOTIFY_SOCKET"))
+    }
+
+
+def _start_server(socket_name: str) -> None:
     """Start a server for the next command (this one runs here): detached, in a session
-    of its own, holding none of this process's files open.
+    of its own, holding none of this process's files open. Not from within a task: its
+    twrun adopts orphans, and would end the server with the task.
 
     A child that ends at once starts it, so the server is nobody's child here: the command
     that started it (twrun ends every process its run left) neither waits for it nor ends
     it. fork and exec rather than posix_spawn, which leaves the C library's own signals
     ignored in what it starts, where a worker could not set them back.
     """
+    if "TASKWATCHER_TOKEN" in os.environ:
+        return
     # The interpreter's options as this command got them, and -P: a server imports nothing
     # from the folder it was started in.
     script = sys.orig_argv.index(sys.argv[0]) if sys.argv[0] in sys.orig_argv else 1
     options = [option for option in sys.orig_argv[1:script] if option != "-P"]
-    argv = [sys.executable, *options, "-P", "-m", "taskwatcher.cli.server", path]
+    argv = [sys.executable, *options, "-P", "-m", "taskwatcher.cli.server", socket_name]
+    environment = server_environment()
     try:
         starter = os.fork()
     except OSError:
@@ -283,7 +334,10 @@ def _start_server(path: str) -> None:
                 for fd in (0, 1, 2):
                     os.dup2(null, fd)
                 os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-                os.execv(sys.executable, argv)
+                os.execve(sys.executable, argv, environment)
         finally:
             os._exit(0)
-    os.waitpid(starter, 0)
+    try:  # noqa: SIM105
+        os.waitpid(starter, 0)
+    except ChildProcessError:  # SIGCHLD ignored here: the system reaped it
+        pass

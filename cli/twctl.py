@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
@@ -295,11 +294,9 @@ def _live_status(text: str) -> str:
     )
 
 
-@functools.cache
 def build_parser() -> argparse.ArgumentParser:
     """The twctl command line: one subcommand per operation (the flags of taskwatcher 1.x
-    are rewritten into them before parsing, see aliases). Built once per process (the
-    command server builds it before it forks its workers)."""
+    are rewritten into them before parsing, see aliases)."""
     parser = argparse.ArgumentParser(
         prog="twctl",
         formatter_class=HelpFormatter,

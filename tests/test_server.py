@@ -6,12 +6,16 @@ Each test has a runtime folder of its own, so its own server, and ends that serv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
+import shlex
 import signal
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,26 +86,70 @@ def test_a_served_task_inherits_what_it_would_from_its_caller(
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "shell"),
     [
-        ["twrun", "--", "sh", "-c", "echo out; echo err >&2; exit 7"],
-        ["twrun", "--", "sh", "-c", "kill -TERM $$"],
-        ["twrun"],
-        ["twctl", "list", "--json"],
-        ["twctl", "bogus"],
-        ["twparse", "/nonexistent/feedback"],
+        (["twrun", "--", "sh", "-c", "echo out; echo err >&2; exit 7"], ""),
+        (["twrun", "--", "sh", "-c", "kill -TERM $$"], ""),
+        (["twrun"], ""),
+        (["twctl", "list", "--json"], ""),
+        (["twctl", "bogus"], ""),
+        (["twparse", "/nonexistent/feedback"], ""),
+        # closed streams: none of them may become the client's socket in the worker
+        (["twrun", "--", "sh", "-c", "echo err >&2; exit 3"], "2>&-"),
+        (["twrun", "--", "sh", "-c", "cat; echo read $?"], "<&-"),
+        (["twctl", "list", "--json"], ">&-"),
+        # the help's default database follows the caller's XDG_STATE_HOME, not the server's
+        (["twrun", "--help"], "XDG_STATE_HOME=/elsewhere"),
     ],
 )
 def test_a_served_command_ends_and_prints_as_it_would_in_process(
-    served: dict[str, str], argv: list[str]
+    served: dict[str, str], argv: list[str], shell: str
 ) -> None:
     server_pid(served)
+    command = " ".join(shlex.quote(str(BIN / argv[0])) for _ in [0])
+    command += "".join(f" {shlex.quote(arg)}" for arg in argv[1:])
+    if shell.endswith("&-"):
+        command += f" {shell}"
+    elif shell:
+        command = f"{shell} {command}"
 
     def run(env: dict[str, str]) -> tuple[int, str, str]:
-        result = run_cli(*argv, env=env)
+        result = subprocess.run(
+            ["sh", "-c", command], capture_output=True, text=True, timeout=30, env=env
+        )
         return result.returncode, result.stdout, result.stderr
 
     assert run(served) == run({**served, "TASKWATCHER_SERVER": "0"})
+
+
+def test_signals_that_come_as_a_served_command_ends_are_no_trouble(
+    served: dict[str, str],
+) -> None:
+    """SIGWINCH (a terminal resized) again and again while served commands start, run and
+    end: each ends as it would have without them."""
+    server_pid(served)
+    for _ in range(10):
+        twctl = subprocess.Popen(
+            [BIN / "twctl", "list", "--json"], env=served, stdout=subprocess.PIPE, text=True
+        )
+        while twctl.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                twctl.send_signal(signal.SIGWINCH)
+            time.sleep(0.0005)
+        assert (twctl.returncode, twctl.stdout.read()) == (0, "[]\n")
+
+
+def test_a_server_is_never_started_from_within_a_task(served: dict[str, str]) -> None:
+    """Its twrun adopts orphans, and would end the server with the task; a server already
+    running serves the task's commands, and outlives the task."""
+    folder = Path(served["XDG_RUNTIME_DIR"]) / "taskwatcher"
+    inner = f"{BIN / 'twctl'} list --json >/dev/null; {BIN / 'twctl'} list --json >/dev/null"
+    outside = {**served, "TASKWATCHER_SERVER": "0"}
+    assert run_cli("twrun", "--", "sh", "-c", inner, env=outside).returncode == 0
+    assert list(folder.glob("*.sock")) == []
+    server = server_pid(served)
+    assert run_cli("twrun", "--", "sh", "-c", inner, env=outside).returncode == 0
+    assert alive(server)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGQUIT])
@@ -146,14 +194,37 @@ def _live_pid(env: dict[str, str]) -> int | None:
     return rows[0]["pid"] if rows and rows[0]["pid"] else None
 
 
+def _one_cpu() -> None:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def _idle_scheduling() -> None:
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+@pytest.mark.parametrize("prepare", [_one_cpu, _idle_scheduling])
 def test_a_caller_the_server_cannot_stand_in_for_runs_the_command_itself(
-    tmp_path: Path, served: dict[str, str]
+    tmp_path: Path, served: dict[str, str], prepare: Callable[[], None]
 ) -> None:
     server = server_pid(served)
-    if len(os.sched_getaffinity(0)) < 2:
+    if prepare is _one_cpu and len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one CPU: no affinity differs from the server's")
-    one_cpu = {"preexec_fn": lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})}
-    assert report(tmp_path, served, **one_cpu)["supervisor_parent"] != server
+    assert report(tmp_path, served, preexec_fn=prepare)["supervisor_parent"] != server
+
+
+def test_a_server_started_by_a_caller_that_ignores_sigchld_still_reaps(
+    served: dict[str, str],
+) -> None:
+    def ignore_sigchld() -> None:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+    first = subprocess.run(
+        [BIN / "twrun", "--", "true"], env=served, preexec_fn=ignore_sigchld, capture_output=True
+    )
+    assert first.returncode == 0, first.stderr
+    folder = Path(served["XDG_RUNTIME_DIR"]) / "taskwatcher"
+    wait_for(lambda: list(folder.glob("*.sock")))
+    assert run_cli("twrun", "--", "sh", "-c", "exit 3", env=served).returncode == 3
 
 
 def test_no_server_where_others_could_reach_its_socket(tmp_path: Path) -> None:
