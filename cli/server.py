@@ -39,6 +39,8 @@ DEFAULT_IDLE = 60.0
 #: (twparse, rarely run often, imports what it needs in its worker: logging, say, which a
 #: supervisor must not carry).
 PREIMPORTED = (COMMANDS["twrun"], COMMANDS["twctl"], "taskwatcher.engine.sqlite_store")
+#: Seconds the server stops listening when it runs out of descriptors.
+DEAF_SECONDS = 0.1
 #: Seconds a client has to send its request once connected.
 REQUEST_TIMEOUT = 5.0
 #: What a worker cannot take on: these lines of /proc/<pid>/status must read the same.
@@ -61,18 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     once if another server has it, or if this installation is no longer the one named."""
     (name,) = sys.argv[1:] if argv is None else argv
     _start_clean()
-    for module in PREIMPORTED:
-        __import__(module)
-    for command in ("twrun", "twctl"):  # the patterns argparse compiles, for every worker
-        sys.modules[COMMANDS[command]].build_parser()
     address = server_address()
-    if address is None or address[1] != name:  # the package changed while it was imported
+    if address is None or address[1] != name:  # not this installation (any more)
         return 0
     folder, _ = address
     lock = os.open(f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=folder)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # another server holds this socket
+    except BlockingIOError:  # another server holds this socket (before importing anything)
+        return 0
+    for module in PREIMPORTED:
+        __import__(module)
+    for command in ("twrun", "twctl"):  # the patterns argparse compiles, for every worker
+        sys.modules[COMMANDS[command]].build_parser()
+    again = server_address()
+    if again is not None:
+        os.close(again[0])
+    if again is None or again[1] != name:  # the package changed while it was imported
         return 0
     os.ftruncate(lock, 0)
     os.write(lock, f"{os.getpid()}\n".encode())  # who holds it, for `kill $(cat ...lock)`
@@ -147,6 +154,7 @@ class Server:
         #: pidfd -> (pid, connection) of each running worker; client fd -> its pidfd.
         self.workers: dict[int, tuple[int, socket.socket]] = {}
         self.clients: dict[int, int] = {}
+        self.deaf = False  # not listening a moment: descriptors ran out
 
     def serve(self) -> None:
         """Until no command has come for `idle` seconds (or SIGTERM came) and no worker
@@ -156,7 +164,12 @@ class Server:
             wait = None if self.workers else self.idle - (time.monotonic() - quiet_since)
             if wait is not None and wait <= 0:
                 return
+            if self.deaf:  # out of descriptors: listen again soon
+                wait = DEAF_SECONDS if wait is None else min(wait, DEAF_SECONDS)
             events = self.poller.poll(None if wait is None else wait * 1000)
+            if self.deaf and self.listener is not None:
+                self.poller.modify(self.listener, select.POLLIN)
+                self.deaf = False
             for fd, _ in events:
                 if fd == self.wakeup:
                     self._woken()
@@ -191,8 +204,9 @@ class Server:
         try:
             connection, _ = self.listener.accept()
         except OSError as error:
-            if error.errno in (errno.EMFILE, errno.ENFILE):  # until a worker ends
+            if error.errno in (errno.EMFILE, errno.ENFILE):  # a while, not in a busy loop
                 self.poller.modify(self.listener, 0)
+                self.deaf = True
             return
         fds: list[int] = []
         try:
@@ -214,13 +228,18 @@ class Server:
     def _fork(
         self, connection: socket.socket, request: dict, fds: list[int], setting: dict
     ) -> None:
-        """Fork the worker; it starts once it is registered and its client told (so a
-        failure before that ends it unstarted, and the client runs the command itself).
-        Signals wait meanwhile, to reach the worker once it is set up as its client."""
+        """Fork the worker; it starts once it is registered and its client has said go
+        (knowing it), so a failure before that ends it unstarted and the client runs the
+        command itself. Signals wait meanwhile, to reach the worker once it is set up as
+        its client."""
         go, going = os.pipe2(os.O_CLOEXEC)
         held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError:
+                os.close(going)
+                raise
             if pid == 0:  # the worker: whatever happens, it never returns to serving
                 status = 1
                 try:
@@ -234,28 +253,29 @@ class Server:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
             os.close(go)
+        pidfd = -1
         try:
             pidfd = os.pidfd_open(pid)
-        except OSError:
+            reply = b"P" + pid.to_bytes(8, "little")
+            sent = connection.sendmsg(
+                [reply], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))]
+            )
+            connection.sendall(reply[sent:])
+            if connection.recv(1) != b"G":
+                raise EOFError("the client did not take its worker")
+        except (OSError, EOFError):
             os.close(going)  # the worker reads nothing and ends, unstarted
             os.waitpid(pid, 0)
+            if pidfd >= 0:
+                os.close(pidfd)
             raise
-        try:
-            connection.sendmsg(
-                [b"P" + pid.to_bytes(8, "little")],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))],
-            )
-        except OSError:
-            os.close(going)
-            os.waitpid(pid, 0)
-            os.close(pidfd)
-            raise
-        os.write(going, b"!")
-        os.close(going)
         self.workers[pidfd] = (pid, connection)
         self.clients[connection.fileno()] = pidfd
         self.poller.register(pidfd, select.POLLIN)
         self.poller.register(connection, select.POLLIN | select.POLLRDHUP)
+        with contextlib.suppress(OSError):  # a worker dead already is reaped as any other
+            os.write(going, b"!")
+        os.close(going)
 
     def _leave(self) -> None:
         """In a worker: let go of everything the server holds."""
@@ -270,8 +290,6 @@ class Server:
     def _reap(self, pidfd: int) -> None:
         pid, connection = self.workers.pop(pidfd)
         _, status = os.waitpid(pid, 0)
-        if self.listener is not None:  # room again, if descriptors ran out
-            self.poller.modify(self.listener, select.POLLIN)
         self.poller.unregister(pidfd)
         os.close(pidfd)
         if self.clients.pop(connection.fileno(), None) is not None:
@@ -315,6 +333,7 @@ def _read_request(connection: socket.socket, fds: list[int], deadline: float) ->
         or not set(streams) <= {0, 1, 2}
         or len(fds) != 1 + len(streams)
         or not all(isinstance(arg, str) for arg in request["argv"])
+        or not all(name and b"=" not in name for name in request["environ"])
     ):
         raise ValueError("not a request")
     return request

@@ -24,6 +24,8 @@ SERVER_VARIABLE = "TASKWATCHER_SERVER"
 IDLE_VARIABLE = "TASKWATCHER_SERVER_IDLE"
 #: The first bytes of a request: the protocol's version, so an old server refuses a new one.
 MAGIC = b"TWS1"
+#: Seconds a command waits for the server to take it, before it runs the command itself.
+TAKE_SECONDS = 10.0
 #: The signals a waiting command hands on to the process that runs it, as twrun or twctl
 #: would get them (SIGTSTP is not among them: Ctrl-Z stops the command, not its work, as it
 #: stops twrun and not its task).
@@ -96,8 +98,8 @@ def server_address() -> tuple[int, str] | None:
 def fingerprint() -> int:
     """What a server must share with a command to run it: the interpreter, its flags (but
     -P), options and import path, the environment that steers Python and the loader, and
-    the files of the package and of the import path's folders as they are now (an upgrade
-    or an edit gets a new server; the old one ends when idle)."""
+    the package's files and site-packages folders as they are now (an upgrade, an edit or
+    another package installed gets a new server; the old one ends when idle)."""
     import zlib
 
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,6 +113,8 @@ def fingerprint() -> int:
     # sys.path[0] is the script's folder; the server, started with -P, has none.
     path = sys.path if sys.flags.safe_path else sys.path[1:]
     for folder in path:  # a package installed or removed there changes the folder
+        if os.path.basename(folder) not in ("site-packages", "dist-packages"):
+            continue  # a project's folder on PYTHONPATH changes as work is done in it
         try:  # noqa: SIM105  (contextlib would cost a served command more than the rest)
             stamps.append(f"{folder}:{os.stat(folder).st_mtime_ns}")
         except OSError:
@@ -147,15 +151,18 @@ def _served(name: str) -> int | None:
 
 
 def _run_by_server(connection: _socket.socket, name: str, streams: list[int]) -> int | None:
-    """Hand the command over; None if the server refused it (or failed before taking it):
-    this process then runs it, as it would have without a server. Once taken, it is never
-    run here too."""
+    """Hand the command over; None if the server refused it, failed before taking it, took
+    longer than TAKE_SECONDS, or a signal came first: this process then runs it (or ends by
+    that signal), as it would have without a server. The worker starts only on this
+    process's go, once it knows the worker; so a command is never run twice."""
     pending: list[int] = []
     worker = [-1]  # its pidfd, once the server has said it took the command
 
     def forward(signum: int, frame: object) -> None:
         if worker[0] < 0:
             pending.append(signum)
+            if signum != _signal.SIGWINCH:  # one that would end or stop the command
+                raise _Interrupted
             return
         try:  # noqa: SIM105
             _signal.pidfd_send_signal(worker[0], signum)
@@ -168,20 +175,34 @@ def _run_by_server(connection: _socket.socket, name: str, streams: list[int]) ->
         before[signum] = _signal.getsignal(signum)
         if before[signum] is not _signal.SIG_IGN:
             _signal.signal(signum, forward)
+    handles: list[int] = []
+    pidfd = -1
     try:
+        connection.settimeout(TAKE_SECONDS)
         _send_request(connection, name, streams)
         reply, handles = _receive(connection, 9, with_handle=True)
-    except OSError:
-        reply, handles = b"", []
-    if reply[:1] != b"P" or len(handles) != 1:  # refused: this process runs the command
-        for handle in handles:
-            os.close(handle)
+        if reply[:1] == b"P":
+            # No signal between the go and knowing the worker: each one reaches either
+            # this process (not taken) or the worker (taken), never one that never runs.
+            held = _signal.pthread_sigmask(_signal.SIG_BLOCK, before)
+            try:
+                pidfd, handles = _worker_handle(reply, handles), []
+                connection.sendall(b"G")
+                worker[0] = pidfd
+            finally:
+                _signal.pthread_sigmask(_signal.SIG_SETMASK, held)
+        connection.settimeout(None)
+    except (OSError, _Interrupted):
+        pass
+    if worker[0] < 0:  # not taken: this process runs the command, as it was
+        for handle in [*handles, pidfd]:
+            if handle >= 0:
+                os.close(handle)
         for signum, handler in before.items():
             _signal.signal(signum, handler)
         for signum in pending:
             _signal.raise_signal(signum)
         return None
-    worker[0] = handles[0]
     for signum in pending:
         forward(signum, None)
     try:
@@ -193,6 +214,20 @@ def _run_by_server(connection: _socket.socket, name: str, streams: list[int]) ->
         print(f"{name}: the command server was killed: how it ended is unknown", file=sys.stderr)
         return 1
     return _end_as(int.from_bytes(ended[1:], "little"))
+
+
+class _Interrupted(Exception):
+    """A signal came before the server took the command."""
+
+
+def _worker_handle(reply: bytes, handles: list[int]) -> int:
+    """The worker's pidfd: the one sent with the reply, else one opened from its pid (it
+    waits for this process's go, so the pid is still its own)."""
+    for extra in handles[1:]:
+        os.close(extra)
+    if handles:
+        return handles[0]
+    return os.pidfd_open(int.from_bytes(reply[1:], "little"))
 
 
 def _send_request(connection: _socket.socket, name: str, streams: list[int]) -> None:
@@ -253,7 +288,10 @@ def _end_as(wait_status: int) -> int:
         import resource
 
         signum = os.WTERMSIG(wait_status)
-        sys.stdout.flush()
+        try:  # noqa: SIM105
+            sys.stdout.flush()
+        except (AttributeError, OSError, ValueError):  # closed, or a pipe nobody reads
+            pass
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
         _signal.signal(signum, _signal.SIG_DFL)
         os.kill(os.getpid(), signum)

@@ -273,3 +273,34 @@ def test_a_client_whose_server_was_killed_waits_for_its_command_all_the_same(
     assert "the command server was killed" in twrun.stderr.read().decode()
     ended = run_cli("twctl", "history", "--json", env={**served, "TASKWATCHER_SERVER": "0"})
     assert json.loads(ended.stdout)[0]["exitcode"] == 5  # the task ran to its end
+
+
+def test_a_command_whose_server_does_not_answer_can_still_be_stopped(
+    served: dict[str, str],
+) -> None:
+    """A signal that comes before the server took the command is this process's own: it
+    ends as it would have in process, and the worker forked meanwhile never starts."""
+    server = server_pid(served)
+    os.kill(server, signal.SIGSTOP)
+    try:
+        twrun = subprocess.Popen([BIN / "twrun", "--", "sleep", "30"], env=served)
+        time.sleep(0.5)  # connected, waiting for an answer
+        twrun.send_signal(signal.SIGTERM)
+        assert twrun.wait(timeout=15) == -signal.SIGTERM
+    finally:
+        os.kill(server, signal.SIGCONT)
+    time.sleep(0.5)  # the server's turn: the client is gone, its worker must not run
+    listing = run_cli("twctl", "history", "--json", env={**served, "TASKWATCHER_SERVER": "0"})
+    assert [row["taskname"] for row in json.loads(listing.stdout)] == ["true"]
+    assert _live_pid(served) is None
+
+
+def test_work_in_a_folder_on_the_import_path_keeps_the_same_server(
+    tmp_path: Path, served: dict[str, str]
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    env = {**served, "PYTHONPATH": str(project)}
+    server = server_pid(env)
+    (project / "output.txt").write_text("a file the work made\n")
+    assert report(tmp_path, env)["supervisor_parent"] == server
