@@ -22,6 +22,8 @@ SQLITE_WAIT = 0.05
 #: The pause between two tries, in seconds: short and random, so waiters do not march in step.
 _PAUSE = (0.001, 0.01)
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+#: However much others commit meanwhile, a writer waits this many busy timeouts at most.
+MOST_TIMEOUTS = 10
 
 Result = TypeVar("Result")
 
@@ -37,17 +39,31 @@ def patiently(
     timeout: float,
     *,
     clock: Callable[[], float] = time.monotonic,
+    progress: Callable[[], object] | None = None,
 ) -> Result:
     """Run `action`, trying again while the database is busy, for up to `timeout` seconds.
+
+    While `progress()` changes (others commit: a crowd moving, not a holder stuck), the
+    timeout counts again from the last change, up to MOST_TIMEOUTS timeouts in all: on an
+    overloaded machine the lock can be busy for longer than the timeout while everybody
+    gets through in turn, and giving up then would fail a command that only had to queue.
 
     Only for what may be retried as a whole: a statement outside a transaction, BEGIN
     IMMEDIATE, COMMIT (which keeps the transaction open when busy), or a whole open.
     """
-    deadline = clock() + timeout
+    started = clock()
+    deadline = started + timeout
+    seen = None if progress is None else progress()
     while True:
         try:
             return action()
         except sqlite3.OperationalError as error:
-            if not is_busy(error) or clock() >= deadline:
+            if not is_busy(error):
+                raise
+            now = clock()
+            if progress is not None and (look := progress()) != seen:
+                seen = look
+                deadline = min(now + timeout, started + MOST_TIMEOUTS * timeout)
+            if now >= deadline:
                 raise
         time.sleep(random.uniform(*_PAUSE))

@@ -84,7 +84,11 @@ class Database:
         try:
             yield now
             with self._errors():  # busy at COMMIT keeps the transaction: try again
-                patiently(lambda: self._db.execute("COMMIT"), self.busy_timeout)
+                patiently(
+                    lambda: self._db.execute("COMMIT"),
+                    self.busy_timeout,
+                    progress=self._changes.look,
+                )
         except BaseException:
             if self._db.in_transaction:  # sqlite already rolled back after some I/O errors
                 self.execute("ROLLBACK")
@@ -100,7 +104,11 @@ class Database:
             if self._db.in_transaction:
                 return self._db.execute(sql, params)
             self._journal.check()  # a transaction starts: sqlite is about to read the header
-            return patiently(lambda: self._db.execute(sql, params), self.busy_timeout)
+            return patiently(
+                lambda: self._db.execute(sql, params),
+                self.busy_timeout,
+                progress=self._changes.look,
+            )
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return self.execute(sql, params).fetchall()
@@ -255,13 +263,13 @@ class ChangeWatch:
     def __init__(self, path: Path, descriptor: int | None) -> None:
         self.path = path
         self._fd = descriptor
-        self._seen = self._look()
+        self._seen = self.look()
 
     def wait(self, timeout: float) -> bool:
         """True as soon as a look differs from the last one taken, False after `timeout`."""
         deadline = time.monotonic() + timeout
         while True:
-            look = self._look()
+            look = self.look()
             if look != self._seen:
                 self._seen = look
                 return True
@@ -270,7 +278,8 @@ class ChangeWatch:
                 return False
             time.sleep(min(CHANGE_POLL, left))
 
-    def _look(self) -> tuple[object, ...]:
+    def look(self) -> tuple[object, ...]:
+        """The file as one look sees it: equal looks, no commit between them."""
         try:
             status = os.stat(self.path)
         except OSError:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from taskwatcher.engine.errors import StoreError
-from taskwatcher.engine.locking import patiently
+from taskwatcher.engine.locking import MOST_TIMEOUTS, patiently
 from taskwatcher.engine.store import open_store
 
 
@@ -63,3 +63,49 @@ def test_only_a_busy_lock_is_tried_again() -> None:
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         patiently(fails, 5.0)
     assert len(tries) == 1
+
+
+class _Busy:
+    """An action that finds the lock busy until `free_at` on a fake clock (each try
+    advancing it by `step`), while others commit every `commits_every` seconds."""
+
+    def __init__(self, free_at: float, step: float, commits_every: float | None) -> None:
+        self.now = 0.0
+        self.free_at = free_at
+        self.step = step
+        self.commits_every = commits_every
+
+    def clock(self) -> float:
+        return self.now
+
+    def progress(self) -> object:
+        return None if self.commits_every is None else int(self.now / self.commits_every)
+
+    def __call__(self) -> str:
+        self.now += self.step
+        if self.now < self.free_at:
+            error = sqlite3.OperationalError("database is locked")
+            error.sqlite_errorcode = sqlite3.SQLITE_BUSY
+            raise error
+        return "done"
+
+
+def test_a_writer_waits_past_the_timeout_while_the_others_get_through() -> None:
+    """A crowd on an overloaded machine: busy for 3 timeouts, but commits keep coming."""
+    busy = _Busy(free_at=3.0, step=0.1, commits_every=0.5)
+    assert patiently(busy, 1.0, clock=busy.clock, progress=busy.progress) == "done"
+
+
+def test_a_writer_gives_up_when_nobody_commits_for_the_timeout() -> None:
+    """A holder stuck with the lock: the timeout counts from the last commit seen."""
+    busy = _Busy(free_at=30.0, step=0.1, commits_every=None)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        patiently(busy, 1.0, clock=busy.clock, progress=busy.progress)
+    assert busy.now == pytest.approx(1.0, abs=0.15)
+
+
+def test_however_much_the_others_commit_a_writer_waits_ten_timeouts_at_most() -> None:
+    busy = _Busy(free_at=1000.0, step=0.1, commits_every=0.5)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        patiently(busy, 1.0, clock=busy.clock, progress=busy.progress)
+    assert busy.now == pytest.approx(MOST_TIMEOUTS * 1.0, abs=0.15)
