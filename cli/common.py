@@ -34,6 +34,21 @@ def db_help() -> str:
     return text.replace("%", "%%")  # argparse formats help with %
 
 
+def with_current_db_help(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`parser` with --db's help naming this process's default database again: a parser is
+    built once per process (the command server builds it before it forks its workers, each
+    with its own environment)."""
+    help_text = db_help()
+    parsers = [parser]
+    for each in parsers:
+        for action in each._actions:
+            if action.dest == "db":
+                action.help = help_text
+            elif isinstance(action, argparse._SubParsersAction):
+                parsers += action.choices.values()
+    return parser
+
+
 def add_db_option(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
     """Add --db; on a subcommand it must not overwrite a --db given before the subcommand."""
     default = argparse.SUPPRESS if inherited else None

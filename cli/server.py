@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for module in PREIMPORTED:
         __import__(module)
-    for command in ("twrun", "twctl"):  # the patterns argparse compiles, for every worker
+    for command in ("twrun", "twctl"):  # their parsers, once for every worker
         sys.modules[COMMANDS[command]].build_parser()
     again = server_address()
     if again is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
@@ -22,6 +23,7 @@ from taskwatcher.cli.common import (
     setup_logging,
     subcommand,
     task_id,
+    with_current_db_help,
 )
 from taskwatcher.cli.ended import ended_json, ended_line
 from taskwatcher.cli.helpformat import HelpFormatter, add_version_option
@@ -294,9 +296,11 @@ def _live_status(text: str) -> str:
     )
 
 
+@functools.cache
 def build_parser() -> argparse.ArgumentParser:
     """The twctl command line: one subcommand per operation (the flags of taskwatcher 1.x
-    are rewritten into them before parsing, see aliases)."""
+    are rewritten into them before parsing, see aliases). Built once per process (the
+    command server builds it before it forks its workers)."""
     parser = argparse.ArgumentParser(
         prog="twctl",
         formatter_class=HelpFormatter,
@@ -492,7 +496,7 @@ def _add_completion(sub) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `twctl` console script."""
     words = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    parser = with_current_db_help(build_parser())
     if not words:  # a usage error that lists the commands, on stderr like any other
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import signal
@@ -22,6 +23,7 @@ from taskwatcher.cli.common import (
     positive_seconds,
     setup_logging,
     task_id,
+    with_current_db_help,
 )
 from taskwatcher.cli.helpformat import RawDescriptionHelpFormatter, add_version_option
 from taskwatcher.engine.capture import OutputMode
@@ -107,8 +109,10 @@ class _Parser(argparse.ArgumentParser):
         fail(f"{self.prog}: {message}", SUPERVISOR_FAILED)
 
 
+@functools.cache
 def build_parser() -> argparse.ArgumentParser:
-    """The twrun command line; the command to run follows `--`."""
+    """The twrun command line; the command to run follows `--`. Built once per process
+    (the command server builds it before it forks its workers)."""
     parser = _Parser(
         prog="twrun",
         description="Run COMMAND as a supervised taskwatcher task.",
@@ -271,7 +275,7 @@ def _request(command: list[str], args: argparse.Namespace) -> LaunchRequest:
 @interruptible
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `twrun` console script."""
-    args = build_parser().parse_args(argv)
+    args = with_current_db_help(build_parser()).parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         fail("twrun: no command given (twrun [OPTIONS] -- COMMAND [ARG...])", SUPERVISOR_FAILED)

@@ -100,6 +100,7 @@ def test_a_served_task_inherits_what_it_would_from_its_caller(
         (["twctl", "list", "--json"], ">&-"),
         # the help's default database follows the caller's XDG_STATE_HOME, not the server's
         (["twrun", "--help"], "XDG_STATE_HOME=/elsewhere"),
+        (["twctl", "list", "--help"], "XDG_STATE_HOME=/elsewhere"),
     ],
 )
 def test_a_served_command_ends_and_prints_as_it_would_in_process(
