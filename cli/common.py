@@ -9,10 +9,9 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from taskwatcher.cli.helpformat import RawDescriptionHelpFormatter
+from taskwatcher.cli.helpformat import DEFAULT_DB, RawDescriptionHelpFormatter
 from taskwatcher.engine import lazylog
-from taskwatcher.engine.errors import StoreError
-from taskwatcher.engine.location import ENV_VAR, default_db_path, named_location, resolve_db_path
+from taskwatcher.engine.location import ENV_VAR, named_location, resolve_db_path
 from taskwatcher.engine.store import Access, Store
 from taskwatcher.engine.store import open_store as open_database
 
@@ -24,29 +23,10 @@ _DECIMAL = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
 
 
 def db_help() -> str:
-    """--db's help, naming the file this user's commands use by default: where that is
-    depends on $XDG_STATE_HOME and the home folder, which a pattern leaves to guess."""
-    try:
-        default = str(default_db_path())
-    except StoreError:  # no home folder: nothing to name
-        default = "$XDG_STATE_HOME/taskwatcher/tasks.db"
-    text = f"database file, or a postgresql:// URL (default: ${ENV_VAR} if set, else {default})"
-    return text.replace("%", "%%")  # argparse formats help with %
-
-
-def with_current_db_help(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """`parser` with --db's help naming this process's default database again: a parser is
-    built once per process (the command server builds it before it forks its workers, each
-    with its own environment)."""
-    help_text = db_help()
-    parsers = [parser]
-    for each in parsers:
-        for action in each._actions:
-            if action.dest == "db":
-                action.help = help_text
-            elif isinstance(action, argparse._SubParsersAction):
-                parsers += action.choices.values()
-    return parser
+    """--db's help, naming the file this user's commands use by default (DEFAULT_DB, named
+    when the help is shown): where that is depends on $XDG_STATE_HOME and the home folder,
+    which a pattern leaves to guess."""
+    return f"database file, or a postgresql:// URL (default: ${ENV_VAR} if set, else {DEFAULT_DB})"
 
 
 def add_db_option(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:

@@ -18,12 +18,35 @@ from typing import Any
 DISTRIBUTION = "taskwatcher"
 
 
+#: Stands, in a help text, for the database this user's commands use by default; named when
+#: the help is shown, from the environment then ($XDG_STATE_HOME, the home folder), not the
+#: one the parser was built in (the command server builds it once for all its workers).
+DEFAULT_DB = "{default database}"
+
+
 class _TerminalWidth:
-    """The width as shutil.get_terminal_size finds it, unless one is given."""
+    """The width as shutil.get_terminal_size finds it, unless one is given; DEFAULT_DB
+    named as the help is shown."""
 
     def __init__(self, prog: str, **options: Any) -> None:
         options.setdefault("width", _terminal_columns() - 2)
         super().__init__(prog, **options)  # type: ignore[call-arg]
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = super()._get_help_string(action)  # type: ignore[misc]
+        if DEFAULT_DB in text:
+            text = text.replace(DEFAULT_DB, _default_db().replace("%", "%%"))  # argparse's %
+        return text
+
+
+def _default_db() -> str:
+    from taskwatcher.engine.errors import StoreError
+    from taskwatcher.engine.location import default_db_path
+
+    try:
+        return str(default_db_path())
+    except StoreError:  # no home folder: nothing to name
+        return "$XDG_STATE_HOME/taskwatcher/tasks.db"
 
 
 class HelpFormatter(_TerminalWidth, argparse.HelpFormatter):

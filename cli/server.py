@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import gc
 import io
 import marshal
@@ -31,7 +32,16 @@ import struct
 import sys
 import time
 
-from taskwatcher.cli.start import COMMANDS, IDLE_VARIABLE, MAGIC, server_address, text_encodings
+from taskwatcher.cli.start import (
+    COMMANDS,
+    IDLE_VARIABLE,
+    MAGIC,
+    descriptors,
+    rights,
+    server_address,
+    socket_name,
+    text_encodings,
+)
 
 #: Seconds an idle server waits for a command (`$TASKWATCHER_SERVER_IDLE`).
 DEFAULT_IDLE = 60.0
@@ -50,6 +60,10 @@ SAME_STATUS = (
 )  # fmt: skip
 #: ... nor these files of /proc/<pid>.
 SAME_FILES = ("cgroup", "oom_score_adj", "attr/current", "loginuid")
+#: Every resource limit the system has.
+LIMITS = tuple(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
+#: Signals the C library keeps for itself: a worker cannot set them as its client had them.
+FIXED_SIGNALS = set(range(1, signal.NSIG)) - signal.valid_signals()
 #: The largest request taken (arguments and environment), against a runaway client.
 MOST_BYTES = 16 << 20
 
@@ -76,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         __import__(module)
     for command in ("twrun", "twctl"):  # their parsers, once for every worker
         sys.modules[COMMANDS[command]].build_parser()
-    again = server_address()
-    if again is not None:
-        os.close(again[0])
-    if again is None or again[1] != name:  # the package changed while it was imported
+    if socket_name() != name:  # the package changed while it was imported
         return 0
     os.ftruncate(lock, 0)
     os.write(lock, f"{os.getpid()}\n".encode())  # who holds it, for `kill $(cat ...lock)`
@@ -109,13 +120,9 @@ def _start_clean() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python sets it
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     os.chdir("/")
-    for limit in _limits():
+    for limit in LIMITS:
         with contextlib.suppress(OSError, ValueError):
             resource.setrlimit(limit, (resource.getrlimit(limit)[1],) * 2)
-
-
-def _limits() -> list[int]:
-    return [getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")]
 
 
 def _idle_seconds() -> float:
@@ -257,9 +264,7 @@ class Server:
         try:
             pidfd = os.pidfd_open(pid)
             reply = b"P" + pid.to_bytes(8, "little")
-            sent = connection.sendmsg(
-                [reply], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))]
-            )
+            sent = connection.sendmsg([reply], [rights([pidfd])])
             connection.sendall(reply[sent:])
             if connection.recv(1) != b"G":
                 raise EOFError("the client did not take its worker")
@@ -313,9 +318,7 @@ def _read_request(connection: socket.socket, fds: list[int], deadline: float) ->
     streams) go to `fds`, for the caller to close whatever comes of it."""
     connection.settimeout(max(0.0, deadline - time.monotonic()))
     data, ancillary, _, _ = connection.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 4))
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds += struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) // 4 * 4])
+    fds += descriptors(ancillary)
     header = len(MAGIC) + 8
     while len(data) < header:
         data += _more(connection, deadline)
@@ -358,39 +361,52 @@ def _client_pid(connection: socket.socket) -> int:
 
 def _setting_of(client: int) -> dict:
     """What a worker must set up to stand in for the client; Refused where it cannot."""
-    ours, theirs = _status(os.getpid()), _status(client)
-    if any(ours.get(field) != theirs.get(field) for field in SAME_STATUS):
-        raise Refused("credentials or affinity")
-    for name in SAME_FILES:
-        if _peek(f"/proc/self/{name}") != _peek(f"/proc/{client}/{name}"):
-            raise Refused(name)
-    if _scheduling(0) != _scheduling(client):
-        raise Refused("scheduling")
-    for name in os.listdir("/proc/self/ns"):
-        if os.readlink(f"/proc/self/ns/{name}") != os.readlink(f"/proc/{client}/ns/{name}"):
-            raise Refused(f"namespace {name}")
-    here, there = os.stat("/proc/self/root"), os.stat(f"/proc/{client}/root")
-    if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
-        raise Refused("root")
-    fixed = set(range(1, signal.NSIG)) - signal.valid_signals()  # the C library's own
-    if _signals(ours["SigIgn"]) & fixed != _signals(theirs["SigIgn"]) & fixed:
-        raise Refused("signals")
+    ours, our_nice, our_hard = _own()
+    theirs, status = _standing(client)
+    differing = [name for name, value in ours.items() if theirs[name] != value]
+    if differing:
+        raise Refused(", ".join(differing))
     nice = os.getpriority(os.PRIO_PROCESS, client)
-    if nice < os.getpriority(os.PRIO_PROCESS, 0):
+    if nice < our_nice:
         raise Refused("niceness")
     limits = {}
-    for limit in _limits():
+    for limit in LIMITS:
         soft, hard = resource.prlimit(client, limit)
-        if _above(hard, resource.getrlimit(limit)[1]):
+        if _above(hard, our_hard[limit]):
             raise Refused(f"limit {limit}")
         limits[limit] = (soft, hard)
     return {
-        "umask": int(theirs["Umask"], 8),
+        "umask": int(status["Umask"], 8),
         "nice": nice,
         "limits": limits,
-        "ignored": _signals(theirs["SigIgn"]),
-        "blocked": _signals(theirs["SigBlk"]),
+        "ignored": _signals(status["SigIgn"]),
+        "blocked": _signals(status["SigBlk"]),
     }
+
+
+@functools.cache
+def _own() -> tuple[dict[str, object], int, dict[int, int]]:
+    """The server's own standing, niceness and hard limits: read once, they do not change."""
+    hard = {limit: resource.getrlimit(limit)[1] for limit in LIMITS}
+    return _standing(0)[0], os.getpriority(os.PRIO_PROCESS, 0), hard
+
+
+def _standing(pid: int) -> tuple[dict[str, object], dict[str, str]]:
+    """What a worker cannot take on of process `pid` (0: this one), which must be the
+    server's own; and its /proc status."""
+    proc = f"/proc/{pid or 'self'}"
+    lines = _read(f"{proc}/status").splitlines()
+    status = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+    standing: dict[str, object] = {field: status.get(field) for field in SAME_STATUS}
+    standing.update((name, _peek(f"{proc}/{name}")) for name in SAME_FILES)
+    standing.update(
+        (f"namespace {name}", os.readlink(f"{proc}/ns/{name}")) for name in os.listdir(f"{proc}/ns")
+    )
+    root = os.stat(f"{proc}/root")
+    standing["root"] = (root.st_dev, root.st_ino)
+    standing["the C library's signals"] = _signals(status["SigIgn"]) & FIXED_SIGNALS
+    standing["scheduling"] = _scheduling(pid)
+    return standing, status
 
 
 def _peek(path: str) -> str:
@@ -412,22 +428,20 @@ _IOPRIO_GET = {"x86_64": 252, "aarch64": 31}
 
 def _io_priority(pid: int) -> int | None:
     number = _IOPRIO_GET.get(os.uname().machine)
-    if number is None:
-        return None
+    return None if number is None else _libc().syscall(number, 1, pid)  # 1: IOPRIO_WHO_PROCESS
+
+
+@functools.cache
+def _libc() -> object:
     import ctypes
 
-    return ctypes.CDLL(None, use_errno=True).syscall(number, 1, pid)  # 1: IOPRIO_WHO_PROCESS
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _above(limit: int, ceiling: int) -> bool:
     if ceiling == resource.RLIM_INFINITY:
         return False
     return limit == resource.RLIM_INFINITY or limit > ceiling
-
-
-def _status(pid: int) -> dict[str, str]:
-    lines = _read(f"/proc/{pid}/status").splitlines()
-    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
 def _read(path: str) -> str:

@@ -92,7 +92,12 @@ def server_address() -> tuple[int, str] | None:
     if status.st_mode & 0o077 or status.st_uid != os.getuid():
         os.close(handle)
         return None
-    return handle, f"server-{fingerprint():08x}.sock"
+    return handle, socket_name()
+
+
+def socket_name() -> str:
+    """The server's socket, named by the fingerprint of this interpreter and installation."""
+    return f"server-{fingerprint():08x}.sock"
 
 
 def fingerprint() -> int:
@@ -245,9 +250,7 @@ def _send_request(connection: _socket.socket, name: str, streams: list[int]) -> 
             }
         )
         request = MAGIC + len(payload).to_bytes(8, "little") + payload
-        sent = connection.sendmsg(
-            [request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _fds_bytes([here, *streams]))]
-        )
+        sent = connection.sendmsg([request], [rights([here, *streams])])
         connection.sendall(request[sent:])
     finally:
         os.close(here)
@@ -262,12 +265,7 @@ def _receive(
         chunk, ancillary, _, _ = connection.recvmsg(
             size - len(data), _socket.CMSG_SPACE(4) if with_handle else 0
         )
-        for level, kind, payload in ancillary:
-            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                whole = len(payload) - len(payload) % 4
-                handles += [
-                    int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, whole, 4)
-                ]
+        handles += descriptors(ancillary)
         if not chunk:
             break
         data += chunk
@@ -315,8 +313,23 @@ def _is_open(fd: int) -> bool:
     return True
 
 
-def _fds_bytes(fds: list[int]) -> bytes:
-    return b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
+def rights(fds: list[int]) -> tuple[int, int, bytes]:
+    """The ancillary item of a message that sends `fds` along (SCM_RIGHTS)."""
+    payload = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)
+    return _socket.SOL_SOCKET, _socket.SCM_RIGHTS, payload
+
+
+def descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors a message's ancillary items brought (SCM_RIGHTS)."""
+    found = []
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            whole = len(payload) - len(payload) % 4
+            found += [
+                int.from_bytes(payload[i : i + 4], sys.byteorder, signed=True)
+                for i in range(0, whole, 4)
+            ]
+    return found
 
 
 def _stream_settings(stream: object) -> tuple | None:

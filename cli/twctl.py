@@ -23,7 +23,6 @@ from taskwatcher.cli.common import (
     setup_logging,
     subcommand,
     task_id,
-    with_current_db_help,
 )
 from taskwatcher.cli.ended import ended_json, ended_line
 from taskwatcher.cli.helpformat import HelpFormatter, add_version_option
@@ -496,7 +495,7 @@ def _add_completion(sub) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `twctl` console script."""
     words = sys.argv[1:] if argv is None else argv
-    parser = with_current_db_help(build_parser())
+    parser = build_parser()
     if not words:  # a usage error that lists the commands, on stderr like any other
         parser.print_help(sys.stderr)
         return EXIT_USAGE

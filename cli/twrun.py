@@ -23,7 +23,6 @@ from taskwatcher.cli.common import (
     positive_seconds,
     setup_logging,
     task_id,
-    with_current_db_help,
 )
 from taskwatcher.cli.helpformat import RawDescriptionHelpFormatter, add_version_option
 from taskwatcher.engine.capture import OutputMode
@@ -275,7 +274,7 @@ def _request(command: list[str], args: argparse.Namespace) -> LaunchRequest:
 @interruptible
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `twrun` console script."""
-    args = with_current_db_help(build_parser()).parse_args(argv)
+    args = build_parser().parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         fail("twrun: no command given (twrun [OPTIONS] -- COMMAND [ARG...])", SUPERVISOR_FAILED)

@@ -84,11 +84,7 @@ class Database:
         try:
             yield now
             with self._errors():  # busy at COMMIT keeps the transaction: try again
-                patiently(
-                    lambda: self._db.execute("COMMIT"),
-                    self.busy_timeout,
-                    progress=self._changes.look,
-                )
+                self._patiently(lambda: self._db.execute("COMMIT"))
         except BaseException:
             if self._db.in_transaction:  # sqlite already rolled back after some I/O errors
                 self.execute("ROLLBACK")
@@ -104,11 +100,12 @@ class Database:
             if self._db.in_transaction:
                 return self._db.execute(sql, params)
             self._journal.check()  # a transaction starts: sqlite is about to read the header
-            return patiently(
-                lambda: self._db.execute(sql, params),
-                self.busy_timeout,
-                progress=self._changes.look,
-            )
+            return self._patiently(lambda: self._db.execute(sql, params))
+
+    def _patiently(self, action: Callable[[], sqlite3.Cursor]) -> sqlite3.Cursor:
+        """`action` once the lock is free: for the busy timeout since another connection
+        last committed (`locking.patiently`)."""
+        return patiently(action, self.busy_timeout, progress=self._changes.look)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         return self.execute(sql, params).fetchall()
