@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from taskwatcher.cli.common import (
     task_id,
 )
 from taskwatcher.cli.helpformat import RawDescriptionHelpFormatter, add_version_option
+from taskwatcher.cli.start import dump_modules
 from taskwatcher.engine.capture import OutputMode
 from taskwatcher.engine.errors import InvalidRequest, LaunchError, NotRecorded
 from taskwatcher.engine.hooks import (
@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(f"twrun: {error}", code)
     except OSError as error:  # the system refused twrun itself something (no task runs)
         fail(f"twrun: {error.strerror or error}", SUPERVISOR_FAILED)
-    _dump_modules()
+    dump_modules()  # everything imported while supervising stays loaded to the end
     return end.exit_code
 
 
@@ -345,18 +345,6 @@ def _run_hooks(store: Store, taskid: int, hooks: list[Hook], args: argparse.Name
 
 def _warn(message: str) -> None:
     print(f"twrun: warning: {message}", file=sys.stderr, flush=True)
-
-
-#: A file to which twrun writes, as it ends, the modules it held: everything imported while
-#: supervising stays loaded to the end, so the list shows what a supervisor carries for hours.
-DUMP_MODULES_VARIABLE = "TASKWATCHER_DUMP_MODULES"
-
-
-def _dump_modules() -> None:
-    path = os.environ.get(DUMP_MODULES_VARIABLE)
-    if path:
-        with open(path, "w", encoding="utf-8") as dump:
-            dump.write("".join(f"{name}\n" for name in sorted(sys.modules)))
 
 
 if __name__ == "__main__":

@@ -84,3 +84,25 @@ def test_help_still_fits_the_terminal_width(command: str) -> None:
     narrow, wide = usage(45), usage(200)
     assert max(map(len, narrow)) <= 45 and max(map(len, wide)) <= 200
     assert len(narrow) > len(wide)
+
+
+#: What a served command's caller may hold beyond a bare interpreter's modules: the package's
+#: entry point and the built-in modules it speaks to the server with.
+CALLER_EXTRA = {"taskwatcher", "taskwatcher.cli", "taskwatcher.cli.start", "_socket", "marshal"}
+CALLER_EXTRA |= {"zlib", "_locale"}  # the server's name (a checksum); the locale's encoding
+
+
+def test_a_served_commands_caller_holds_little_more_than_a_bare_interpreter(
+    tmp_path: Path, served: dict[str, str]
+) -> None:
+    """The caller only waits for its worker: every module it imports (`re` in an entry-point
+    wrapper, typing, the engine) would cost every command its import time."""
+    server_pid(served)
+    bare = run_cli("python", "-c", "import sys; print(*sys.modules)", env=served)
+    dump = tmp_path / "modules"
+    result = run_cli("twrun", "--", "true", env={**served, "TASKWATCHER_DUMP_MODULES": str(dump)})
+    assert result.returncode == 0, result.stderr
+    caller = set((tmp_path / "modules.caller").read_text().split())
+    assert "taskwatcher.cli.start" in caller and "taskwatcher.engine.supervisor" not in caller
+    assert sorted(caller - set(bare.stdout.split()) - CALLER_EXTRA) == []
+    assert "taskwatcher.engine.supervisor" in dump.read_text().split()  # the worker's own

@@ -30,8 +30,11 @@ def test_wheel_maps_folders_under_taskwatcher(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "taskwatcher/grammar/feedback.lark" in names
     assert "taskwatcher/engine/store.py" in names and "taskwatcher/cli/twctl.py" in names
-    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
-    assert tops == {"taskwatcher"}
+    tops = {name.split("/")[0] for name in names}
+    assert {top for top in tops if not top.endswith((".dist-info", ".data"))} == {"taskwatcher"}
+    # The commands are scripts of their own (the installer sets their interpreter).
+    scripts = {name.split("/")[-1] for name in names if name.split("/")[1:2] == ["scripts"]}
+    assert scripts == {"twrun", "twctl", "twparse"}
 
 
 def test_installed_wheel_runs_from_any_folder(wheel: Path, tmp_path: Path) -> None:
