@@ -176,8 +176,8 @@ class Writer:
         self._closing = False
         self._changed = threading.Condition()
         self.error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._name = name
+        self._thread: threading.Thread | None = None  # started by the first write
 
     @property
     def full(self) -> bool:
@@ -186,22 +186,36 @@ class Writer:
     @property
     def busy(self) -> bool:
         """Still in a write (or holding some): its thread may yet call `wake`."""
-        return self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive()
 
     def offer(self, data: bytes) -> None:
         with self._changed:
             if self.error is None and not self._closing:
                 self._chunks.append(data)
                 self._pending += len(data)
+                if self._thread is None:  # a task that writes nothing costs no thread
+                    self._start()
                 self._changed.notify()
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as error:  # out of threads: as a write that failed
+            self.error = OSError(errno.EAGAIN, str(error))
+            self._chunks.clear()
+            self._pending = 0
+            return
+        self._thread = thread
 
     def close(self, timeout: float) -> bool:
         """Finish what is waiting, for at most `timeout` seconds; whether all of it was written."""
         with self._changed:
             self._closing = True
             self._changed.notify()
-        self._thread.join(timeout)
-        return not self._thread.is_alive() and self.error is None
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.busy and self.error is None
 
     def _run(self) -> None:
         while True:

@@ -60,6 +60,21 @@ def test_a_writer_keeps_order_and_its_first_error_and_rings_once_it_failed() -> 
     os.close(read)
 
 
+def test_a_writer_given_nothing_costs_no_thread_and_one_without_a_thread_fails_as_a_write() -> None:
+    threads = threading.active_count()
+    idle = Writer("idle", write_all(1), lambda: None)
+    assert threading.active_count() == threads and not idle.busy
+    assert idle.close(timeout=0)
+    size = threading.stack_size(1 << 46)  # more than the machine can map: no thread starts
+    try:
+        starved = Writer("starved", write_all(1), lambda: None)
+        starved.offer(b"lost")
+    finally:
+        threading.stack_size(size)
+    assert isinstance(starved.error, OSError) and not starved.busy and not starved.full
+    assert not starved.close(timeout=0)
+
+
 def test_the_tail_is_the_last_lines_within_its_byte_budget() -> None:
     tail = Tail()
     assert tail.text() is None
