@@ -49,6 +49,12 @@ DEFAULT_IDLE = 60.0
 #: (twparse, rarely run often, imports what it needs in its worker: logging, say, which a
 #: supervisor must not carry).
 PREIMPORTED = (COMMANDS["twrun"], COMMANDS["twctl"], "taskwatcher.engine.sqlite_store")
+#: A command line each parser reads once in the server, so that what argparse compiles as it
+#: parses (its regular expressions, in re's cache) is there for every worker.
+WARM_ARGV = {
+    "twrun": [["--", "true"], ["--name", "warm", "--", "true"]],
+    "twctl": [["list"], ["list", "--json"], ["kill", "1"], ["history"]],
+}
 #: Seconds the server stops listening when it runs out of descriptors.
 DEAF_SECONDS = 0.1
 #: Seconds a client has to send its request once connected.
@@ -88,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for module in PREIMPORTED:
         __import__(module)
-    for command in ("twrun", "twctl"):  # their parsers, once for every worker
-        sys.modules[COMMANDS[command]].build_parser()
+    for command, lines in WARM_ARGV.items():  # their parsers, once for every worker
+        parser = sys.modules[COMMANDS[command]].build_parser()
+        for argv in lines:
+            parser.parse_args(argv)
     if socket_name() != name:  # the package changed while it was imported
         return 0
     os.ftruncate(lock, 0)
