@@ -38,6 +38,12 @@ class PgStore(SqlStore):
         super().claim(taskid, launch)
         self._db.renewed(self.lease)
 
+    def start(self, name: str, launch_of: Callable[[int], Launch], *, unique: bool = False) -> int:
+        """Reserved and claimed at once, the claim taking the lease."""
+        taskid = super().start(name, launch_of, unique=unique)
+        self._db.renewed(self.lease)
+        return taskid
+
     def relaunch(self, taskid: int, token_hash: str, timeout: float | None) -> str | None:
         """The next attempt's start renews the lease, as the claim took it."""
         requester = super().relaunch(taskid, token_hash, timeout)

@@ -96,13 +96,8 @@ class SqlStore(SqlReads):
 
         A live unique task also refuses non-unique reservations of its name.
         """
-        if unique and not name:
-            raise InvalidRequest("a unique reservation needs a name")
         with self._write() as now:
-            self._check_name_free(name, unique=unique)
-            values = {"name": name, "info1": info1, "info2": info2, "info3": info3}
-            values |= {"status": Status.RESERVED, "reservetime": now, "lastupdate": now}
-            return self._insert("tasks", {**values, "is_unique": unique})
+            return self._reserve(now, name, unique, (info1, info2, info3))
 
     def claim(self, taskid: int, launch: Launch) -> None:
         """RESERVED -> RUNNING under a supervisor, exactly once, before anything is launched.
@@ -111,42 +106,64 @@ class SqlStore(SqlReads):
         name locked before the row, in the order a reservation takes them.
         """
         with self._write() as now:
-            reserved = self._db.row(
-                "SELECT name, is_unique FROM tasks WHERE id = ? AND status = 'RESERVED'",
-                (taskid,),
-            )
-            if reserved is None:
-                raise NotReserved(f"task {taskid} is {self._live(taskid).status}, not RESERVED")
-            name = reserved["name"] if launch.name is None else launch.name
-            self._check_name_free(name, unique=reserved["is_unique"], other_than=taskid)
-            values = {
-                "supervisor_pid": launch.supervisor_pid,
-                "supervisor_ctime": launch.supervisor_ctime,
-                "host": launch.host,
-                "timeout": launch.timeout,
-                "feedpath": launch.feedpath,
-                "logfile": launch.logfile,
-                "command": encode_command(launch.command),
-                "token_hash": launch.token_hash,
-                "uid": launch.uid,
-                "attempts": launch.attempts,
-                "starttime": now,
-                "lastupdate": now,
-            }
-            lease, lease_params = self._lease_renewal()
-            claimed = self._db.row(
-                "UPDATE tasks SET status = 'RUNNING', name = coalesce(?, name),"
-                " info1 = coalesce(?, info1), info2 = coalesce(?, info2),"
-                f" info3 = coalesce(?, info3), {', '.join(f'{key} = ?' for key in values)},"
-                f" lease_until = {lease} WHERE id = ? AND status = 'RESERVED' RETURNING id",
-                (
-                    launch.name, launch.info1, launch.info2, launch.info3,
-                    *values.values(), *lease_params, taskid,
-                ),
-            )  # fmt: skip
-            if claimed is None:  # claimed or cancelled meanwhile (sqlite: never)
-                raise NotReserved(f"task {taskid} is {self._live(taskid).status}, not RESERVED")
-            self._db.announce("change", taskid)
+            self._claim(now, taskid, launch)
+
+    def start(self, name: str, launch_of: Callable[[int], Launch], *, unique: bool = False) -> int:
+        """A new task reserved and claimed at once, for a supervisor given no id: one write
+        where a reservation and its claim take two, and none left behind when it fails.
+        `launch_of(taskid)` is its launch (which names the task's files by its id)."""
+        with self._write() as now:
+            taskid = self._reserve(now, name, unique, (None, None, None))
+            self._claim(now, taskid, launch_of(taskid))
+        return taskid
+
+    def _reserve(
+        self, now: float, name: str | None, unique: bool, infos: tuple[str | None, ...]
+    ) -> int:
+        if unique and not name:
+            raise InvalidRequest("a unique reservation needs a name")
+        self._check_name_free(name, unique=unique)
+        values = {"name": name, **dict(zip(("info1", "info2", "info3"), infos, strict=True))}
+        values |= {"status": Status.RESERVED, "reservetime": now, "lastupdate": now}
+        return self._insert("tasks", {**values, "is_unique": unique})
+
+    def _claim(self, now: float, taskid: int, launch: Launch) -> None:
+        reserved = self._db.row(
+            "SELECT name, is_unique FROM tasks WHERE id = ? AND status = 'RESERVED'",
+            (taskid,),
+        )
+        if reserved is None:
+            raise NotReserved(f"task {taskid} is {self._live(taskid).status}, not RESERVED")
+        name = reserved["name"] if launch.name is None else launch.name
+        self._check_name_free(name, unique=reserved["is_unique"], other_than=taskid)
+        values = {
+            "supervisor_pid": launch.supervisor_pid,
+            "supervisor_ctime": launch.supervisor_ctime,
+            "host": launch.host,
+            "timeout": launch.timeout,
+            "feedpath": launch.feedpath,
+            "logfile": launch.logfile,
+            "command": encode_command(launch.command),
+            "token_hash": launch.token_hash,
+            "uid": launch.uid,
+            "attempts": launch.attempts,
+            "starttime": now,
+            "lastupdate": now,
+        }
+        lease, lease_params = self._lease_renewal()
+        claimed = self._db.row(
+            "UPDATE tasks SET status = 'RUNNING', name = coalesce(?, name),"
+            " info1 = coalesce(?, info1), info2 = coalesce(?, info2),"
+            f" info3 = coalesce(?, info3), {', '.join(f'{key} = ?' for key in values)},"
+            f" lease_until = {lease} WHERE id = ? AND status = 'RESERVED' RETURNING id",
+            (
+                launch.name, launch.info1, launch.info2, launch.info3,
+                *values.values(), *lease_params, taskid,
+            ),
+        )  # fmt: skip
+        if claimed is None:  # claimed or cancelled meanwhile (sqlite: never)
+            raise NotReserved(f"task {taskid} is {self._live(taskid).status}, not RESERVED")
+        self._db.announce("change", taskid)
 
     def set_child(self, taskid: int, token_hash: str, pid: int, ctime: float | None) -> None:
         """Record the process a supervisor launched for its claimed task (its own group)."""

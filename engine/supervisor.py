@@ -25,7 +25,6 @@ from taskwatcher.engine.capture import Capture
 from taskwatcher.engine.errors import (
     LaunchError,
     NotReserved,
-    StoreError,
     SupervisorUnusable,
     UnknownTask,
 )
@@ -232,25 +231,17 @@ def _noted(termerror: str | None, notes: list[str]) -> str | None:
 
 
 class _Reservation(NamedTuple):
-    """The reservation a run claims: its id, the task's name, and whether twrun made it."""
+    """The reservation a run claims (None: the claim makes the task) and the task's name."""
 
-    taskid: int
+    taskid: int | None
     name: str
-    made_here: bool
 
 
 def _find_reservation(store: Store, request: LaunchRequest) -> _Reservation:
-    """The reserved id to run under, or one reserved here when none was given."""
+    """The reserved id to run under; None when none was given."""
     name = request.name or _default_name(request.argv)
     if request.taskid is None:
-        taskid = store.reserve(
-            name,
-            unique=request.unique,
-            info1=request.info1,
-            info2=request.info2,
-            info3=request.info3,
-        )
-        return _Reservation(taskid, name, made_here=True)
+        return _Reservation(None, name)
     task = store.get_task(request.taskid)
     if task is None:
         history = store.history_of(request.taskid)
@@ -259,7 +250,7 @@ def _find_reservation(store: Store, request: LaunchRequest) -> _Reservation:
         raise NotReserved(f"task {request.taskid} has already ended ({history.outcome})")
     if task.status != Status.RESERVED:
         raise NotReserved(f"task {request.taskid} is {task.status}, not RESERVED")
-    return _Reservation(request.taskid, request.name or task.name or name, made_here=False)
+    return _Reservation(request.taskid, request.name or task.name or name)
 
 
 class _Claimed(NamedTuple):
@@ -280,32 +271,42 @@ def _claim(
     token: str,
     resources: ExitStack,
 ) -> _Claimed:
-    """Everything before the launch that may fail, ending with the claim of the reservation.
+    """Everything before the launch that may fail, ending with the claim.
 
-    The signal inbox and the wake socket live in `resources` until the task is archived. A
-    reservation twrun made itself is cancelled when this fails, so a run that launched
-    nothing leaves nothing RESERVED behind; one the user made stays theirs to retry.
+    The signal inbox and the wake socket live in `resources` until the task is archived.
+    Given no reservation, twrun makes its task in the very write that claims it: a run that
+    launched nothing leaves nothing behind; a reservation the user made stays theirs to retry.
     """
     try:
         inbox = resources.enter_context(SignalInbox([*watched_stop_signals(), KILL_REQUEST_SIGNAL]))
         wake = resources.enter_context(WakeSocket(ownership.token_digest(token)))
         notify = resources.enter_context(NotifySocket())
         folders = feedback_folder(store, request), log_folder(store, request)
-        feedback_file, logfile = (
-            None if folder is None else folder / name(reservation.taskid)
-            for folder, name in zip(folders, (feedback_name, log_name), strict=True)
-        )
-        row = TaskRow(store, reservation.taskid, ownership.token_digest(token))
         process.become_subreaper()
-        _claim_start(row, request, reservation.name, (feedback_file, logfile), token)
-    except BaseException as error:
-        if reservation.made_here:
-            reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-            _cancel_reservation(store, reservation.taskid, reason)
-        if isinstance(error, OSError) and not isinstance(error, TaskwatcherError):
+        launch_of = _launch_record(request, reservation.name, folders, token)
+        taskid = reservation.taskid
+        if taskid is None:
+            taskid = store.start(reservation.name, launch_of, unique=request.unique)
+        else:
+            store.claim(taskid, launch_of(taskid))
+    except OSError as error:
+        if not isinstance(error, TaskwatcherError):
             raise SupervisorUnusable(f"cannot prepare the supervision: {error.strerror}") from None
         raise
+    feedback_file, logfile = _task_files(folders, taskid)
+    row = TaskRow(store, taskid, ownership.token_digest(token))
     return _Claimed(row, feedback_file, logfile, inbox, wake, notify)
+
+
+def _task_files(
+    folders: tuple[Path | None, Path | None], taskid: int
+) -> tuple[Path | None, Path | None]:
+    """The task's feedback file and log, named by its id, in their folders (None: none)."""
+    feedback_folder, log_folder = folders
+    return (
+        None if feedback_folder is None else feedback_folder / feedback_name(taskid),
+        None if log_folder is None else log_folder / log_name(taskid),
+    )
 
 
 def _launch(
@@ -327,14 +328,6 @@ def _launch(
     row.archive(TaskEnd(row.taskid, Status.FAILED, failure.exit_code, None, str(failure)), None)
     failure.taskid = row.taskid
     raise failure
-
-
-def _cancel_reservation(store: Store, taskid: int, reason: str) -> None:
-    """Send twrun's own reservation to history as EXPIRED; failing to is only worth a warning."""
-    try:
-        store.cancel_reservation(taskid, f"twrun: {reason}")
-    except (StoreError, UnknownTask, NotReserved) as error:
-        log.warning("task %s: cannot cancel its reservation: %s", taskid, error)
 
 
 def _default_name(argv: Sequence[str]) -> str:
@@ -370,14 +363,14 @@ def _child_env(
     return env
 
 
-def _claim_start(
-    row: TaskRow,
+def _launch_record(
     request: LaunchRequest,
     name: str,
-    files: tuple[Path | None, Path | None],
+    folders: tuple[Path | None, Path | None],
     token: str,
-) -> None:
-    """Mark the reservation RUNNING under this supervisor before anything is launched.
+) -> Callable[[int], Launch]:
+    """What the claim records of this supervisor and its launch, for the task's id (which
+    names its files): the row is RUNNING under this supervisor before anything is launched.
 
     Claiming first means a supervisor that dies between launch and record still leaves a
     row naming it, which housekeeping archives as LOST; and a refused claim (reservation
@@ -385,21 +378,25 @@ def _claim_start(
     """
     supervisor = process.identity_of(os.getpid())
     assert supervisor is not None  # this very process
-    feedback_file, logfile = files
-    launch = Launch(
-        supervisor_pid=supervisor.pid,
-        supervisor_ctime=supervisor.create_time,
-        host=host_id(),
-        token_hash=ownership.token_digest(token),
-        uid=os.geteuid(),
-        command=list(request.argv),
-        name=name,
-        info1=request.info1,
-        info2=request.info2,
-        info3=request.info3,
-        timeout=request.heartbeat_timeout,
-        feedpath=None if feedback_file is None else str(feedback_file),
-        logfile=None if logfile is None else str(logfile),
-        attempts=request.retry.attempts,
-    )
-    row.store.claim(row.taskid, launch)
+    host = host_id()
+
+    def launch(taskid: int) -> Launch:
+        feedback_file, logfile = _task_files(folders, taskid)
+        return Launch(
+            supervisor_pid=supervisor.pid,
+            supervisor_ctime=supervisor.create_time,
+            host=host,
+            token_hash=ownership.token_digest(token),
+            uid=os.geteuid(),
+            command=list(request.argv),
+            name=name,
+            info1=request.info1,
+            info2=request.info2,
+            info3=request.info3,
+            timeout=request.heartbeat_timeout,
+            feedpath=None if feedback_file is None else str(feedback_file),
+            logfile=None if logfile is None else str(logfile),
+            attempts=request.retry.attempts,
+        )
+
+    return launch
