@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for module in PREIMPORTED:
         __import__(module)
+    from taskwatcher.engine.launch import become_subreaper
+
+    become_subreaper()  # what a dead worker leaves comes here, to be ended (Server.strays)
     for command, lines in WARM_ARGV.items():  # their parsers, once for every worker
         parser = sys.modules[COMMANDS[command]].build_parser()
         for argv in lines:
@@ -169,14 +172,17 @@ class Server:
         #: pidfd -> (pid, connection) of each running worker; client fd -> its pidfd.
         self.workers: dict[int, tuple[int, socket.socket]] = {}
         self.clients: dict[int, int] = {}
+        #: pidfd -> pid of each process a dead worker left, killed and not yet reaped.
+        self.strays: dict[int, int] = {}
         self.deaf = False  # not listening a moment: descriptors ran out
 
     def serve(self) -> None:
         """Until no command has come for `idle` seconds (or SIGTERM came) and no worker
         runs."""
         quiet_since = time.monotonic()
-        while self.listener is not None or self.workers:
-            wait = None if self.workers else self.idle - (time.monotonic() - quiet_since)
+        while self.listener is not None or self.workers or self.strays:
+            busy = self.workers or self.strays
+            wait = None if busy else self.idle - (time.monotonic() - quiet_since)
             if wait is not None and wait <= 0:
                 return
             if self.deaf:  # out of descriptors: listen again soon
@@ -194,6 +200,8 @@ class Server:
                     self._reap(fd)
                 elif fd in self.clients:
                     self._client_gone(fd)
+                elif fd in self.strays:
+                    self._reap_stray(fd)
             if events and not self.workers:
                 quiet_since = time.monotonic()
 
@@ -250,6 +258,7 @@ class Server:
         go, going = os.pipe2(os.O_CLOEXEC)
         held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
+            server = os.getpid()
             try:
                 pid = os.fork()
             except OSError:
@@ -262,7 +271,7 @@ class Server:
                     os.close(connection.detach())
                     os.close(going)
                     if os.read(go, 1) == b"!":
-                        status = _work(request, fds, setting)
+                        status = _work(request, fds, setting, server)
                 finally:
                     os._exit(status)
         finally:
@@ -296,6 +305,8 @@ class Server:
         for pidfd, (_, connection) in self.workers.items():
             os.close(pidfd)
             os.close(connection.detach())
+        for pidfd in self.strays:
+            os.close(pidfd)
         os.close(self.listener.detach())
         for fd in (self.lock, self.wakeup, self.wakeup_writer, self.folder):
             os.close(fd)
@@ -305,11 +316,35 @@ class Server:
         _, status = os.waitpid(pid, 0)
         self.poller.unregister(pidfd)
         os.close(pidfd)
+        self._end_strays()  # before its client learns the end, as a death signal would
         if self.clients.pop(connection.fileno(), None) is not None:
             self.poller.unregister(connection)
             with contextlib.suppress(OSError):
                 connection.sendall(b"W" + status.to_bytes(4, "little"))
         connection.close()
+
+    def _end_strays(self) -> None:
+        """Kill what a worker that died left: its task (started without a death signal, as
+        this server is there) and whatever that started; all of them come here, the server
+        being their subreaper. A worker that ends as it should leaves nothing."""
+        known = {pid for pid, _ in self.workers.values()} | set(self.strays.values())
+        for pid in _children() - known:
+            try:  # a child not reaped yet: its pid is its own
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            self.strays[pidfd] = pid
+            self.poller.register(pidfd, select.POLLIN)
+
+    def _reap_stray(self, pidfd: int) -> None:
+        pid = self.strays.pop(pidfd)
+        self.poller.unregister(pidfd)
+        os.close(pidfd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        self._end_strays()  # what it had started came here as it died
 
     def _client_gone(self, fd: int) -> None:
         """The client hung up before its worker ended: end the worker, as the client's
@@ -318,6 +353,16 @@ class Server:
         self.poller.unregister(fd)
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+def _children() -> set[int]:
+    """This process's children, those of every thread."""
+    found: set[int] = set()
+    for thread in os.listdir("/proc/self/task"):
+        path = f"/proc/self/task/{thread}/children"
+        with contextlib.suppress(FileNotFoundError), open(path) as children:
+            found.update(map(int, children.read().split()))
+    return found
 
 
 def _read_request(connection: socket.socket, fds: list[int], deadline: float) -> dict:
@@ -462,8 +507,11 @@ def _signals(mask: str) -> set[int]:
     return {signum for signum in range(1, signal.NSIG) if bits & (1 << (signum - 1))}
 
 
-def _work(request: dict, fds: list[int], setting: dict) -> int:
+def _work(request: dict, fds: list[int], setting: dict, server: int) -> int:
     """In the worker: become the client's command and run it; the status to end with."""
+    from taskwatcher.engine.launch import parent_ends_orphans
+
+    parent_ends_orphans(server)
     try:
         _become(request, fds, setting)
         module = __import__(COMMANDS[request["command"]], fromlist=["main"])

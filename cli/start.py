@@ -315,7 +315,8 @@ def _end_as(wait_status: int) -> int:
         signum = os.WTERMSIG(wait_status)
         _flush_streams()
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-        _signal.signal(signum, _signal.SIG_DFL)
+        if signum != _signal.SIGKILL:  # the one signal whose handling cannot be set
+            _signal.signal(signum, _signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return 128 + signum
     return os.waitstatus_to_exitcode(wait_status)

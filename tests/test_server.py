@@ -189,6 +189,38 @@ def test_a_served_twrun_killed_takes_its_task_with_it(served: dict[str, str]) ->
     wait_for(lambda: not alive(task), timeout=10)  # no stray process left behind
 
 
+def test_a_served_supervisor_killed_leaves_no_process_of_its_task(
+    served: dict[str, str], tmp_path: Path
+) -> None:
+    """Its task, started without a death signal (the server is there), and what that task
+    started in the background come to the server, which kills and reaps them all; the
+    caller ends as its supervisor did, by SIGKILL."""
+    server = server_pid(served)
+    background = tmp_path / "background"
+    twrun = subprocess.Popen(
+        [BIN / "twrun", "--", "sh", "-c", f"sleep 60 & echo $! > {background}; sleep 60"],
+        env=served,
+        stderr=subprocess.PIPE,
+    )
+    task = wait_for(lambda: _live_pid(served))
+    wait_for(lambda: background.read_text().strip() if background.exists() else None)
+    sleeper = int(background.read_text())
+    with open(f"/proc/{task}/stat") as stat:
+        supervisor = int(stat.read().rsplit(")", 1)[1].split()[1])
+    os.kill(supervisor, signal.SIGKILL)
+    assert twrun.wait(timeout=15) == -signal.SIGKILL
+    assert twrun.stderr.read() == b""
+    for pid in (task, sleeper):
+        wait_for(lambda pid=pid: not alive(pid), timeout=10)
+    wait_for(lambda: _children_of(server) == [], timeout=10)  # reaped, not left as zombies
+    assert alive(server)
+
+
+def _children_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return [int(child) for child in children.read().split()]
+
+
 def _live_pid(env: dict[str, str]) -> int | None:
     listing = run_cli("twctl", "list", "--json", env={**env, "TASKWATCHER_SERVER": "0"})
     rows = json.loads(listing.stdout or "[]")
