@@ -26,6 +26,7 @@ from taskwatcher.engine.signals import SignalInbox
 from taskwatcher.engine.sources import (
     ChildExit,
     FeedbackHeartbeat,
+    FreeMemory,
     Health,
     KillNotices,
     KillRequests,
@@ -119,6 +120,7 @@ def supervise(
             Health(recorder, heartbeats),
             recorder,
             Reaper(child),
+            FreeMemory(monotonic()),
             *([listeners.max_runtime] if listeners.max_runtime is not None else []),
         ]
         loop.run(sources, lambda: state.over, monotonic)

@@ -15,6 +15,7 @@ from taskwatcher.engine import process
 from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.feedbackfile import FeedbackFile
 from taskwatcher.engine.lifecycle import Status
+from taskwatcher.engine.memory import give_back_free_memory
 from taskwatcher.engine.output import Tail
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL, SignalInbox
 from taskwatcher.engine.stopping import StopReason
@@ -22,6 +23,9 @@ from taskwatcher.engine.store import Store
 from taskwatcher.engine.supervision import HEARTBEAT_CHECK_INTERVAL, Recorder, Supervision
 from taskwatcher.engine.taskrow import TaskRow
 from taskwatcher.engine.wakeup import WAKE_PAUSE, WakeSocket
+
+#: Seconds into a task before its supervisor gives back the memory its start-up freed.
+SETTLE_SECONDS = 1.0
 
 
 class ChildExit:
@@ -76,6 +80,24 @@ class Reaper(Periodic):
 
     def look(self) -> None:
         process.reap_adopted(keep={self._child.pid})
+
+
+class FreeMemory:
+    """Gives the heap's free pages back once the task has run a while (SETTLE_SECONDS): by
+    then the start-up's garbage is gone, and a task that ends at once never waits for it."""
+
+    def __init__(self, now: float) -> None:
+        self._when: float | None = now + SETTLE_SECONDS
+
+    def fileno(self) -> int | None:
+        return None
+
+    def deadline(self, now: float) -> float | None:
+        return self._when
+
+    def handle(self, now: float) -> None:
+        self._when = None
+        give_back_free_memory()
 
 
 class KillRequests(Periodic):

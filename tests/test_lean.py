@@ -9,10 +9,12 @@ them on the common path: a task that reports feedback, writes output and notifie
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from taskwatcher.engine.sources import SETTLE_SECONDS, FreeMemory
 from tests.helpers import SPEC_EXAMPLE, run_cli
 from tests.run_helpers import PY, history, script
 from tests.server_helpers import alive, server_pid
@@ -106,3 +108,29 @@ def test_a_served_commands_caller_holds_little_more_than_a_bare_interpreter(
     assert "taskwatcher.cli.start" in caller and "taskwatcher.engine.supervisor" not in caller
     assert sorted(caller - set(bare.stdout.split()) - CALLER_EXTRA) == []
     assert "taskwatcher.engine.supervisor" in dump.read_text().split()  # the worker's own
+
+
+def test_a_supervisor_gives_back_what_its_start_freed_a_second_into_its_task() -> None:
+    source = FreeMemory(now=100.0)
+    assert source.fileno() is None and source.deadline(100.0) == 100.0 + SETTLE_SECONDS
+    source.handle(101.0)
+    assert source.deadline(101.0) is None  # once
+
+
+def test_giving_back_free_memory_shrinks_a_process_that_freed_much() -> None:
+    """Blocks too big for Python's own allocator come from the C heap, which keeps them
+    once freed (below its top) until trimmed."""
+    program = (
+        "import os\n"
+        "from taskwatcher.engine.memory import give_back_free_memory\n"
+        "def rss():\n"
+        "    return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
+        "held = [bytearray(4000) for _ in range(20000)]\n"
+        "keep = bytearray(4000)  # above them: the heap cannot simply shrink from its top\n"
+        "del held\n"
+        "before = rss(); give_back_free_memory(); print(before - rss())\n"
+    )
+    given_back = int(
+        subprocess.run([PY, "-c", program], capture_output=True, text=True, check=True).stdout
+    )
+    assert given_back > 40 << 20  # most of the 80 MB freed
