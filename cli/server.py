@@ -94,9 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for module in PREIMPORTED:
         __import__(module)
-    from taskwatcher.engine.launch import become_subreaper
-
-    become_subreaper()  # what a dead worker leaves comes here, to be ended (Server.strays)
     for command, lines in WARM_ARGV.items():  # their parsers, once for every worker
         parser = sys.modules[COMMANDS[command]].build_parser()
         for argv in lines:
@@ -172,16 +169,21 @@ class Server:
         #: pidfd -> (pid, connection) of each running worker; client fd -> its pidfd.
         self.workers: dict[int, tuple[int, socket.socket]] = {}
         self.clients: dict[int, int] = {}
-        #: pidfd -> pid of each process a dead worker left, killed and not yet reaped.
-        self.strays: dict[int, int] = {}
+        from taskwatcher.cli.orphans import Orphans, supported  # after the lock, as the rest
+        from taskwatcher.engine.launch import become_subreaper
+
+        #: What workers leave comes here (a subreaper), where this process can see it.
+        self.orphans = Orphans(self.poller) if supported() else None
+        if self.orphans is not None:
+            become_subreaper()
         self.deaf = False  # not listening a moment: descriptors ran out
 
     def serve(self) -> None:
         """Until no command has come for `idle` seconds (or SIGTERM came) and no worker
         runs."""
         quiet_since = time.monotonic()
-        while self.listener is not None or self.workers or self.strays:
-            busy = self.workers or self.strays
+        while self.listener is not None or self.workers or self._killing():
+            busy = self.workers or self._killing()
             wait = None if busy else self.idle - (time.monotonic() - quiet_since)
             if wait is not None and wait <= 0:
                 return
@@ -200,8 +202,8 @@ class Server:
                     self._reap(fd)
                 elif fd in self.clients:
                     self._client_gone(fd)
-                elif fd in self.strays:
-                    self._reap_stray(fd)
+                elif self.orphans is not None and fd in self.orphans:
+                    self.orphans.reap(fd, self._worker_pids())
             if events and not self.workers:
                 quiet_since = time.monotonic()
 
@@ -271,7 +273,7 @@ class Server:
                     os.close(connection.detach())
                     os.close(going)
                     if os.read(go, 1) == b"!":
-                        status = _work(request, fds, setting, server)
+                        status = _work(request, fds, setting, server if self.orphans else None)
                 finally:
                     os._exit(status)
         finally:
@@ -305,8 +307,8 @@ class Server:
         for pidfd, (_, connection) in self.workers.items():
             os.close(pidfd)
             os.close(connection.detach())
-        for pidfd in self.strays:
-            os.close(pidfd)
+        if self.orphans is not None:
+            self.orphans.let_go()
         os.close(self.listener.detach())
         for fd in (self.lock, self.wakeup, self.wakeup_writer, self.folder):
             os.close(fd)
@@ -316,35 +318,20 @@ class Server:
         _, status = os.waitpid(pid, 0)
         self.poller.unregister(pidfd)
         os.close(pidfd)
-        self._end_strays()  # before its client learns the end, as a death signal would
+        if self.orphans is not None:  # before its client learns the end, as a death signal
+            self.orphans.look(self._worker_pids())
         if self.clients.pop(connection.fileno(), None) is not None:
             self.poller.unregister(connection)
             with contextlib.suppress(OSError):
                 connection.sendall(b"W" + status.to_bytes(4, "little"))
         connection.close()
 
-    def _end_strays(self) -> None:
-        """Kill what a worker that died left: its task (started without a death signal, as
-        this server is there) and whatever that started; all of them come here, the server
-        being their subreaper. A worker that ends as it should leaves nothing."""
-        known = {pid for pid, _ in self.workers.values()} | set(self.strays.values())
-        for pid in _children() - known:
-            try:  # a child not reaped yet: its pid is its own
-                pidfd = os.pidfd_open(pid)
-            except OSError:
-                continue
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            self.strays[pidfd] = pid
-            self.poller.register(pidfd, select.POLLIN)
+    def _killing(self) -> bool:
+        """Whether a task's processes a worker left are still to be reaped."""
+        return self.orphans is not None and bool(self.orphans.killed)
 
-    def _reap_stray(self, pidfd: int) -> None:
-        pid = self.strays.pop(pidfd)
-        self.poller.unregister(pidfd)
-        os.close(pidfd)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        self._end_strays()  # what it had started came here as it died
+    def _worker_pids(self) -> set[int]:
+        return {pid for pid, _ in self.workers.values()}
 
     def _client_gone(self, fd: int) -> None:
         """The client hung up before its worker ended: end the worker, as the client's
@@ -353,16 +340,6 @@ class Server:
         self.poller.unregister(fd)
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-
-
-def _children() -> set[int]:
-    """This process's children, those of every thread."""
-    found: set[int] = set()
-    for thread in os.listdir("/proc/self/task"):
-        path = f"/proc/self/task/{thread}/children"
-        with contextlib.suppress(FileNotFoundError), open(path) as children:
-            found.update(map(int, children.read().split()))
-    return found
 
 
 def _read_request(connection: socket.socket, fds: list[int], deadline: float) -> dict:
@@ -507,11 +484,13 @@ def _signals(mask: str) -> set[int]:
     return {signum for signum in range(1, signal.NSIG) if bits & (1 << (signum - 1))}
 
 
-def _work(request: dict, fds: list[int], setting: dict, server: int) -> int:
-    """In the worker: become the client's command and run it; the status to end with."""
-    from taskwatcher.engine.launch import parent_ends_orphans
+def _work(request: dict, fds: list[int], setting: dict, server: int | None) -> int:
+    """In the worker: become the client's command and run it; the status to end with. Its
+    processes come to the `server` when it ends, if it names one (see `orphans`)."""
+    if server is not None:
+        from taskwatcher.engine.launch import parent_ends_orphans
 
-    parent_ends_orphans(server)
+        parent_ends_orphans(server)
     try:
         _become(request, fds, setting)
         module = __import__(COMMANDS[request["command"]], fromlist=["main"])

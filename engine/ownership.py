@@ -139,6 +139,15 @@ def carries_token(pid: int, digest: str) -> bool:
         return False
 
 
+def carries_any_token(pid: int) -> bool:
+    """Whether the environment of pid holds a task's token: a process of some twrun's task.
+    Unreadable (another user's process, a zombie, gone) means no."""
+    try:
+        return bool(_token_digests(pid))
+    except OSError:
+        return False
+
+
 def _token_digests(pid: int) -> list[str]:
     """The digests of the tokens in the environment of pid; OSError when it cannot be read."""
     with open(f"/proc/{pid}/environ", "rb") as environ:

@@ -189,31 +189,75 @@ def test_a_served_twrun_killed_takes_its_task_with_it(served: dict[str, str]) ->
     wait_for(lambda: not alive(task), timeout=10)  # no stray process left behind
 
 
+#: A task that starts one process in a session of its own (it keeps the task's token) and
+#: one with an empty environment (it stays in the task's process group), then waits.
+SPREAD = """\
+    import subprocess, sys, time
+    away = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    bare = subprocess.Popen(["sleep", "60"], env={})
+    with open(sys.argv[1], "w") as pids:
+        pids.write(f"{away.pid} {bare.pid}")
+    time.sleep(60)
+"""
+
+
 def test_a_served_supervisor_killed_leaves_no_process_of_its_task(
     served: dict[str, str], tmp_path: Path
 ) -> None:
     """Its task, started without a death signal (the server is there), and what that task
-    started in the background come to the server, which kills and reaps them all; the
-    caller ends as its supervisor did, by SIGKILL."""
+    started come to the server, which kills (what holds the task's token, and the task's
+    process group) and reaps them; the caller ends as its supervisor did, by SIGKILL."""
     server = server_pid(served)
-    background = tmp_path / "background"
+    pids = tmp_path / "pids"
     twrun = subprocess.Popen(
-        [BIN / "twrun", "--", "sh", "-c", f"sleep 60 & echo $! > {background}; sleep 60"],
+        [BIN / "twrun", "--", PY, script(tmp_path, "spread.py", SPREAD), pids],
         env=served,
         stderr=subprocess.PIPE,
     )
     task = wait_for(lambda: _live_pid(served))
-    wait_for(lambda: background.read_text().strip() if background.exists() else None)
-    sleeper = int(background.read_text())
-    with open(f"/proc/{task}/stat") as stat:
-        supervisor = int(stat.read().rsplit(")", 1)[1].split()[1])
-    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: pids.exists() and pids.read_text())
+    started = [int(pid) for pid in pids.read_text().split()]
+    os.kill(_parent_of(task), signal.SIGKILL)
     assert twrun.wait(timeout=15) == -signal.SIGKILL
     assert twrun.stderr.read() == b""
-    for pid in (task, sleeper):
+    for pid in [task, *started]:
         wait_for(lambda pid=pid: not alive(pid), timeout=10)
     wait_for(lambda: _children_of(server) == [], timeout=10)  # reaped, not left as zombies
     assert alive(server)
+
+
+def test_a_served_task_that_cleared_its_environment_still_ends_with_its_supervisor(
+    served: dict[str, str],
+) -> None:
+    server = server_pid(served)
+    twrun = subprocess.Popen([BIN / "twrun", "--", "env", "-i", "sleep", "60"], env=served)
+    task = wait_for(lambda: _live_pid(served))
+    os.kill(_parent_of(task), signal.SIGKILL)
+    assert twrun.wait(timeout=15) == -signal.SIGKILL
+    wait_for(lambda: not alive(task), timeout=10)
+    wait_for(lambda: _children_of(server) == [], timeout=10)
+
+
+def test_a_daemon_a_hook_started_outlives_its_served_twrun_as_it_would_in_process(
+    served: dict[str, str], tmp_path: Path
+) -> None:
+    """Not the task's (a session of its own, no token): it comes to the server as its twrun
+    ends, and is only reaped once it ends."""
+    server = server_pid(served)
+    marker = tmp_path / "daemon"
+    hook = f"setsid -f sh -c 'exec >/dev/null 2>&1; echo $$ > {marker}; exec sleep 60'"
+    result = run_cli("twrun", "--on-exit", hook, "--", "true", env=served)
+    assert result.returncode == 0, result.stderr
+    daemon = int(wait_for(lambda: marker.exists() and marker.read_text().strip()))
+    time.sleep(0.3)  # the server's look at what its worker left
+    assert alive(daemon) and _parent_of(daemon) == server
+    os.kill(daemon, signal.SIGTERM)
+    wait_for(lambda: daemon not in _children_of(server), timeout=10)  # reaped
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
 def _children_of(pid: int) -> list[int]:
