@@ -16,6 +16,7 @@ it (SIGKILL, as twrun's own death would end it), so no work outlives its caller.
 
 from __future__ import annotations
 
+import _signal
 import contextlib
 import errno
 import fcntl
@@ -70,6 +71,9 @@ SAME_FILES = ("cgroup", "oom_score_adj", "attr/current", "loginuid")
 LIMITS = tuple(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
 #: Signals the C library keeps for itself: a worker cannot set them as its client had them.
 FIXED_SIGNALS = set(range(1, signal.NSIG)) - signal.valid_signals()
+#: Every signal there is, as numbers: what the fork and the worker's set-up use `_signal`
+#: with, where `signal` would turn each number into an enum and back (some 0.8 ms a command).
+ALL_SIGNALS = frozenset(_signal.valid_signals())
 #: The largest request taken (arguments and environment), against a runaway client.
 MOST_BYTES = 16 << 20
 
@@ -258,7 +262,7 @@ class Server:
         command itself. Signals wait meanwhile, to reach the worker once it is set up as
         its client."""
         go, going = os.pipe2(os.O_CLOEXEC)
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        held = _signal.pthread_sigmask(_signal.SIG_BLOCK, ALL_SIGNALS)
         try:
             server = os.getpid()
             try:
@@ -277,7 +281,7 @@ class Server:
                 finally:
                     os._exit(status)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, held)
             os.close(go)
         pidfd = -1
         try:
@@ -539,12 +543,12 @@ def _take_signals(ignored: set[int], blocked: set[int]) -> None:
     command has it (Ctrl-C ends it quietly until its main() runs); then its mask."""
     from taskwatcher.cli import _exit_interrupted, _exit_on_swallowed_interrupts
 
-    for signum in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
-        signal.signal(signum, signal.SIG_IGN if signum in ignored else signal.SIG_DFL)
+    for signum in ALL_SIGNALS - {signal.SIGKILL, signal.SIGSTOP}:
+        _signal.signal(signum, _signal.SIG_IGN if signum in ignored else _signal.SIG_DFL)
     if signal.SIGINT not in ignored:
-        signal.signal(signal.SIGINT, _exit_interrupted)
+        _signal.signal(signal.SIGINT, _exit_interrupted)
         sys.unraisablehook = _exit_on_swallowed_interrupts
-    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
 
 
 def _text_stream(fd: int, mode: str, settings: tuple | None) -> io.TextIOWrapper | None:
