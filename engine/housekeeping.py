@@ -42,7 +42,7 @@ def housekeep(store: Store, *, grace: float = LOST_GRACE) -> list[Ended]:
         return []
     ended = list(store.expire_reservations())
     census = None  # one look over /proc, taken once the first lost task shows
-    for task in store.list_tasks():
+    for task in store.list_tasks(started=True):
         if is_ghost(task) and may_clean_up(task):
             census = census or Census.take()
             lost = archive_lost(store, task, grace, census)
@@ -72,7 +72,9 @@ def sweep_leftovers(store: Store, grace: float, census: Census | None = None) ->
 
 def ghosts_of_others(store: Store) -> list[Task]:
     """Lost tasks that housekeeping leaves alone: their processes belong to another user."""
-    return [task for task in store.list_tasks() if is_ghost(task) and not may_clean_up(task)]
+    return [
+        task for task in store.list_tasks(started=True) if is_ghost(task) and not may_clean_up(task)
+    ]
 
 
 def is_ghost(task: Task) -> bool:

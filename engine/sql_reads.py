@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from taskwatcher.engine.errors import InvalidRequest, UnknownTask
+from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.records import Ended, Tally, Task, as_text, decode_feedback, typed
 
 Row = Mapping[str, Any]
@@ -74,9 +75,16 @@ class SqlReads:
         row = self._db.row("SELECT * FROM tasks WHERE id = ?", (taskid,))
         return None if row is None else task_from_row(row)
 
-    def list_tasks(self, *, name: str | None = None, status: str | None = None) -> list[Task]:
-        """Live tasks, oldest first."""
-        where, params = filters_clause(("name = ?", name), ("status = ?", status))
+    def list_tasks(
+        self, *, name: str | None = None, status: str | None = None, started: bool = False
+    ) -> list[Task]:
+        """Live tasks, oldest first; `started`: all but reservations (what housekeeping
+        checks, so that none is read into a record for nothing)."""
+        where, params = filters_clause(
+            ("name = ?", name),
+            ("status = ?", status),
+            ("status <> ?", Status.RESERVED.value if started else None),
+        )
         return [
             task_from_row(row)
             for row in self._db.rows(f"SELECT * FROM tasks{where} ORDER BY id", params)

@@ -547,6 +547,14 @@ def test_list_filters_by_name(store):
     assert store.live_count() == 2
 
 
+def test_list_of_started_tasks_leaves_reservations_out(store):
+    store.reserve("waiting")
+    running = started(store, "running")
+    assert [(task.taskid, task.status) for task in store.list_tasks(started=True)] == [
+        (running, "RUNNING")
+    ]
+
+
 def test_reinitialize_empties_everything(store):
     finish(store, started(store), Status.COMPLETED)
     store.reserve("a")
