@@ -61,7 +61,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 
-def _import_orjson() -> None:
+def import_orjson() -> None:
+    """Import orjson with SIGINT held back (see above); for a command run in its own process,
+    before its modules (a served command's caller never needs orjson)."""
     held = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
     try:
         import orjson  # noqa: F401  (a SIGINT meanwhile waits until the import is done)

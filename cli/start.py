@@ -60,6 +60,9 @@ def _command(name: str) -> int:
         status = _served(name)
         if status is not None:
             _leave(status)
+    from taskwatcher.cli import import_orjson
+
+    import_orjson()
     module = __import__(COMMANDS[name], fromlist=["main"])
     return module.main()
 

@@ -238,6 +238,12 @@ def test_a_served_task_that_cleared_its_environment_still_ends_with_its_supervis
     wait_for(lambda: _children_of(server) == [], timeout=10)
 
 
+HOOK_WITH_A_DAEMON = """\
+    setsid -f sh -c 'exec >/dev/null 2>&1; echo $$ > "$1"; exec sleep 60' sh "$1"
+    while [ ! -s "$1" ]; do sleep 0.01; done
+"""
+
+
 def test_a_daemon_a_hook_started_outlives_its_served_twrun_as_it_would_in_process(
     served: dict[str, str], tmp_path: Path
 ) -> None:
@@ -245,8 +251,10 @@ def test_a_daemon_a_hook_started_outlives_its_served_twrun_as_it_would_in_proces
     ends, and is only reaped once it ends."""
     server = server_pid(served)
     marker = tmp_path / "daemon"
-    hook = f"setsid -f sh -c 'exec >/dev/null 2>&1; echo $$ > {marker}; exec sleep 60'"
-    result = run_cli("twrun", "--on-exit", hook, "--", "true", env=served)
+    # The hook ends once its daemon is in a session of its own: before, it would still be
+    # in the hook's group, which twrun stops with the hook, served or not.
+    hook = script(tmp_path, "hook.sh", HOOK_WITH_A_DAEMON)
+    result = run_cli("twrun", "--on-exit", f"sh {hook} {marker}", "--", "true", env=served)
     assert result.returncode == 0, result.stderr
     daemon = int(wait_for(lambda: marker.exists() and marker.read_text().strip()))
     time.sleep(0.3)  # the server's look at what its worker left
