@@ -83,6 +83,11 @@ class Capture:
         self.tail.add(data)
         if copy is not None:
             copy.offer(data)
+        self._say_log_failure()
+
+    def _say_log_failure(self) -> None:
+        """Warn once that the log could not be written: as soon as it shows, or at the end
+        (the writer's thread may fail after the last output was read)."""
         if self._log.error is not None and not self._log_failure_said:
             self._log_failure_said = True
             error = self._log.error
@@ -114,6 +119,7 @@ class Capture:
             self._warn(f"the log {self.logfile.path} may miss the end of the output")
         if self._log.error is not None:
             self.incomplete = self._log.error.strerror or str(self._log.error)
+            self._say_log_failure()
         if not any(writer.busy for writer in (self._log, *self._copies.values())):
             self._room.close()  # else a writer still stuck may ring it: left to the exit
         return self.tail.text()
