@@ -54,9 +54,10 @@ class Orphans:
             if not _is_child(pidfd):  # not ours after all: leave it alone
                 os.close(pidfd)
                 continue
-            if self._of_a_task(pid):
+            leader = _leads_a_group(pid)
+            if self._of_a_task(pid, leader):
                 with contextlib.suppress(OSError):  # not reaped: its pid is its own
-                    if os.getpgid(pid) == pid:
+                    if leader:
                         os.killpg(pid, signal.SIGKILL)
                     else:
                         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
@@ -79,15 +80,22 @@ class Orphans:
         for pidfd in [*self.killed, *self.kept]:
             os.close(pidfd)
 
-    def _of_a_task(self, pid: int) -> bool:
+    def _of_a_task(self, pid: int, leader: bool) -> bool:
         """A process some twrun started: one holding a task's token, or what spawn starts, a
         group leader in the server's session (a task that cleared its environment too)."""
         try:
-            if os.getpgid(pid) == pid and os.getsid(pid) == self._session:
+            if leader and os.getsid(pid) == self._session:
                 return True
         except OSError:
             return False
         return carries_any_token(pid)
+
+
+def _leads_a_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
 
 
 def _children() -> set[int]:

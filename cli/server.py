@@ -178,6 +178,8 @@ class Server:
 
         #: What workers leave comes here (a subreaper), where this process can see it.
         self.orphans = Orphans(self.poller) if supported() else None
+        #: What a worker tells spawn of its parent: this server, when it ends orphans.
+        self.reaper = None if self.orphans is None else os.getpid()
         if self.orphans is not None:
             become_subreaper()
         self.deaf = False  # not listening a moment: descriptors ran out
@@ -186,8 +188,10 @@ class Server:
         """Until no command has come for `idle` seconds (or SIGTERM came) and no worker
         runs."""
         quiet_since = time.monotonic()
-        while self.listener is not None or self.workers or self._killing():
-            busy = self.workers or self._killing()
+        while True:
+            busy = bool(self.workers) or self._killing()
+            if self.listener is None and not busy:
+                return
             wait = None if busy else self.idle - (time.monotonic() - quiet_since)
             if wait is not None and wait <= 0:
                 return
@@ -264,7 +268,6 @@ class Server:
         go, going = os.pipe2(os.O_CLOEXEC)
         held = _signal.pthread_sigmask(_signal.SIG_BLOCK, ALL_SIGNALS)
         try:
-            server = os.getpid()
             try:
                 pid = os.fork()
             except OSError:
@@ -277,7 +280,7 @@ class Server:
                     os.close(connection.detach())
                     os.close(going)
                     if os.read(go, 1) == b"!":
-                        status = _work(request, fds, setting, server if self.orphans else None)
+                        status = _work(request, fds, setting, self.reaper)
                 finally:
                     os._exit(status)
         finally:

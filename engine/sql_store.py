@@ -97,7 +97,7 @@ class SqlStore(SqlReads):
         A live unique task also refuses non-unique reservations of its name.
         """
         with self._write() as now:
-            return self._reserve(now, name, unique, (info1, info2, info3))
+            return self._reserve(now, name, unique, info1=info1, info2=info2, info3=info3)
 
     def claim(self, taskid: int, launch: Launch) -> None:
         """RESERVED -> RUNNING under a supervisor, exactly once, before anything is launched.
@@ -113,17 +113,15 @@ class SqlStore(SqlReads):
         where a reservation and its claim take two, and none left behind when it fails.
         `launch_of(taskid)` is its launch (which names the task's files by its id)."""
         with self._write() as now:
-            taskid = self._reserve(now, name, unique, (None, None, None))
+            taskid = self._reserve(now, name, unique)
             self._claim(now, taskid, launch_of(taskid))
         return taskid
 
-    def _reserve(
-        self, now: float, name: str | None, unique: bool, infos: tuple[str | None, ...]
-    ) -> int:
+    def _reserve(self, now: float, name: str | None, unique: bool, **infos: str | None) -> int:
         if unique and not name:
             raise InvalidRequest("a unique reservation needs a name")
         self._check_name_free(name, unique=unique)
-        values = {"name": name, **dict(zip(("info1", "info2", "info3"), infos, strict=True))}
+        values = {"name": name, "info1": None, "info2": None, "info3": None, **infos}
         values |= {"status": Status.RESERVED, "reservetime": now, "lastupdate": now}
         return self._insert("tasks", {**values, "is_unique": unique})
 

@@ -277,13 +277,14 @@ def _claim(
     Given no reservation, twrun makes its task in the very write that claims it: a run that
     launched nothing leaves nothing behind; a reservation the user made stays theirs to retry.
     """
+    digest = ownership.token_digest(token)
     try:
         inbox = resources.enter_context(SignalInbox([*watched_stop_signals(), KILL_REQUEST_SIGNAL]))
-        wake = resources.enter_context(WakeSocket(ownership.token_digest(token)))
+        wake = resources.enter_context(WakeSocket(digest))
         notify = resources.enter_context(NotifySocket())
         folders = feedback_folder(store, request), log_folder(store, request)
         process.become_subreaper()
-        launch_of = _launch_record(request, reservation.name, folders, token)
+        launch_of = _launch_record(request, reservation.name, folders, digest)
         taskid = reservation.taskid
         if taskid is None:
             taskid = store.start(reservation.name, launch_of, unique=request.unique)
@@ -294,7 +295,7 @@ def _claim(
             raise SupervisorUnusable(f"cannot prepare the supervision: {error.strerror}") from None
         raise
     feedback_file, logfile = _task_files(folders, taskid)
-    row = TaskRow(store, taskid, ownership.token_digest(token))
+    row = TaskRow(store, taskid, digest)
     return _Claimed(row, feedback_file, logfile, inbox, wake, notify)
 
 
@@ -367,7 +368,7 @@ def _launch_record(
     request: LaunchRequest,
     name: str,
     folders: tuple[Path | None, Path | None],
-    token: str,
+    token_hash: str,
 ) -> Callable[[int], Launch]:
     """What the claim records of this supervisor and its launch, for the task's id (which
     names its files): the row is RUNNING under this supervisor before anything is launched.
@@ -386,7 +387,7 @@ def _launch_record(
             supervisor_pid=supervisor.pid,
             supervisor_ctime=supervisor.create_time,
             host=host,
-            token_hash=ownership.token_digest(token),
+            token_hash=token_hash,
             uid=os.geteuid(),
             command=list(request.argv),
             name=name,
