@@ -62,8 +62,8 @@ if TYPE_CHECKING:
 
 
 def import_orjson() -> None:
-    """Import orjson with SIGINT held back (see above); for a command run in its own process,
-    before its modules (a served command's caller never needs orjson)."""
+    """Import orjson with SIGINT held back (see above): for twctl and twparse run in their own
+    process, before their modules (twrun and a served command's caller never import it)."""
     held = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
     try:
         import orjson  # noqa: F401  (a SIGINT meanwhile waits until the import is done)

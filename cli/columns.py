@@ -4,10 +4,10 @@ way on a narrow terminal (README, twctl: Output)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from taskwatcher.cli.fit import FREE, Fit
 from taskwatcher.cli.render import Column, seconds_column, time_column, yes_no
+from taskwatcher.grammar.datatype import replace
 
 
 def _dropping(columns: Sequence[Column], order: Sequence[str]) -> list[Column]:

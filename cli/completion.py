@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 from taskwatcher.cli.common import db_path, task_id
 from taskwatcher.engine.location import is_url, resolve_db_path
 from taskwatcher.engine.store import open_store
+from taskwatcher.grammar.datatype import datatype
 from taskwatcher.grammar.errors import TaskwatcherError
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Argument:
     """An option or a positional argument, as a shell completes it."""
 
@@ -41,7 +41,7 @@ class Argument:
         return "path" if self.is_path else ""
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Command:
     """twctl itself (name ``) or one of its subcommands."""
 

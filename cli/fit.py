@@ -8,8 +8,9 @@ an ellipsis; and when even so the table is too wide, its least needed columns ar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from taskwatcher.grammar.datatype import datatype
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -24,7 +25,7 @@ COLUMN_FRAME = 3
 LEFT_EDGE = 1
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Fit:
     """How a column gives way on a narrow terminal: `free` text is cut with an ellipsis;
     a column with a `rank` drops out, rank 1 first; the others are always shown whole."""

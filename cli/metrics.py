@@ -11,7 +11,6 @@ import math
 import os
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from taskwatcher.cli import EXIT_FAILED
@@ -22,6 +21,7 @@ from taskwatcher.cli.timespec import parse_age
 from taskwatcher.engine.lifecycle import LIVE_STATUSES, Status
 from taskwatcher.engine.records import Task
 from taskwatcher.engine.store import Store
+from taskwatcher.grammar.datatype import datatype, field
 
 #: The history window counted unless `--window` says otherwise: a day, as a daily job needs.
 DEFAULT_WINDOW = 86400.0
@@ -29,7 +29,7 @@ DEFAULT_WINDOW = 86400.0
 _LIVE_ORDER = [status for status in Status if status in LIVE_STATUSES]
 
 
-@dataclass
+@datatype
 class Family:
     """One metric: its name, what it means, and its samples (labels, value)."""
 

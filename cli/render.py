@@ -10,7 +10,6 @@ import re
 import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -18,6 +17,7 @@ import orjson
 
 from taskwatcher.cli.fit import FIXED, Fit, cut_text, fitted_table
 from taskwatcher.engine.records import storable
+from taskwatcher.grammar.datatype import datatype
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -115,7 +115,7 @@ def yes_no(flag: object) -> str:
     return "yes" if flag else "no"
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Column:
     """One table column: its header, the record key it shows, how a value becomes text and
     how the column gives way on a narrow terminal."""

@@ -38,6 +38,8 @@ FLAGS = (
 DUMP_MODULES_VARIABLE = "TASKWATCHER_DUMP_MODULES"
 #: The commands a server runs: console script name -> module with its main().
 COMMANDS = {name: f"taskwatcher.cli.{name}" for name in ("twrun", "twctl", "twparse")}
+#: The commands whose modules import orjson (for their JSON output; see cli.import_orjson).
+WITH_ORJSON = ("twctl", "twparse")
 
 
 def twrun() -> int:
@@ -60,9 +62,10 @@ def _command(name: str) -> int:
         status = _served(name)
         if status is not None:
             _leave(status)
-    from taskwatcher.cli import import_orjson
+    if name in WITH_ORJSON:
+        from taskwatcher.cli import import_orjson
 
-    import_orjson()
+        import_orjson()
     module = __import__(COMMANDS[name], fromlist=["main"])
     return module.main()
 

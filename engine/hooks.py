@@ -13,10 +13,7 @@ import signal
 import stat
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 from taskwatcher.engine import process
 from taskwatcher.engine.errors import InvalidRequest, LaunchError
@@ -25,12 +22,14 @@ from taskwatcher.engine.notify import private_folder
 from taskwatcher.engine.records import Ended
 from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL
 from taskwatcher.engine.stopping import twrun_exit_code
+from taskwatcher.grammar import jsoncodec
+from taskwatcher.grammar.datatype import datatype
 
 #: Seconds a hook may run before it is stopped, unless `--hook-timeout` says otherwise.
 DEFAULT_HOOK_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Hook:
     """One command to run at the end: argv exactly as split, never through a shell."""
 
@@ -78,7 +77,7 @@ def run_hooks(
     feedback_json = os.path.join(folder, "feedback.json")
     try:
         with open(feedback_json, "wb") as stream:
-            stream.write(orjson.dumps(ended.feedback))
+            stream.write(jsoncodec.dumps(ended.feedback))
         env = {**_inherited(os.environ), **hook_environment(ended, feedback_json)}
         with _Interrupts() as interrupts:
             for hook in chosen:

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
 
 from taskwatcher.engine.childwatch import open_pidfd
 from taskwatcher.engine.procfs import ProcRow, proc_row, visible_row
+from taskwatcher.grammar.datatype import datatype
 
 #: Create times are counted in clock ticks (1/100 s): equal within this means same start.
 CREATE_TIME_TOLERANCE = 0.01
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class ProcessIdentity:
     """A pid plus its create time: what a record must match before anything is signalled."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,6 +24,7 @@ from taskwatcher.engine.records import Ended, Task
 from taskwatcher.engine.safepath import untrusted_part
 from taskwatcher.engine.settings import host_id
 from taskwatcher.engine.store import Store
+from taskwatcher.grammar.datatype import datatype
 from taskwatcher.grammar.errors import TaskwatcherError
 
 log = get_logger(__name__)
@@ -44,7 +44,7 @@ class NotALog(TaskwatcherError, PermissionError):
     """The file a row names as a task's log is not proven to be one: it is left alone."""
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class LogPart:
     """One opened file of a log (the rotated one or the current one), proven to be the log's;
     `size` is its size when opened, which bounds a one-off read."""

@@ -12,16 +12,15 @@ starts a set-uid program with the token in its environment gets mixed user ids, 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import pwd
 import signal
-from dataclasses import dataclass
 from enum import Enum
 
 from taskwatcher.engine import wakeup
 from taskwatcher.engine.childwatch import open_pidfd
+from taskwatcher.grammar.datatype import datatype
+from taskwatcher.grammar.digest import sha256_hex
 
 #: The variable that carries the token into the task's environment.
 TOKEN_VARIABLE = "TASKWATCHER_TOKEN"
@@ -37,10 +36,10 @@ def new_token() -> str:
 
 def token_digest(token: str | bytes) -> str:
     """What the row keeps of a token: its SHA-256, from which the token cannot be recovered."""
-    return hashlib.sha256(token.encode() if isinstance(token, str) else token).hexdigest()
+    return sha256_hex(token.encode() if isinstance(token, str) else token)
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Owner:
     """Whose task a row says it is: the digest of its token and the uid of its supervisor."""
 
@@ -85,7 +84,7 @@ class Owner:
         return found
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Census:
     """One look over /proc for housekeeping: which token digests are in whose environment,
     and, by user, whose environment the caller may not read (a program that made itself
@@ -131,10 +130,11 @@ def user_ids(pid: int) -> set[int] | None:
 def carries_token(pid: int, digest: str) -> bool:
     """Whether the environment of pid holds a token whose digest is `digest`.
 
-    Unreadable (another user's process, a zombie, gone) means no proof.
+    Unreadable (another user's process, a zombie, gone) means no proof. A plain comparison:
+    the digest is no secret (the task's row holds it), only the token it is taken of.
     """
     try:
-        return any(hmac.compare_digest(found, digest) for found in _token_digests(pid))
+        return digest in _token_digests(pid)
     except OSError:
         return False
 

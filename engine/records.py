@@ -9,20 +9,18 @@ None (or text), so no reader ever fails on it.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from taskwatcher.engine.lifecycle import STARTED_STATUSES, Status
+from taskwatcher.grammar import jsoncodec
+from taskwatcher.grammar.datatype import MISSING, datatype, field, fields
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Launch:
     """What a supervisor records when it claims a reservation, before it launches anything."""
 
@@ -42,7 +40,7 @@ class Launch:
     attempts: int = 1  # how many times the task may be launched: 1 + its retries
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Ending:
     """How a task ended, as history keeps it; without feedback the last published one counts."""
 
@@ -55,7 +53,7 @@ class Ending:
     output_tail: str | None = None  # the last lines of the captured output
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Task:
     """A live task: reserved, or started and watched by its supervisor."""
 
@@ -114,7 +112,7 @@ class Task:
         return {key: values[key] for key in TASK_JSON_KEYS}
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Ended:
     """A finished task as history keeps it; `feedback` is None for a task that wrote none."""
 
@@ -147,13 +145,13 @@ class Ended:
     def as_json(self) -> dict[str, Any]:
         """As `twctl history --json` shows it: DESIGN.md's keys first, then the extras.
 
-        The fields are read as they are: dataclasses.asdict() deep-copies each one, which made
-        streaming a long history spend most of its time copying (20 s for 100,000 rows).
+        The fields are read as they are: a deep copy of each (as dataclasses.asdict makes)
+        had streaming a long history spend most of its time copying (20 s for 100,000 rows).
         """
         return {key: getattr(self, key) for key in ENDED_JSON_KEYS}
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Tally:
     """History summed up for one task name and outcome, as monitoring reads it."""
 
@@ -204,7 +202,7 @@ def typed(record: type[Task] | type[Ended], values: Mapping[str, Any]) -> Any:
 def _fitters(record: type) -> dict[str, Callable[[Any], Any]]:
     """For each field of a record, what makes a stored value fit its type: chosen once per
     record type, not again for every field of every row read (a long history has many)."""
-    return {item.name: _fitter(item.type) for item in dataclasses.fields(record)}
+    return {item.name: _fitter(item.type) for item in fields(record)}
 
 
 @functools.cache
@@ -212,8 +210,8 @@ def _defaults(record: type) -> dict[str, Any]:
     """The fields of a record whose default is a value, not None."""
     return {
         item.name: item.default
-        for item in dataclasses.fields(record)
-        if item.default is not dataclasses.MISSING and item.default is not None
+        for item in fields(record)
+        if item.default is not MISSING and item.default is not None
     }
 
 
@@ -259,8 +257,8 @@ def as_text(value: Any) -> str:
 def decode_feedback(stored: Any) -> dict[str, str] | None:
     """A stored feedback object; None when it is missing or damaged, only text values kept."""
     try:
-        values = orjson.loads(stored)
-    except (orjson.JSONDecodeError, TypeError):
+        values = jsoncodec.loads(stored)
+    except (ValueError, TypeError):
         return None
     if not isinstance(values, dict):
         return None
@@ -269,14 +267,14 @@ def decode_feedback(stored: Any) -> dict[str, str] | None:
 
 def encode_command(command: Sequence[str] | None) -> str | None:
     """argv is stored as a JSON array so arguments with spaces survive the round trip."""
-    return None if command is None else orjson.dumps([storable(arg) for arg in command]).decode()
+    return None if command is None else jsoncodec.dumps([storable(arg) for arg in command]).decode()
 
 
 def decode_command(stored: Any) -> list[str] | None:
     """A stored argv; None when missing or damaged."""
     try:
-        command = orjson.loads(stored)
-    except (orjson.JSONDecodeError, TypeError):
+        command = jsoncodec.loads(stored)
+    except (ValueError, TypeError):
         return None
     if not isinstance(command, list) or not all(isinstance(arg, str) for arg in command):
         return None

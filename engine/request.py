@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from taskwatcher.engine.errors import InvalidRequest
 from taskwatcher.engine.feedbackfile import FEEDBACK_FLAG
 from taskwatcher.engine.output import DEFAULT_LOG_MAX_BYTES
 from taskwatcher.engine.retries import NO_RETRIES, RetryPolicy
+from taskwatcher.grammar.datatype import datatype
 
 #: Seconds between SIGTERM and SIGKILL when a task is stopped (supervisord's stopwaitsecs idea).
 DEFAULT_GRACE = 5.0
@@ -29,7 +29,7 @@ class Heartbeat(StrEnum):
 DEFAULT_HEARTBEAT = frozenset({Heartbeat.FEEDBACK, Heartbeat.NOTIFY})
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class LaunchRequest:
     """Everything `twrun` was asked to do, before anything is touched."""
 

@@ -9,10 +9,9 @@ same).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from taskwatcher.engine.errors import InvalidRequest
 from taskwatcher.engine.lifecycle import Status
+from taskwatcher.grammar.datatype import datatype
 
 #: The outcomes `--retry-on` may name; KILLED means by a signal nobody here sent.
 RETRYABLE = (Status.FAILED, Status.TIMEOUT, Status.KILLED)
@@ -23,7 +22,7 @@ MAX_RETRY_DELAY = 24 * 3600.0
 MAX_BACKOFF = 100.0
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class RetryPolicy:
     """How many more times a failed task is launched, after which ends, with what delays."""
 

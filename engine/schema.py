@@ -9,10 +9,10 @@ The spec's columns keep their names; the columns after them serve the supervisor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from taskwatcher.grammar.datatype import datatype
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Step:
     """One version's change, written for each backend."""
 

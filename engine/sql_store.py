@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import orjson
-
 from taskwatcher.engine.errors import (
     InvalidRequest,
     NotReserved,
@@ -35,6 +33,7 @@ from taskwatcher.engine.records import (
     typed,
 )
 from taskwatcher.engine.sql_reads import Database, SqlReads, filters_clause, task_from_row
+from taskwatcher.grammar import jsoncodec
 
 _STALE = "SELECT * FROM tasks WHERE status = 'RESERVED' AND reservetime <= ? ORDER BY id LIMIT ?"
 #: Rows a bulk change touches per transaction, so that no writer waits long behind it
@@ -510,7 +509,7 @@ class SqlStore(SqlReads):
                 "termerror": ending.termerror, "exitcode": ending.exitcode, "outcome": outcome,
                 "starttime": started, "endtime": endtime,
                 "duration": 0.0 if started is None else max(0.0, endtime - started),
-                "feedback": orjson.dumps(feedback), "killed_by": killed_by,
+                "feedback": jsoncodec.dumps(feedback), "killed_by": killed_by,
                 "logfile": task.logfile, "output_tail": tail,
                 "token_hash": task.token_hash, "uid": task.uid, "attempt": task.attempt,
             },
@@ -525,7 +524,7 @@ class SqlStore(SqlReads):
             "INSERT INTO feedbacks (id, feedback, lastupdate) VALUES (?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET feedback = excluded.feedback,"
             " lastupdate = excluded.lastupdate",
-            (taskid, orjson.dumps(feedback), now),
+            (taskid, jsoncodec.dumps(feedback), now),
         )
 
     def _still_recorded(self, taskids: list[int]) -> set[int]:

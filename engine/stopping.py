@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 import signal
-from dataclasses import dataclass
 
 from taskwatcher.engine.exitstatus import SIGNAL_EXIT_BASE
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.process import exit_status_to_code
 from taskwatcher.engine.records import Ended, Ending
+from taskwatcher.grammar.datatype import datatype
 
 #: timeout(1)'s exit status when the time ran out.
 TIMEOUT_EXIT_CODE = 124
@@ -19,7 +19,7 @@ SUPERVISOR_FAILED = 125
 MAX_EXIT_CODE = 255
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class TaskEnd:
     """How a task ended: what history records and what twrun exits with."""
 
@@ -43,7 +43,7 @@ class TaskEnd:
         )
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class StopReason:
     """A decision to stop a running task: what outcome it leads to and why, in words."""
 

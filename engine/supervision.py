@@ -8,19 +8,19 @@ own notes (ready, stopping, a new timeout) at most once per HEARTBEAT_CHECK_INTE
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.machine import TaskState
 from taskwatcher.engine.stopping import StopReason
 from taskwatcher.engine.taskrow import TaskRow
+from taskwatcher.grammar.datatype import datatype
 
 #: The feedback file is looked at and the kill request read at least this often; also the
 #: least time between two heartbeat writes of the row.
 HEARTBEAT_CHECK_INTERVAL = 1.0
 
 
-@dataclass
+@datatype
 class Supervision:
     """What the sources share about one running task. Times are monotonic, but `wall`."""
 

@@ -10,7 +10,6 @@ cannot wake this process: another host, another namespace).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import time
@@ -51,6 +50,7 @@ from taskwatcher.engine.supervision import Recorder, Supervision
 from taskwatcher.engine.taskfiles import feedback_folder, log_folder, make_feedback_file, make_log
 from taskwatcher.engine.taskrow import TaskRow
 from taskwatcher.engine.wakeup import WakeSocket
+from taskwatcher.grammar.datatype import replace
 from taskwatcher.grammar.errors import TaskwatcherError
 
 log = get_logger(__name__)
@@ -212,7 +212,7 @@ def _ending(
         notes.append(f"final feedback incomplete: {incomplete}")
     if capture is not None and capture.incomplete:
         notes.append(f"log incomplete: {capture.incomplete}")
-    end = dataclasses.replace(end, endtime=ended_at, termerror=_noted(end.termerror, notes))
+    end = replace(end, endtime=ended_at, termerror=_noted(end.termerror, notes))
     return end, recorder.final(final), tail
 
 

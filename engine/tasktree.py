@@ -16,7 +16,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 from contextlib import suppress
-from dataclasses import dataclass
 
 from taskwatcher.engine.exitstatus import signal_name
 from taskwatcher.engine.identity import (
@@ -28,6 +27,7 @@ from taskwatcher.engine.identity import (
     signal_identity,
 )
 from taskwatcher.engine.procfs import ProcRow, process_table
+from taskwatcher.grammar.datatype import datatype
 
 #: Looks in a row that must find nothing running before a task counts as stopped.
 CALM_LOOKS = 3
@@ -35,7 +35,7 @@ CALM_LOOKS = 3
 MAX_POLL_INTERVAL = 0.05
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class StopResult:
     """How stopping a task's processes went: the last signal needed, and who refused it.
 
@@ -171,7 +171,7 @@ def reap_adopted(keep: Collection[int] = ()) -> list[int]:
         reaped.append(waitable.si_pid)
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class _Snapshot:
     """The task's processes at one moment; `group` is the pgid to killpg, if that is safe."""
 

@@ -11,9 +11,10 @@ own row earlier (at most every WAKE_PAUSE seconds, however many come); one that 
 
 from __future__ import annotations
 
-import hashlib
 import socket
 from contextlib import suppress
+
+from taskwatcher.grammar.digest import sha256_hex
 
 _PREFIX = b"\0taskwatcher/"
 #: A flood of datagrams makes a supervisor read its row no more often than this.
@@ -27,7 +28,7 @@ def address(token_hash: str) -> bytes:
     abstract sockets (/proc/net/unix), and a digest read there could be written into a
     forged row that would then pass for the task's.
     """
-    return _PREFIX + hashlib.sha256(b"taskwatcher-wake:" + token_hash.encode()).hexdigest().encode()
+    return _PREFIX + sha256_hex(b"taskwatcher-wake:" + token_hash.encode()).encode()
 
 
 def valid(token_hash: object) -> bool:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from .datatype import datatype
 
 if TYPE_CHECKING:
     from lark.exceptions import UnexpectedToken
@@ -23,7 +24,7 @@ EXPECTED_WORDS = {
 FOUND_WORDS = {" ": "a space", "\t": "a tab", "\r": "a carriage return"}
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class Diagnostic:
     """One problem in a feedback file; line and column count from 1, columns in characters.
 

@@ -6,14 +6,14 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 
+from .datatype import datatype
 from .errors import NotARegularFile
 
 READ_CHUNK = 1024 * 1024
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class OpenedFile:
     """An open regular file: its descriptor, identity (device, inode), size and modification
     time (ns) when opened."""

@@ -11,12 +11,12 @@ does not compile) just means asking Lark.
 from __future__ import annotations
 
 import functools
-import hashlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import orjson
+from . import jsoncodec
+from .digest import sha256_hex
 
 if TYPE_CHECKING:
     from lark import Lark
@@ -55,14 +55,14 @@ def lark_patterns() -> dict[str, str]:
 
 def grammar_digest() -> str:
     """What the shipped terminals must have been compiled from: the grammar file's SHA-256."""
-    return hashlib.sha256(_beside_grammar(GRAMMAR_FILE).read_bytes()).hexdigest()
+    return sha256_hex(_beside_grammar(GRAMMAR_FILE).read_bytes())
 
 
 def shipped_patterns(path: Path) -> dict[str, str] | None:
     """The terminals a shipped file holds; None unless compiled from this very grammar."""
     try:
-        shipped = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        shipped = jsoncodec.loads(path.read_bytes())
+    except (OSError, ValueError):
         return None
     if not isinstance(shipped, dict) or shipped.get("grammar") != grammar_digest():
         return None
@@ -80,6 +80,8 @@ def _beside_grammar(name: str) -> Path:
 
 def write_terminals() -> Path:
     """Compile the terminals with Lark and ship them beside the grammar; returns the file."""
+    import orjson  # a maintainer's step, as Lark itself
+
     path = _beside_grammar(TERMINALS_FILE)
     shipped = {"grammar": grammar_digest(), "terminals": lark_patterns()}
     path.write_bytes(orjson.dumps(shipped, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))

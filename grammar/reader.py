@@ -13,10 +13,9 @@ import binascii
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-import orjson
-
+from . import jsoncodec
+from .datatype import datatype, field
 from .diagnostics import Diagnostic
 from .errors import InvalidReaderState
 from .files import READ_CHUNK, OpenedFile, open_regular
@@ -28,7 +27,7 @@ BYTE_BUDGET = 16 * 1024 * 1024  # read by one poll at the most
 TIME_BUDGET = 1.0  # seconds: a poll stops at the first chunk boundary past it
 
 
-@dataclass(frozen=True)
+@datatype(frozen=True)
 class ReaderState:
     """Where a reader stopped: which file (device, inode), how far, the partial last line,
     whether it was skipping an over-long line, the lines consumed, the current values
@@ -65,13 +64,13 @@ class ReaderState:
             "recency": self.recency,
             "lines_known": self.lines_known,
         }
-        return orjson.dumps(fields)
+        return jsoncodec.dumps(fields)
 
     @classmethod
     def from_json(cls, data: bytes) -> ReaderState:
         """Restore a state saved by to_json; anything else raises InvalidReaderState."""
         try:
-            fields = orjson.loads(data)
+            fields = jsoncodec.loads(data)
             if fields.pop("format") != STATE_FORMAT:
                 raise ValueError("unknown format")
             fields["pending"] = base64.b64decode(fields["pending"], validate=True)

@@ -9,10 +9,9 @@ lines, and invalid lines holding a NUL byte, are counted as not text.
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from dataclasses import dataclass, field
 
+from .datatype import datatype, field, replace
 from .diagnostics import Diagnostic
 from .fastpath import apply_framed, frame, matchers
 from .parser import check_framed
@@ -27,7 +26,7 @@ TOO_LONG = f"line longer than {MAX_LINE_BYTES} bytes: skipped"
 _UNDECODED = re.compile("[\ud800-\udfff]")
 
 
-@dataclass
+@datatype
 class FeedbackStream:
     """The state between two pieces: values (with cleared placeholders), the rank of each
     keyword's last statement (`recency`), the partial last line, whether an over-long line is
@@ -98,7 +97,7 @@ class FeedbackStream:
         """The visible values; with `final`, as if the input ended now (the state is kept)."""
         if not final or not self.pending:
             return visible(self.values)
-        finished = dataclasses.replace(
+        finished = replace(
             self, values=dict(self.values), recency=dict(self.recency), diagnostics=[]
         )
         finished.finish()

@@ -6,7 +6,6 @@ would hold them all. Over the cap the least recently set keys go; the others kee
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import resource
 import subprocess
@@ -14,6 +13,7 @@ import sys
 from pathlib import Path
 
 from taskwatcher.grammar import FeedbackReader, parse_feedback
+from taskwatcher.grammar.datatype import replace
 from taskwatcher.grammar.reference import parse_with_lark
 from taskwatcher.grammar.semantics import CAPPED, MAX_HELD_BYTES, MAX_KEYS
 from taskwatcher.grammar.stream import FeedbackStream
@@ -114,9 +114,7 @@ def test_a_restored_state_with_too_many_values_is_capped(tmp_path: Path) -> None
     first = FeedbackReader(path)
     first.poll()
     # As an older reader, which kept no recency, would have saved it: the order stands for it.
-    saved = dataclasses.replace(
-        first.state, values=dict.fromkeys(keys(MAX_KEYS + 5), "v"), recency={}
-    )
+    saved = replace(first.state, values=dict.fromkeys(keys(MAX_KEYS + 5), "v"), recency={})
     reader = FeedbackReader(path, state=saved)
     assert list(reader.poll()) == keys(MAX_KEYS, start=5)
     assert reader.warnings == [f"{path}: {CAPPED}"]

@@ -1,0 +1,76 @@
+"""JSON as the records keep it (feedback, argv, a reader's state), through the standard
+library: importing orjson also imports dataclasses, inspect, uuid, platform and datetime,
+some 20 ms of every twrun, for values of a few hundred bytes.
+
+The bytes written are orjson's: compact UTF-8 (NaN, which orjson writes as null, is refused;
+floats, which no record holds, keep Python's digits). What is read is held to what orjson
+reads: UTF-8 only, no NaN or Infinity, no number beyond a float, integers beyond 64 bits as
+floats, no unpaired surrogate, nesting only as deep as the interpreter's recursion limit
+allows (orjson's limit, 1,024, is a little deeper). Anything else raises ValueError, and a
+value that is not text TypeError. The tests check both directions against orjson itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+#: orjson's integers: it reads one beyond them as a float.
+INTEGERS = range(-(2**63), 2**64)
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+#: A surrogate written as an escape: only then can a decoded string hold an unpaired one.
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def dumps(value: Any) -> bytes:
+    """`value` as compact JSON in UTF-8 (ValueError for NaN or an unpaired surrogate)."""
+    return _ENCODER.encode(value).encode("utf-8")
+
+
+def loads(data: bytes | str) -> Any:
+    """The value JSON text holds, as orjson would read it (ValueError if it would not)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        text = bytes(data).decode("utf-8")
+    elif isinstance(data, str):
+        text = data
+    else:
+        raise TypeError(f"JSON must be text, not {type(data).__name__}")
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_int=_integer, parse_float=_real)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if _ESCAPED_SURROGATE.search(text):
+        _check_text(value)
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _integer(digits: str) -> int | float:
+    number = int(digits)
+    return number if number in INTEGERS else _real(digits)
+
+
+def _real(digits: str) -> float:
+    number = float(digits)
+    if math.isinf(number):
+        raise ValueError(f"number {digits[:20]} out of range")
+    return number
+
+
+def _check_text(value: Any) -> None:
+    """Every string in the value encodes as UTF-8 (an unpaired surrogate does not)."""
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item)
