@@ -39,7 +39,7 @@ def loads(data: bytes | str) -> Any:
     else:
         raise TypeError(f"JSON must be text, not {type(data).__name__}")
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_int=_integer, parse_float=_real)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     if _ESCAPED_SURROGATE.search(text):
@@ -74,3 +74,7 @@ def _check_text(value: Any) -> None:
         for key, item in value.items():
             _check_text(key)
             _check_text(item)
+
+
+#: One decoder for every read (json.loads given options makes a new one each time).
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_int=_integer, parse_float=_real)
