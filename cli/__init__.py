@@ -2,8 +2,9 @@
 
 Every console script imports this package first, so it arranges how a command starts.
 Until the command's main() runs, a Ctrl-C ends it quietly with status 130 instead of a
-traceback from whatever module was loading. orjson is imported with SIGINT blocked: a
-SIGINT during its import crashes the interpreter (SIGSEGV, orjson 3.10 to 3.13). A Ctrl-C
+traceback from whatever module was loading. orjson, imported only where JSON is written,
+is imported with SIGINT blocked: a SIGINT during its import crashes the interpreter
+(SIGSEGV, orjson 3.10 to 3.13). A Ctrl-C
 that lands in a weakref callback or a destructor (each import runs some), where Python would
 print and carry on, ends the command there, with the same status.
 """
@@ -59,16 +60,18 @@ if _QUIET_START:
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import ModuleType
 
 
-def import_orjson() -> None:
-    """Import orjson with SIGINT held back (see above): for twctl and twparse run in their own
-    process, before their modules (twrun and a served command's caller never import it)."""
+def import_orjson() -> "ModuleType":
+    """orjson, imported with SIGINT held back (see above): where a command first writes JSON
+    (its import costs some 20 ms, which a command that prints a table never pays)."""
     held = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
     try:
-        import orjson  # noqa: F401  (a SIGINT meanwhile waits until the import is done)
+        import orjson  # a SIGINT meanwhile waits until the import is done
     finally:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, held)
+    return orjson
 
 
 def interruptible(main: "Callable[..., int]") -> "Callable[..., int]":

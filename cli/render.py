@@ -13,10 +13,10 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TextIO
 
-import orjson
-
+from taskwatcher.cli import import_orjson
 from taskwatcher.cli.fit import FIXED, Fit, cut_text, fitted_table
 from taskwatcher.engine.records import storable
+from taskwatcher.grammar import jsoncodec
 from taskwatcher.grammar.datatype import datatype
 
 if TYPE_CHECKING:
@@ -284,6 +284,7 @@ def json_bytes(value: Any, *, pretty: bool = False) -> bytes:
 
     Raw, a C1 control such as U+009B (CSI) drives a terminal that shows the JSON.
     """
+    orjson = import_orjson()
     data = orjson.dumps(value, option=orjson.OPT_INDENT_2 if pretty else 0)
     return _C1_IN_UTF8.sub(_escaped_c1, data)
 
@@ -320,5 +321,5 @@ def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return yes_no(value)
     if isinstance(value, list | dict):
-        return cell(orjson.dumps(value).decode())
+        return cell(jsoncodec.dumps(value).decode())
     return cell(value)

@@ -38,8 +38,6 @@ FLAGS = (
 DUMP_MODULES_VARIABLE = "TASKWATCHER_DUMP_MODULES"
 #: The commands a server runs: console script name -> module with its main().
 COMMANDS = {name: f"taskwatcher.cli.{name}" for name in ("twrun", "twctl", "twparse")}
-#: The commands whose modules import orjson (for their JSON output; see cli.import_orjson).
-WITH_ORJSON = ("twctl", "twparse")
 
 
 def twrun() -> int:
@@ -62,10 +60,6 @@ def _command(name: str) -> int:
         status = _served(name)
         if status is not None:
             _leave(status)
-    if name in WITH_ORJSON:
-        from taskwatcher.cli import import_orjson
-
-        import_orjson()
     module = __import__(COMMANDS[name], fromlist=["main"])
     return module.main()
 

@@ -78,6 +78,38 @@ def assert_lean(modules: set[str], heavy: tuple[str, ...]) -> None:
     assert held == []
 
 
+TWCTL_MODULES = """\
+import sys
+from taskwatcher.cli.twctl import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+sys.stderr.write(" ".join(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("twctl_args", "json_written"),
+    [(["reserve"], False), (["history", "--limit", "5"], False), (["list", "--json"], True)],
+)
+def test_twctl_imports_orjson_only_to_write_json(
+    tmp_path: Path, twctl_args: list[str], json_written: bool
+) -> None:
+    """orjson (with dataclasses and inspect, a fifth of a command's start) comes only with
+    JSON output."""
+    db = tmp_path / "tasks.db"
+    run_cli("twctl", "--db", db, "reserve")
+    ran = subprocess.run(
+        [PY, "-c", TWCTL_MODULES, "--db", str(db), *twctl_args],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    modules = set(ran.stderr.split())
+    assert "taskwatcher.cli.twctl" in modules
+    assert ("orjson" in modules) is json_written
+    assert ("dataclasses" in modules) is json_written  # which orjson's import brings
+
+
 @pytest.mark.parametrize("command", ["twrun", "twctl", "twparse"])
 def test_help_still_fits_the_terminal_width(command: str) -> None:
     """The width comes from $COLUMNS (or the terminal), as shutil would find it: the usage
