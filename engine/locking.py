@@ -11,7 +11,7 @@ sqlite's handler alone.
 
 from __future__ import annotations
 
-import random
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -20,7 +20,7 @@ from typing import TypeVar
 #: How long sqlite itself waits on a lock before `patiently` tries again.
 SQLITE_WAIT = 0.05
 #: The pause between two tries, in seconds: short and random, so waiters do not march in step.
-_PAUSE = (0.001, 0.01)
+PAUSE = (0.001, 0.01)
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 #: However much others commit meanwhile, a writer waits this many busy timeouts at most.
 MOST_TIMEOUTS = 10
@@ -66,4 +66,11 @@ def patiently(
                 deadline = min(now + timeout, started + MOST_TIMEOUTS * timeout)
             if now >= deadline:
                 raise
-        time.sleep(random.uniform(*_PAUSE))
+        time.sleep(random_pause())
+
+
+def random_pause() -> float:
+    """A pause within PAUSE, from the system's random bytes: the random module would cost
+    each command its import (and each forked supervisor the reseeding it does at a fork)."""
+    shortest, longest = PAUSE
+    return shortest + (longest - shortest) * int.from_bytes(os.urandom(2), "big") / 65535

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from taskwatcher.engine.errors import StoreError
-from taskwatcher.engine.locking import MOST_TIMEOUTS, patiently
+from taskwatcher.engine.locking import MOST_TIMEOUTS, PAUSE, patiently, random_pause
 from taskwatcher.engine.store import open_store
 
 
@@ -109,3 +109,12 @@ def test_however_much_the_others_commit_a_writer_waits_ten_timeouts_at_most() ->
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         patiently(busy, 1.0, clock=busy.clock, progress=busy.progress)
     assert busy.now == pytest.approx(MOST_TIMEOUTS * 1.0, abs=0.15)
+
+
+def test_the_pauses_between_tries_are_short_and_spread():
+    """Random within the bounds, so waiters that met at a lock do not come back in step."""
+    pauses = [random_pause() for _ in range(2000)]
+    shortest, longest = PAUSE
+    assert all(shortest <= pause <= longest for pause in pauses)
+    assert len(set(pauses)) > 1000
+    assert min(pauses) < shortest + 0.001 and max(pauses) > longest - 0.001
