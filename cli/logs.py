@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from taskwatcher.cli import EXIT_FAILED
 from taskwatcher.cli.common import fail, json_flag, positive_int, subcommand, task_id
-from taskwatcher.cli.render import escape, escape_output, json_bytes
+from taskwatcher.cli.render import escape, escape_output, json_bytes, json_items
 from taskwatcher.engine.follow import follow
 from taskwatcher.engine.logs import (
     LogSweep,
@@ -141,8 +141,8 @@ def _print_json(tasklog: TaskLog, lines: Iterable[bytes]) -> None:
     out = sys.stdout.buffer
     out.write(head.removesuffix(b"]}"))  # the lines go between the brackets
     separator = b""
-    for line in lines:
-        out.write(separator + json_bytes(line.decode(errors="backslashreplace")))
+    for item in json_items(line.decode(errors="backslashreplace") for line in lines):
+        out.write(separator + item)
         separator = b","
     out.write(b"]}\n")
     out.flush()

@@ -36,9 +36,13 @@ _CONTROL_ESCAPES |= {code: f"\\u{code:04x}" for code in _BIDI_CONTROLS}
 _OUTPUT_ESCAPES = {
     code: text for code, text in _CONTROL_ESCAPES.items() if code not in (ord("\n"), ord("\t"))
 }
-#: A C1 control in orjson's UTF-8 output: 0xc2 never continues a character, and C1 controls
-#: can only stand inside strings, so replacing these two bytes keeps the JSON exact.
+#: A C1 control in the JSON's UTF-8: 0xc2 never continues a character, and C1 controls can
+#: only stand inside strings, so replacing these two bytes keeps the JSON exact.
 _C1_IN_UTF8 = re.compile(b"\xc2[\x80-\x9f]")
+#: The items a JSON stream (a long history, a log's lines) writes with the standard library
+#: before it takes orjson: orjson writes an item ten times faster, but its import costs a
+#: command some 20 ms, as much as 2,500 items, which a short listing would never win back.
+ORJSON_AFTER = 2000
 
 #: The longest value a table cell or a `show` line prints, in characters; a longer one is cut
 #: to MAX_CELL - 1 and an ellipsis. JSON keeps every value whole.
@@ -179,8 +183,8 @@ def print_json_array(records: Iterable[Any], out: TextIO) -> None:
     """A JSON array written as it goes (`[`, the items, `]`): one item in memory at a time."""
     out.write("[")
     separator = ""
-    for record in records:
-        out.write(separator + json_bytes(record).decode())
+    for item in json_items(records):
+        out.write(separator + item.decode())
         separator = ","
     out.write("]\n")
 
@@ -275,18 +279,25 @@ def rich_table(
 
 
 def print_json(value: Any, *, pretty: bool = False, out: TextIO | None = None) -> None:
-    """JSON on one line (or indented), through orjson, as the machine interface."""
+    """JSON on one line (or indented), as the machine interface."""
     (out or sys.stdout).write(json_bytes(value, pretty=pretty).decode() + "\n")
 
 
 def json_bytes(value: Any, *, pretty: bool = False) -> bytes:
-    """orjson's JSON with C1 controls escaped too (`\\u009b`), as orjson escapes C0 ones.
-
-    Raw, a C1 control such as U+009B (CSI) drives a terminal that shows the JSON.
+    """JSON (orjson's bytes: see jsoncodec) with C1 controls escaped too (`\\u009b`), as C0
+    ones are. Raw, a C1 control such as U+009B (CSI) drives a terminal that shows the JSON.
     """
-    orjson = import_orjson()
-    data = orjson.dumps(value, option=orjson.OPT_INDENT_2 if pretty else 0)
-    return _C1_IN_UTF8.sub(_escaped_c1, data)
+    return _C1_IN_UTF8.sub(_escaped_c1, jsoncodec.dumps(value, pretty=pretty))
+
+
+def json_items(values: Iterable[Any]) -> Iterator[bytes]:
+    """Each value as json_bytes writes it, those after the first ORJSON_AFTER through orjson:
+    the same bytes but for a float's digits (0.00001 for 1e-05), which read as the same."""
+    dumps = jsoncodec.dumps
+    for count, value in enumerate(values):
+        if count == ORJSON_AFTER:
+            dumps = import_orjson().dumps
+        yield _C1_IN_UTF8.sub(_escaped_c1, dumps(value))
 
 
 def _escaped_c1(match: re.Match[bytes]) -> bytes:

@@ -21,13 +21,15 @@ from typing import Any
 INTEGERS = range(-(2**63), 2**64)
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_INDENTED = json.JSONEncoder(ensure_ascii=False, indent=2, allow_nan=False)  # orjson's OPT_INDENT_2
 #: A surrogate written as an escape: only then can a decoded string hold an unpaired one.
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def dumps(value: Any) -> bytes:
-    """`value` as compact JSON in UTF-8 (ValueError for NaN or an unpaired surrogate)."""
-    return _ENCODER.encode(value).encode("utf-8")
+def dumps(value: Any, *, pretty: bool = False) -> bytes:
+    """`value` as compact JSON in UTF-8, or indented by two spaces (ValueError for NaN or an
+    unpaired surrogate)."""
+    return (_INDENTED if pretty else _ENCODER).encode(value).encode("utf-8")
 
 
 def loads(data: bytes | str) -> Any:

@@ -39,6 +39,11 @@ def test_reads_what_orjson_writes(value):
     assert jsoncodec.loads(orjson.dumps(value)) == value
 
 
+@given(nested(STORED))
+def test_indents_as_orjson_does(value):
+    assert jsoncodec.dumps(value, pretty=True) == orjson.dumps(value, option=orjson.OPT_INDENT_2)
+
+
 @given(st.dictionaries(st.text(), st.text()), st.booleans())
 def test_reads_text_and_bytes_alike(feedback, as_text):
     stored = orjson.dumps(feedback)
