@@ -20,13 +20,30 @@ EXIT_INTERRUPTED = 128 + _signal.SIGINT
 
 
 def _exit_interrupted(signum: int, frame: object) -> None:
-    raise SystemExit(EXIT_INTERRUPTED)
+    """End at once, with the streams flushed: nothing is open before main() runs (or after
+    it returned). Not SystemExit: raised where an import runs a class's __set_name__, Python
+    3.11 turns it into a RuntimeError with a traceback (ipaddress, under pathlib, has some).
+    """
+    import os  # here, not above: this handler can run before the module's imports do
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105  (contextlib may not be imported yet)
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # closed, or a pipe nobody reads
+            pass
+    os._exit(EXIT_INTERRUPTED)
 
 
-# A SIGINT its starter ignored (`nohup`, a background job) stays ignored.
-_QUIET_START = _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler
-if _QUIET_START:
-    _signal.signal(_signal.SIGINT, _exit_interrupted)
+# Ours is put in place by the module's first call, where Python next checks for signals:
+# asking first (getsignal) was a call, and a Ctrl-C seen there raised KeyboardInterrupt in
+# this module. A SIGINT its starter ignored (`nohup`, a background job) is ignored again at
+# once; one that arrives between the two calls would end the command (a window of one
+# call, where before a Ctrl-C during the first call printed a traceback).
+_STARTED_WITH = _signal.signal(_signal.SIGINT, _exit_interrupted)
+_QUIET_START = _STARTED_WITH is _signal.default_int_handler
+if not _QUIET_START:
+    _signal.signal(_signal.SIGINT, _STARTED_WITH)
 
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -43,12 +60,7 @@ def _exit_on_swallowed_interrupts(unraisable: object) -> None:
     ):
         _report_unraisable(unraisable)
         return
-    for stream in (sys.stdout, sys.stderr):
-        try:  # noqa: SIM105  (contextlib may not be imported yet)
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or file: nothing more to say there
-            pass
-    os._exit(EXIT_INTERRUPTED)
+    _exit_interrupted(_signal.SIGINT, None)
 
 
 _report_unraisable = sys.unraisablehook
