@@ -30,7 +30,7 @@ else:
 #: No default: a sentinel, as dataclasses.MISSING.
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 FIELDS = "__datatype_fields__"
-INIT_NAMES = "__datatype_init__"  # the fields __init__ takes, in order
+PLAN = "__datatype_plan__"  # how __init__ fills the fields (_Plan)
 
 
 class FrozenInstanceError(AttributeError):
@@ -60,10 +60,6 @@ class Field:
             repr,
         )
 
-    def value(self) -> Any:
-        """A default value for a new instance (MISSING if there is none)."""
-        return self.default if self.default_factory is MISSING else self.default_factory()
-
 
 def field(**options: Any) -> Any:
     """A field with options (see Field), as dataclasses.field."""
@@ -88,7 +84,7 @@ def datatype(cls: type[T] | None = None, *, frozen: bool = False) -> Any:
             found[name] = _field_of(cls, name, annotation)
         _check_order(cls, found.values())
         setattr(cls, FIELDS, found)
-        setattr(cls, INIT_NAMES, tuple(name for name, item in found.items() if item.init))
+        setattr(cls, PLAN, _Plan(found))
         for name, method in _METHODS.items():
             if name not in cls.__dict__:
                 setattr(cls, name, method)
@@ -96,7 +92,7 @@ def datatype(cls: type[T] | None = None, *, frozen: bool = False) -> Any:
             cls.__hash__ = _hash if frozen else None  # type: ignore[assignment,method-assign]
         if frozen:
             cls.__setattr__ = cls.__delattr__ = _refuse  # type: ignore[assignment,method-assign]
-        cls.__match_args__ = getattr(cls, INIT_NAMES)  # type: ignore[attr-defined]
+        cls.__match_args__ = getattr(cls, PLAN).names  # type: ignore[attr-defined]
         return cls
 
     return make if cls is None else make(cls)
@@ -139,28 +135,58 @@ def _check_order(cls: type, found: Any) -> None:
 
 
 def _init(self: Any, *args: Any, **kwargs: Any) -> None:
-    items = getattr(self, FIELDS)
-    names = getattr(self, INIT_NAMES)
-    if len(args) > len(names):
-        raise TypeError(f"{type(self).__qualname__}() takes {len(names)} arguments")
-    given = dict(zip(names, args, strict=False))  # fewer arguments than fields: defaults
-    if kwargs:
-        for name in kwargs:
-            if name not in names:
-                raise TypeError(f"{type(self).__qualname__}() got an unexpected argument {name!r}")
-            if name in given:
-                raise TypeError(f"{type(self).__qualname__}() got multiple values for {name!r}")
-        given.update(kwargs)
-    for name, item in items.items():
-        value = given[name] if name in given else item.value()
-        if value is MISSING:
-            if item.init:
-                raise TypeError(f"{type(self).__qualname__}() missing argument {name!r}")
-            continue
-        object.__setattr__(self, name, value)
+    plan: _Plan = getattr(self, PLAN)
+    if args:
+        if len(args) > len(plan.names):
+            raise TypeError(f"{type(self).__qualname__}() takes {len(plan.names)} arguments")
+        positional = dict(zip(plan.names, args, strict=False))  # the rest: keywords, defaults
+        if twice := positional.keys() & kwargs.keys():
+            raise TypeError(f"{type(self).__qualname__}() got multiple values for {min(twice)!r}")
+        kwargs.update(positional)
+    if not kwargs.keys() <= plan.settable:
+        unknown = min(kwargs.keys() - plan.settable)
+        raise TypeError(f"{type(self).__qualname__}() got an unexpected argument {unknown!r}")
+    if not plan.required <= kwargs.keys():
+        missing = min(plan.required - kwargs.keys())
+        raise TypeError(f"{type(self).__qualname__}() missing argument {missing!r}")
+    state = plan.template.copy()  # every field in order: updating keeps the order
+    state.update(kwargs)
+    for name, factory in plan.factories:
+        if name not in kwargs:
+            state[name] = factory()
+    for name in plan.unset:
+        del state[name]
+    self.__dict__.update(state)
     post_init = getattr(self, "__post_init__", None)
     if post_init is not None:
         post_init()
+
+
+class _Plan:
+    """How __init__ fills a class's fields, worked out once per class: a record is built
+    with a few dict operations rather than a loop over its fields."""
+
+    __slots__ = ("factories", "names", "required", "settable", "template", "unset")
+
+    def __init__(self, found: dict[str, Field]) -> None:
+        self.names = tuple(name for name, item in found.items() if item.init)
+        self.settable = frozenset(self.names)
+        self.template = {name: item.default for name, item in found.items()}
+        self.factories = tuple(
+            (name, item.default_factory)
+            for name, item in found.items()
+            if item.default_factory is not MISSING
+        )
+        self.required = frozenset(
+            name
+            for name, item in found.items()
+            if item.init and item.default is MISSING and item.default_factory is MISSING
+        )
+        self.unset = tuple(
+            name
+            for name, item in found.items()
+            if not item.init and item.default is MISSING and item.default_factory is MISSING
+        )
 
 
 def _values(self: Any) -> tuple:

@@ -41,12 +41,22 @@ def loads(data: bytes | str) -> Any:
     else:
         raise TypeError(f"JSON must be text, not {type(data).__name__}")
     try:
-        value = _DECODER.decode(text)
+        value = _read(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
-    if _ESCAPED_SURROGATE.search(text):
+    if "\\u" in text and _ESCAPED_SURROGATE.search(text):
         _check_text(value)
     return value
+
+
+def _read(text: str) -> Any:
+    """The decoder's scanner straight away where the text is one value and nothing else (a
+    stored column is), else the decoder itself: it skips white space and words its errors."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        end = -1
+    return value if end == len(text) else _DECODER.decode(text)
 
 
 def _no_constant(name: str) -> None:
@@ -80,3 +90,4 @@ def _check_text(value: Any) -> None:
 
 #: One decoder for every read (json.loads given options makes a new one each time).
 _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_int=_integer, parse_float=_real)
+_SCAN = _DECODER.scan_once
