@@ -25,14 +25,20 @@ def _exit_interrupted(signum: int, frame: object) -> None:
     3.11 turns it into a RuntimeError with a traceback (ipaddress, under pathlib, has some).
     """
     import os  # here, not above: this handler can run before the module's imports do
-    import sys
+
+    flush_streams()
+    os._exit(EXIT_INTERRUPTED)
+
+
+def flush_streams() -> None:
+    """Flush stdout and stderr before an os._exit, whatever state they are in."""
+    import sys  # as above
 
     for stream in (sys.stdout, sys.stderr):
         try:  # noqa: SIM105  (contextlib may not be imported yet)
             stream.flush()
         except (AttributeError, OSError, ValueError):  # closed, or a pipe nobody reads
             pass
-    os._exit(EXIT_INTERRUPTED)
 
 
 # Ours is put in place by the module's first call, where Python next checks for signals:

@@ -287,7 +287,7 @@ def json_bytes(value: Any, *, pretty: bool = False) -> bytes:
     """JSON (orjson's bytes: see jsoncodec) with C1 controls escaped too (`\\u009b`), as C0
     ones are. Raw, a C1 control such as U+009B (CSI) drives a terminal that shows the JSON.
     """
-    return _C1_IN_UTF8.sub(_escaped_c1, jsoncodec.dumps(value, pretty=pretty))
+    return _without_c1(jsoncodec.dumps(value, pretty=pretty))
 
 
 def json_items(values: Iterable[Any]) -> Iterator[bytes]:
@@ -297,7 +297,11 @@ def json_items(values: Iterable[Any]) -> Iterator[bytes]:
     for count, value in enumerate(values):
         if count == ORJSON_AFTER:
             dumps = import_orjson().dumps
-        yield _C1_IN_UTF8.sub(_escaped_c1, dumps(value))
+        yield _without_c1(dumps(value))
+
+
+def _without_c1(data: bytes) -> bytes:
+    return _C1_IN_UTF8.sub(_escaped_c1, data)
 
 
 def _escaped_c1(match: re.Match[bytes]) -> bytes:

@@ -16,6 +16,8 @@ import marshal
 import os
 import sys
 
+from taskwatcher.cli import flush_streams  # the package the console script came through
+
 #: Set to 1 to have commands forked by the command server.
 SERVER_VARIABLE = "TASKWATCHER_SERVER"
 #: Seconds an idle server waits for its next command before it ends.
@@ -69,7 +71,7 @@ def _leave(status: int) -> None:
     needs the interpreter's orderly shutdown (its last collection and teardown take about
     3 ms, a fifth of a bare interpreter's whole run)."""
     dump_modules(".caller")
-    _flush_streams()
+    flush_streams()
     os._exit(status)
 
 
@@ -80,14 +82,6 @@ def dump_modules(suffix: str = "") -> None:
     if path:
         with open(path + suffix, "w", encoding="utf-8") as dump:
             dump.write("".join(f"{name}\n" for name in sorted(sys.modules)))
-
-
-def _flush_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:  # noqa: SIM105
-            stream.flush()
-        except (AttributeError, OSError, ValueError):  # closed, or a pipe nobody reads
-            pass
 
 
 def server_address() -> tuple[int, str] | None:
@@ -313,7 +307,7 @@ def _end_as(wait_status: int) -> int:
         import resource
 
         signum = os.WTERMSIG(wait_status)
-        _flush_streams()
+        flush_streams()
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
         if signum != _signal.SIGKILL:  # the one signal whose handling cannot be set
             _signal.signal(signum, _signal.SIG_DFL)
