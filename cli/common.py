@@ -7,13 +7,16 @@ import math
 import re
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from taskwatcher.cli.helpformat import DEFAULT_DB, RawDescriptionHelpFormatter
 from taskwatcher.engine import lazylog
 from taskwatcher.engine.location import ENV_VAR, named_location, resolve_db_path
 from taskwatcher.engine.store import Access, Store
 from taskwatcher.engine.store import open_store as open_database
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 #: sqlite's largest INTEGER: a larger number cannot name a task, and sqlite would overflow on it.
 MAX_TASK_ID = 2**63 - 1

@@ -6,11 +6,13 @@ its `history --json` record, plus the exit status its twrun had (or would have h
 
 from __future__ import annotations
 
-from typing import Any
-
 from taskwatcher.cli.render import cell
 from taskwatcher.engine.records import Ended
 from taskwatcher.engine.stopping import twrun_exit_code
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def ended_line(record: Ended) -> str:

@@ -8,11 +8,13 @@ an ellipsis; and when even so the table is too wide, its least needed columns ar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from taskwatcher.grammar.datatype import datatype
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from rich.console import Console, RenderableType
     from rich.table import Table
     from rich.text import Text

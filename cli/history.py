@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from taskwatcher.engine import control
 from taskwatcher.engine.store import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Rows `twctl history` shows on a terminal without --all or --limit.
 PAGE = 50

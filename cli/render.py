@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from itertools import islice
-from typing import TYPE_CHECKING, Any, TextIO
 
 from taskwatcher.cli import import_orjson
 from taskwatcher.cli.fit import FIXED, Fit, cut_text, fitted_table
@@ -19,7 +18,10 @@ from taskwatcher.engine.records import storable
 from taskwatcher.grammar import jsoncodec
 from taskwatcher.grammar.datatype import datatype
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, TextIO
+
     from rich.console import Console
     from rich.table import Table
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from taskwatcher.engine import wakeup
 from taskwatcher.engine.errors import (
@@ -33,6 +32,10 @@ from taskwatcher.engine.ownership import user_name
 from taskwatcher.engine.records import Ended, Task
 from taskwatcher.engine.settings import host_id
 from taskwatcher.engine.store import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: How long `kill` waits by default for the supervisor to stop and archive the task.
 DEFAULT_KILL_WAIT = 30.0

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from taskwatcher.grammar.errors import TaskwatcherError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from taskwatcher.engine.stopping import TaskEnd
 

@@ -7,7 +7,7 @@ unit-tested without processes.
 from __future__ import annotations
 
 import signal
-from typing import NamedTuple
+from collections import namedtuple
 
 #: termsignal of a child that ended by calling exit() rather than by a signal.
 NORMAL_EXIT = "EXIT"
@@ -15,12 +15,12 @@ NORMAL_EXIT = "EXIT"
 SIGNAL_EXIT_BASE = 128
 
 
-class ChildExit(NamedTuple):
-    """A child's end in twrun's terms (a plain tuple, so it also unpacks as three values)."""
+class ChildExit(namedtuple("ChildExit", "exit_code termsignal termerror")):
+    """A child's end in twrun's terms: exit_code (int), termsignal and termerror (str); a
+    plain tuple, so it also unpacks as three values (collections' namedtuple: typing's would
+    cost every command the import of typing)."""
 
-    exit_code: int
-    termsignal: str
-    termerror: str
+    __slots__ = ()
 
 
 def signal_name(signum: int) -> str:

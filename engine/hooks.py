@@ -13,7 +13,6 @@ import signal
 import stat
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
 
 from taskwatcher.engine import process
 from taskwatcher.engine.errors import InvalidRequest, LaunchError
@@ -24,6 +23,10 @@ from taskwatcher.engine.signals import KILL_REQUEST_SIGNAL
 from taskwatcher.engine.stopping import twrun_exit_code
 from taskwatcher.grammar import jsoncodec
 from taskwatcher.grammar.datatype import datatype
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Seconds a hook may run before it is stopped, unless `--hook-timeout` says otherwise.
 DEFAULT_HOOK_TIMEOUT = 30.0

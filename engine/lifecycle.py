@@ -9,9 +9,12 @@ status or an outcome against the same table (`step`), in the same transaction.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
 
 from taskwatcher.engine.errors import TransitionNotAllowed
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Status(StrEnum):

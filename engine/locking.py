@@ -15,7 +15,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
 #: How long sqlite itself waits on a lock before `patiently` tries again.
 SQLITE_WAIT = 0.05
@@ -25,7 +24,11 @@ _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 #: However much others commit meanwhile, a writer waits this many busy timeouts at most.
 MOST_TIMEOUTS = 10
 
-Result = TypeVar("Result")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    Result = TypeVar("Result")
 
 
 def is_busy(error: sqlite3.Error) -> bool:

@@ -15,7 +15,6 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from taskwatcher.engine.errors import UnknownTask
 from taskwatcher.engine.lazylog import get_logger
@@ -26,6 +25,10 @@ from taskwatcher.engine.settings import host_id
 from taskwatcher.engine.store import Store
 from taskwatcher.grammar.datatype import datatype
 from taskwatcher.grammar.errors import TaskwatcherError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 log = get_logger(__name__)
 

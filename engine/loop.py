@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import select
 from collections.abc import Callable, Sequence
-from typing import Protocol
+
+from taskwatcher.grammar.protocol import Protocol
 
 #: The longest sleep whatever the deadlines say: a missed event costs at most this.
 MAX_SLEEP = 1.0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 from taskwatcher.engine.errors import TransitionNotAllowed
 from taskwatcher.engine.lifecycle import (
@@ -26,6 +25,10 @@ from taskwatcher.engine.lifecycle import (
     health,
     sources_of,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _grade_is(status: Status) -> Callable[[TaskState, float], bool]:

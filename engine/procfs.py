@@ -8,13 +8,15 @@ import in every supervisor and holds its memory for the life of the task.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+
+from taskwatcher.grammar.datatype import datatype
 
 #: The kernel counts a process's start in clock ticks since boot.
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
-class ProcRow(NamedTuple):
+@datatype(frozen=True)
+class ProcRow:
     """A process as one line of /proc/<pid>/stat describes it."""
 
     pid: int

@@ -13,11 +13,14 @@ import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from taskwatcher.engine.lifecycle import STARTED_STATUSES, Status
 from taskwatcher.grammar import jsoncodec
 from taskwatcher.grammar.datatype import MISSING, datatype, field, fields
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @datatype(frozen=True)

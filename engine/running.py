@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable
-from typing import NamedTuple
 
 from taskwatcher.engine import loop, process
 from taskwatcher.engine.capture import Capture
@@ -41,11 +40,13 @@ from taskwatcher.engine.stopping import StopReason
 from taskwatcher.engine.supervision import Recorder
 from taskwatcher.engine.taskrow import TaskRow
 from taskwatcher.engine.wakeup import WakeSocket
+from taskwatcher.grammar.datatype import datatype
 
 log = get_logger(__name__)
 
 
-class Listeners(NamedTuple):
+@datatype(frozen=True)
+class Listeners:
     """The sources that hear the task itself, kept on while it is being stopped, and what
     passes its output on to other hosts (not while stopping: the end carries the tail)."""
 

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
 
 from taskwatcher.engine.errors import InvalidRequest, UnknownTask
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.records import Ended, Tally, Task, as_text, decode_feedback, typed
+from taskwatcher.grammar.protocol import Protocol
 
-Row = Mapping[str, Any]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    Row = Mapping[str, Any]
 
 
 class Cursor(Protocol):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
 
 from taskwatcher.engine.errors import (
     InvalidRequest,
@@ -34,6 +33,10 @@ from taskwatcher.engine.records import (
 )
 from taskwatcher.engine.sql_reads import Database, SqlReads, filters_clause, task_from_row
 from taskwatcher.grammar import jsoncodec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _STALE = "SELECT * FROM tasks WHERE status = 'RESERVED' AND reservetime <= ? ORDER BY id LIMIT ?"
 #: Rows a bulk change touches per transaction, so that no writer waits long behind it

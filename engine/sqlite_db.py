@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from taskwatcher.engine import sqlite_schema
 from taskwatcher.engine.errors import NoDatabase, RowLost, StoreError
@@ -31,6 +30,10 @@ from taskwatcher.engine.sqlite_file import (
     read_only_reason,
 )
 from taskwatcher.engine.store import Access
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 Clock = Callable[[], float]
 log = get_logger(__name__)

@@ -12,13 +12,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
 
 from taskwatcher.engine.errors import StoreError
 from taskwatcher.engine.lifecycle import Status
 from taskwatcher.engine.location import is_url
 from taskwatcher.engine.records import Ended, Ending, Launch, Tally, Task
 from taskwatcher.engine.settings import reservation_ttl_from_env
+from taskwatcher.grammar.protocol import Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Store(Protocol):

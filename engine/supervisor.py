@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import NamedTuple
 
 from taskwatcher.engine import loop, ownership, process
 from taskwatcher.engine.attempts import relaunch_after
@@ -50,7 +49,7 @@ from taskwatcher.engine.supervision import Recorder, Supervision
 from taskwatcher.engine.taskfiles import feedback_folder, log_folder, make_feedback_file, make_log
 from taskwatcher.engine.taskrow import TaskRow
 from taskwatcher.engine.wakeup import WakeSocket
-from taskwatcher.grammar.datatype import replace
+from taskwatcher.grammar.datatype import datatype, replace
 from taskwatcher.grammar.errors import TaskwatcherError
 
 log = get_logger(__name__)
@@ -97,7 +96,8 @@ def run_task(
     return end
 
 
-class _Ran(NamedTuple):
+@datatype(frozen=True)
+class _Ran:
     """One attempt, recorded: how it ended, and whether (in how long) another follows."""
 
     end: TaskEnd
@@ -230,7 +230,8 @@ def _noted(termerror: str | None, notes: list[str]) -> str | None:
     return "; ".join([termerror, *notes] if termerror else notes) or None
 
 
-class _Reservation(NamedTuple):
+@datatype(frozen=True)
+class _Reservation:
     """The reservation a run claims (None: the claim makes the task) and the task's name."""
 
     taskid: int | None
@@ -253,7 +254,8 @@ def _find_reservation(store: Store, request: LaunchRequest) -> _Reservation:
     return _Reservation(request.taskid, request.name or task.name or name)
 
 
-class _Claimed(NamedTuple):
+@datatype(frozen=True)
+class _Claimed:
     """What a claimed task is supervised with: its row, where its files go, its inboxes."""
 
     row: TaskRow

@@ -8,7 +8,6 @@ any other task then runs without one, and is not told a path it must not use.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn
 
 from taskwatcher.engine.capture import Capture, OutputMode
 from taskwatcher.engine.errors import FeedpathUnusable
@@ -21,6 +20,10 @@ from taskwatcher.engine.request import LaunchRequest
 from taskwatcher.engine.stopping import SUPERVISOR_FAILED, TaskEnd
 from taskwatcher.engine.store import Store
 from taskwatcher.engine.taskrow import TaskRow
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 log = get_logger(__name__)
 

@@ -7,9 +7,11 @@ The names below load their module on first use, so a command that only needs the
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .diagnostics import Diagnostic
     from .files import READ_CHUNK, open_regular
     from .parser import parse_feedback, validate_feedback

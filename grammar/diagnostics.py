@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .datatype import datatype
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from lark.exceptions import UnexpectedToken
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import re
 from itertools import chain, count, pairwise
-from typing import NamedTuple
+
+from taskwatcher.grammar.datatype import datatype
 
 from .language import terminal_patterns
 from .semantics import CLEARED
@@ -24,7 +25,8 @@ from .semantics import CLEARED
 BLOCK_CHARS = 8192
 
 
-class Matchers(NamedTuple):
+@datatype(frozen=True)
+class Matchers:
     """The compiled expressions, built once per process."""
 
     keywords: re.Pattern[str]  # every set/clear/clear-all line: its keyword, "" for `[]`

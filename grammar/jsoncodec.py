@@ -15,7 +15,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: orjson's integers: it reads one beyond them as a float.
 INTEGERS = range(-(2**63), 2**64)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import jsoncodec
 from .digest import sha256_hex
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from lark import Lark
 

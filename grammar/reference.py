@@ -5,12 +5,11 @@ It explains invalid lines everywhere, and the property tests compare the fast pa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .diagnostics import Diagnostic, diagnostic_from_lark
 from .language import feedback_parser
 from .semantics import CLEARED, cap, visible
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from lark import Tree
 

@@ -14,8 +14,6 @@ stream keeps may depend on where its reads were cut.
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 CLEARED = ""
 MAX_KEYS = 10_000
 MAX_HELD_BYTES = 1024 * 1024  # UTF-8 bytes of keywords and values; a placeholder counts its keyword
@@ -24,7 +22,11 @@ CAPPED = (
     " the least recently set keys were dropped"
 )
 
-Value = TypeVar("Value")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    Value = TypeVar("Value")
 
 
 def visible(values: dict[str, str]) -> dict[str, str]:

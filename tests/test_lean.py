@@ -22,9 +22,9 @@ from tests.server_helpers import alive, server_pid
 #: Never in a supervisor: (module, why it would be there).
 HEAVY = ("rich", "lark", "taskwatcher.engine.diagram", "psutil", "transitions", "logging")
 #: Nor in one run in its own process, where importing them is a fifth of its start (orjson
-#: brings dataclasses, which brings inspect; hashlib loads OpenSSL); a served one shares the
-#: server's, which twctl needs.
-SLOW_TO_IMPORT = ("orjson", "dataclasses", "inspect", "uuid", "hashlib", "_hashlib")
+#: brings dataclasses, which brings inspect; hashlib loads OpenSSL; typing is some 3 ms for
+#: annotations alone); a served one shares the server's, which twctl needs.
+SLOW_TO_IMPORT = ("orjson", "dataclasses", "inspect", "uuid", "hashlib", "_hashlib", "typing")
 
 TASK = """\
     import os, socket, sys, time
@@ -94,7 +94,7 @@ sys.stderr.write(" ".join(sorted(sys.modules)))
 )
 def test_twctl_imports_no_orjson_for_a_short_output(tmp_path: Path, twctl_args: list[str]) -> None:
     """orjson (with dataclasses and inspect, a fifth of a command's start) comes only with a
-    long JSON stream (test_json_output)."""
+    long JSON stream (test_json_output); typing never comes."""
     db = tmp_path / "tasks.db"
     run_cli("twctl", "--db", db, "reserve")
     ran = subprocess.run(
@@ -103,7 +103,7 @@ def test_twctl_imports_no_orjson_for_a_short_output(tmp_path: Path, twctl_args: 
     )  # fmt: skip
     modules = set(ran.stderr.split())
     assert "taskwatcher.cli.twctl" in modules and "taskwatcher.engine.store" in modules
-    assert not {"orjson", "dataclasses", "inspect"} & modules
+    assert not {"orjson", "dataclasses", "inspect", "typing"} & modules
 
 
 @pytest.mark.parametrize("command", ["twrun", "twctl", "twparse"])
