@@ -10,9 +10,12 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import subprocess
 from contextlib import suppress
-from types import FrameType
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # twctl looks at pidfds too, and need not import subprocess for it
+    import subprocess
+    from types import FrameType
 
 
 def open_pidfd(pid: int) -> int | None:

@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Callable
 
-from taskwatcher.engine import process, wakeup
+from taskwatcher.engine import identity, wakeup
 from taskwatcher.engine.errors import UnknownTask
 from taskwatcher.engine.lazylog import get_logger
 from taskwatcher.engine.leftovers import stop_leftovers
@@ -90,7 +90,7 @@ def is_ghost(task: Task) -> bool:
     if owner is not None and wakeup.is_listening(owner.digest):
         return False
     supervisor = supervisor_of(task)
-    return supervisor is None or not process.is_same_process(supervisor)
+    return supervisor is None or not identity.is_same_process(supervisor)
 
 
 def owner_of(task: Task) -> Owner | None:
@@ -104,13 +104,13 @@ def may_clean_up(task: Task) -> bool:
     return owner is None or owner.caller_may_act()
 
 
-def supervisor_of(task: Task) -> process.ProcessIdentity | None:
+def supervisor_of(task: Task) -> identity.ProcessIdentity | None:
     """The supervisor the row records, or None when an edited or damaged row cannot name one
     safely (a pid of 0 or -1 would reach whole process groups)."""
     pid, created = task.supervisor_pid, task.supervisor_ctime
     if pid is None or not 0 < pid <= _PID_MAX or created is None or not math.isfinite(created):
         return None
-    return process.ProcessIdentity(pid, created)
+    return identity.ProcessIdentity(pid, created)
 
 
 def archive_lost(

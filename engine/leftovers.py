@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from taskwatcher.engine.exitstatus import signal_name
 from taskwatcher.engine.ownership import Owner, Sent, signal_proven
-from taskwatcher.engine.process import CALM_LOOKS, MAX_POLL_INTERVAL, StopResult
+from taskwatcher.engine.tasktree import CALM_LOOKS, MAX_POLL_INTERVAL, StopResult
 
 #: Freeze-and-kill rounds after the grace period: each one also catches what forked since.
 _KILL_ROUNDS = 5

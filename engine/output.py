@@ -14,11 +14,14 @@ import collections
 import errno
 import os
 import stat
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from taskwatcher.engine.errors import FeedpathUnusable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import threading
 
 #: Bytes a writer may have waiting before the loop stops reading the pipes that feed it.
 BACKLOG_LIMIT = 4 * 1024 * 1024
@@ -174,6 +177,8 @@ class Writer:
         self._chunks: collections.deque[bytes] = collections.deque()
         self._pending = 0
         self._closing = False
+        import threading  # here: twctl reads this module for its log files, with no thread
+
         self._changed = threading.Condition()
         self.error: OSError | None = None
         self._name = name
@@ -198,6 +203,8 @@ class Writer:
                 self._changed.notify()
 
     def _start(self) -> None:
+        import threading
+
         thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         try:
             thread.start()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 import signal
 
-from taskwatcher.engine.exitstatus import SIGNAL_EXIT_BASE
+from taskwatcher.engine.exitstatus import SIGNAL_EXIT_BASE, exit_status_to_code
 from taskwatcher.engine.lifecycle import Status
-from taskwatcher.engine.process import exit_status_to_code
 from taskwatcher.engine.records import Ended, Ending
 from taskwatcher.grammar.datatype import datatype
 
