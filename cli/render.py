@@ -293,8 +293,8 @@ def json_bytes(value: Any, *, pretty: bool = False) -> bytes:
 
 
 def json_items(values: Iterable[Any]) -> Iterator[bytes]:
-    """Each value as json_bytes writes it, those after the first ORJSON_AFTER through orjson:
-    the same bytes but for a float's digits (0.00001 for 1e-05), which read as the same."""
+    """Each value as json_bytes writes it, those after the first ORJSON_AFTER through orjson
+    (the same bytes, floats included: see jsoncodec)."""
     dumps = jsoncodec.dumps
     for count, value in enumerate(values):
         if count == ORJSON_AFTER:

@@ -2,8 +2,8 @@
 library: importing orjson also imports dataclasses, inspect, uuid, platform and datetime,
 some 20 ms of every twrun, for values of a few hundred bytes.
 
-The bytes written are orjson's: compact UTF-8 (NaN, which orjson writes as null, is refused;
-floats, which no record holds, keep Python's digits). What is read is held to what orjson
+The bytes written are orjson's: compact UTF-8, floats spelled as orjson spells them (NaN,
+which orjson writes as null, is refused). What is read is held to what orjson
 reads: UTF-8 only, no NaN or Infinity, no number beyond a float, integers beyond 64 bits as
 floats, no unpaired surrogate, nesting only as deep as the interpreter's recursion limit
 allows (orjson's limit, 1,024, is a little deeper). Anything else raises ValueError, and a
@@ -32,7 +32,24 @@ _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 def dumps(value: Any, *, pretty: bool = False) -> bytes:
     """`value` as compact JSON in UTF-8, or indented by two spaces (ValueError for NaN or an
     unpaired surrogate)."""
-    return (_INDENTED if pretty else _ENCODER).encode(value).encode("utf-8")
+    text = (_INDENTED if pretty else _ENCODER).encode(value)
+    if "e-0" in text:  # a float of exponent -5 to -9 perhaps (or text that reads alike)
+        text = _FLOAT_OR_STRING.sub(_as_orjson_spells, text)
+    return text.encode("utf-8")
+
+
+#: A string (left as it is), or a float as Python's repr writes it with an exponent of -5
+#: to -9: the only floats orjson spells otherwise (0.00001 for 1e-05, 2.5e-6 for 2.5e-06).
+_FLOAT_OR_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|(-?)(\d)(?:\.(\d+))?e-0([5-9])')
+
+
+def _as_orjson_spells(match: re.Match[str]) -> str:
+    sign, first, rest, exponent = match.groups()
+    if first is None:  # a string
+        return match[0]
+    if exponent == "5":
+        return f"{sign}0.0000{first}{rest or ''}"
+    return f"{sign}{first}{'.' + rest if rest else ''}e-{exponent}"
 
 
 def loads(data: bytes | str) -> Any:

@@ -13,7 +13,11 @@ from hypothesis import strategies as st
 from taskwatcher.cli.render import ORJSON_AFTER, json_bytes, json_items
 
 TEXT_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=20,
 )
@@ -37,7 +41,10 @@ def test_a_c1_control_never_reaches_the_terminal_raw():
 
 
 def test_a_long_stream_writes_the_same_bytes_after_it_takes_orjson():
-    values = [{"line": f"{index} caf\u00e9 \u009b"} for index in range(ORJSON_AFTER + 50)]
+    values = [
+        {"line": f"{index} caf\u00e9 \u009b", "timer": index * 1.5e-7}
+        for index in range(ORJSON_AFTER + 50)
+    ]
     assert list(json_items(values)) == [json_bytes(value) for value in values]
 
 
