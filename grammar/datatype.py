@@ -109,10 +109,10 @@ def replace(record: T, **changes: Any) -> T:
 
 
 def _field_of(cls: type, name: str, annotation: str) -> Field:
-    declared = cls.__dict__.get(name, MISSING)
+    declared = getattr(cls, name, MISSING)  # a base's default too, for a field annotated again
     item = declared if isinstance(declared, Field) else Field(default=declared)
     item.name, item.type = name, annotation
-    if isinstance(item.default, (list, dict, set)):
+    if item.default is not MISSING and type(item.default).__hash__ is None:  # shared, mutable
         raise ValueError(f"mutable default {type(item.default)} for field {name}")
     if item.default is MISSING:
         if isinstance(declared, Field):

@@ -11,6 +11,12 @@ from hypothesis import strategies as st
 
 from taskwatcher.grammar import datatype as lite
 
+
+def fields_of(cls: type) -> tuple:
+    """The fields, asked of whichever module made the class."""
+    return lite.fields(cls) if hasattr(cls, lite.FIELDS) else dataclasses.fields(cls)
+
+
 FLAVOURS = {
     "dataclasses": (dataclasses.dataclass, dataclasses.field, dataclasses.replace),
     "datatype": (lite.datatype, lite.field, lite.replace),
@@ -142,10 +148,38 @@ def test_mistaken_definitions_are_refused_as_by_dataclasses():
 
         return flavour[0](Wrong)
 
-    for action in (mutable_default, default_before_required):
+    def unhashable_default(made, flavour):
+        class Wrong:
+            buffer: bytearray = bytearray(b"shared")
+
+        return flavour[0](Wrong)
+
+    def record_as_default(made, flavour):
+        class Wrong:
+            counter: object = made["Counter"]("shared")  # not frozen: shared, and changed
+
+        return flavour[0](Wrong)
+
+    for action in (mutable_default, default_before_required, unhashable_default, record_as_default):
         ours, theirs = both(action)
         assert ours == theirs
         assert ours[0] == "error"
+
+
+def test_a_field_annotated_again_keeps_the_default_it_inherits():
+    def again(made, flavour):
+        @flavour[0](frozen=True)
+        class Again(made["Derived"]):
+            b: str
+
+        defaults = [item.default for item in fields_of(Again)]
+        return repr(Again(1)), [
+            default in (lite.MISSING, dataclasses.MISSING) for default in defaults
+        ]
+
+    ours, theirs = both(again)
+    assert ours == theirs
+    assert ours[0] == "value"
 
 
 def test_post_init_runs_once_per_instance():
