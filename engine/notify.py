@@ -12,11 +12,11 @@ for.
 
 from __future__ import annotations
 
+import _socket  # not socket: that module makes enums as it loads, some 1.5 ms a command
 import array
 import collections
 import contextlib
 import os
-import socket
 import struct
 import subprocess
 from collections.abc import Callable, Iterator
@@ -42,7 +42,7 @@ NOTIFY_PAUSE = 0.05
 #: File descriptors one datagram may bring; all are closed.
 MAX_FDS = 32
 _UCRED = struct.Struct("3i")  # pid, uid, gid
-_ANCILLARY = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(MAX_FDS * 4)
+_ANCILLARY = _socket.CMSG_SPACE(_UCRED.size) + _socket.CMSG_SPACE(MAX_FDS * 4)
 _MICROSECONDS = 1e6
 _U64_DIGITS = 20
 _INT_LIMIT = 2**31  # ERRNO= is a C int; 0 is no error
@@ -56,12 +56,12 @@ class NotifySocket:
     def __init__(self) -> None:
         self._folder = private_folder("taskwatcher-notify-")
         self.address = os.path.join(self._folder, "notify")  # NOTIFY_SOCKET
-        self._socket = socket.socket(
-            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+        self._socket = _socket.socket(
+            _socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC
         )
         try:
             self._socket.bind(self.address)
-            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self._socket.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
         except OSError:
             self.close()
             raise
@@ -79,7 +79,7 @@ class NotifySocket:
             except (BlockingIOError, InterruptedError):
                 return
             sender = _sender(ancillary)
-            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            if flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
                 log.debug("notify: dropped a datagram over %d bytes", NOTIFY_BUFFER)
                 continue
             yield data, sender
@@ -103,12 +103,12 @@ def _sender(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, int] | None:
     the way."""
     sender = None
     for level, kind, data in ancillary:
-        if level != socket.SOL_SOCKET:
+        if level != _socket.SOL_SOCKET:
             continue
-        if kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
+        if kind == _socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
             pid, uid, _ = _UCRED.unpack_from(data)
             sender = (pid, uid)
-        elif kind == socket.SCM_RIGHTS:
+        elif kind == _socket.SCM_RIGHTS:
             descriptors = array.array("i")
             descriptors.frombytes(data[: len(data) - len(data) % descriptors.itemsize])
             for fd in descriptors:

@@ -23,8 +23,18 @@ from tests.server_helpers import alive, server_pid
 HEAVY = ("rich", "lark", "taskwatcher.engine.diagram", "psutil", "transitions", "logging")
 #: Nor in one run in its own process, where importing them is a fifth of its start (orjson
 #: brings dataclasses, which brings inspect; hashlib loads OpenSSL; typing is some 3 ms for
-#: annotations alone); a served one shares the server's, which twctl needs.
-SLOW_TO_IMPORT = ("orjson", "dataclasses", "inspect", "uuid", "hashlib", "_hashlib", "typing")
+#: annotations alone, socket 1.5 ms of enums); a served one shares the server's, which twctl
+#: needs.
+SLOW_TO_IMPORT = (
+    "orjson",
+    "dataclasses",
+    "inspect",
+    "uuid",
+    "hashlib",
+    "_hashlib",
+    "typing",
+    "socket",
+)
 
 TASK = """\
     import os, socket, sys, time
@@ -95,7 +105,7 @@ sys.stderr.write(" ".join(sorted(sys.modules)))
 def test_twctl_imports_no_orjson_for_a_short_output(tmp_path: Path, twctl_args: list[str]) -> None:
     """orjson (with dataclasses and inspect, a fifth of a command's start) comes only with a
     long JSON stream (test_json_output); typing never comes, nor what only launching needs
-    (subprocess with threading and locale, ctypes)."""
+    (subprocess with threading and locale, ctypes), nor socket's enums."""
     db = tmp_path / "tasks.db"
     run_cli("twctl", "--db", db, "reserve")
     ran = subprocess.run(
@@ -105,6 +115,7 @@ def test_twctl_imports_no_orjson_for_a_short_output(tmp_path: Path, twctl_args: 
     modules = set(ran.stderr.split())
     assert "taskwatcher.cli.twctl" in modules and "taskwatcher.engine.store" in modules
     slow = {"orjson", "dataclasses", "inspect", "typing", "subprocess", "threading", "ctypes"}
+    slow |= {"socket", "selectors"}
     assert not slow & modules
 
 
