@@ -173,6 +173,8 @@ class Server:
         #: pidfd -> (pid, connection) of each running worker; client fd -> its pidfd.
         self.workers: dict[int, tuple[int, socket.socket]] = {}
         self.clients: dict[int, int] = {}
+        #: client fd -> the write end of its worker's go pipe, until the client said go.
+        self.starting: dict[int, int] = {}
         from taskwatcher.cli.orphans import Orphans, supported  # after the lock, as the rest
         from taskwatcher.engine.launch import become_subreaper
 
@@ -183,16 +185,16 @@ class Server:
         if self.orphans is not None:
             become_subreaper()
         self.deaf = False  # not listening a moment: descriptors ran out
+        self.quiet_since = time.monotonic()  # when the last work ended
 
     def serve(self) -> None:
-        """Until no command has come for `idle` seconds (or SIGTERM came) and no worker
+        """Until no command has run for `idle` seconds (or SIGTERM came) and no worker
         runs."""
-        quiet_since = time.monotonic()
         while True:
             busy = bool(self.workers) or self._killing()
             if self.listener is None and not busy:
                 return
-            wait = None if busy else self.idle - (time.monotonic() - quiet_since)
+            wait = None if busy else self.idle - (time.monotonic() - self.quiet_since)
             if wait is not None and wait <= 0:
                 return
             if self.deaf:  # out of descriptors: listen again soon
@@ -208,12 +210,12 @@ class Server:
                     self._accept()
                 elif fd in self.workers:
                     self._reap(fd)
+                elif fd in self.starting:
+                    self._go(fd)
                 elif fd in self.clients:
                     self._client_gone(fd)
                 elif self.orphans is not None and fd in self.orphans:
                     self.orphans.reap(fd, self._worker_pids())
-            if events and not self.workers:
-                quiet_since = time.monotonic()
 
     def close(self) -> None:
         """Take the socket away (if it is still ours) and stop listening."""
@@ -264,7 +266,9 @@ class Server:
         """Fork the worker; it starts once it is registered and its client has said go
         (knowing it), so a failure before that ends it unstarted and the client runs the
         command itself. Signals wait meanwhile, to reach the worker once it is set up as
-        its client."""
+        its client. The go is awaited with the other events (`_go`), however late it comes:
+        waiting here would hold every other client up, and a go that came just after
+        giving up would be lost with the command."""
         go, going = os.pipe2(os.O_CLOEXEC)
         held = _signal.pthread_sigmask(_signal.SIG_BLOCK, ALL_SIGNALS)
         try:
@@ -292,9 +296,7 @@ class Server:
             reply = b"P" + pid.to_bytes(8, "little")
             sent = connection.sendmsg([reply], [rights([pidfd])])
             connection.sendall(reply[sent:])
-            if connection.recv(1) != b"G":
-                raise EOFError("the client did not take its worker")
-        except (OSError, EOFError):
+        except OSError:
             os.close(going)  # the worker reads nothing and ends, unstarted
             os.waitpid(pid, 0)
             if pidfd >= 0:
@@ -302,11 +304,27 @@ class Server:
             raise
         self.workers[pidfd] = (pid, connection)
         self.clients[connection.fileno()] = pidfd
+        self.starting[connection.fileno()] = going
         self.poller.register(pidfd, select.POLLIN)
         self.poller.register(connection, select.POLLIN | select.POLLRDHUP)
-        with contextlib.suppress(OSError):  # a worker dead already is reaped as any other
-            os.write(going, b"!")
+
+    def _go(self, fd: int) -> None:
+        """The client spoke before its worker started: on its go the worker starts; on
+        anything else (it hung up, say) the worker ends unstarted, as the client's death
+        ends a command."""
+        going = self.starting.pop(fd)
+        _, connection = self.workers[self.clients[fd]]
+        try:
+            said = connection.recv(1, socket.MSG_DONTWAIT)
+        except OSError:
+            said = b""
+        if said == b"G":
+            with contextlib.suppress(OSError):  # a worker dead already is reaped as any other
+                os.write(going, b"!")
+            os.close(going)
+            return
         os.close(going)
+        self._client_gone(fd)
 
     def _leave(self) -> None:
         """In a worker: let go of everything the server holds."""
@@ -314,6 +332,8 @@ class Server:
         for pidfd, (_, connection) in self.workers.items():
             os.close(pidfd)
             os.close(connection.detach())
+        for going in self.starting.values():  # else a worker waits for this one's end
+            os.close(going)
         if self.orphans is not None:
             self.orphans.let_go()
         os.close(self.listener.detach())
@@ -322,15 +342,22 @@ class Server:
 
     def _reap(self, pidfd: int) -> None:
         pid, connection = self.workers.pop(pidfd)
+        # Idle from the end of the last work, not the last caller: callers it has to
+        # refuse (for their niceness, say) would keep it up for ever, serving nobody.
+        self.quiet_since = time.monotonic()
         _, status = os.waitpid(pid, 0)
         self.poller.unregister(pidfd)
         os.close(pidfd)
         if self.orphans is not None:  # before its client learns the end, as a death signal
             self.orphans.look(self._worker_pids())
+        going = self.starting.pop(connection.fileno(), None)
+        if going is not None:  # ended (killed) before its client's go: it ran nothing
+            os.close(going)
         if self.clients.pop(connection.fileno(), None) is not None:
             self.poller.unregister(connection)
+            reply = b"R" if going is not None else b"W" + status.to_bytes(4, "little")
             with contextlib.suppress(OSError):
-                connection.sendall(b"W" + status.to_bytes(4, "little"))
+                connection.sendall(reply)
         connection.close()
 
     def _killing(self) -> bool:
@@ -516,6 +543,8 @@ def _become(request: dict, fds: list[int], setting: dict) -> None:
     """Set up as the client: its signals unblocked last, so that one sent meanwhile finds
     the client's handling in place."""
     os.setpgid(0, 0)  # a group of its own, in the server's session (and its autogroup)
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(request["command"])  # as `ps`, `pgrep` and `top` name the command
     here, *streams = fds
     for fd, stream in zip(request["streams"], streams, strict=True):
         os.dup2(stream, fd)

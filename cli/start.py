@@ -210,8 +210,11 @@ def _run_by_server(connection: _socket.socket, name: str, streams: list[int]) ->
         if reply[:1] == b"P":
             # No signal between the go and knowing the worker: each one reaches either
             # this process (not taken) or the worker (taken), never one that never runs.
-            held = _signal.pthread_sigmask(_signal.SIG_BLOCK, before)
+            # The mask is read first, blocking nothing: a signal's handler may raise as
+            # soon as a call returns, and the block must then be undone all the same.
+            held = _signal.pthread_sigmask(_signal.SIG_BLOCK, ())
             try:
+                _signal.pthread_sigmask(_signal.SIG_BLOCK, before)
                 pidfd, handles = _worker_handle(reply, handles), []
                 connection.sendall(b"G")
                 worker[0] = pidfd
@@ -221,25 +224,32 @@ def _run_by_server(connection: _socket.socket, name: str, streams: list[int]) ->
     except (OSError, _Interrupted):
         pass
     if worker[0] < 0:  # not taken: this process runs the command, as it was
-        for handle in [*handles, pidfd]:
-            if handle >= 0:
-                os.close(handle)
-        for signum, handler in before.items():
-            _signal.signal(signum, handler)
-        for signum in pending:
-            _signal.raise_signal(signum)
-        return None
+        return _take_back([*handles, pidfd], before, pending)
     for signum in pending:
         forward(signum, None)
     try:
         ended, _ = _receive(connection, 5)
     except OSError:
         ended = b""
+    if ended[:1] == b"R":  # its worker ended (was killed) before it could start: ran nothing
+        return _take_back([worker[0]], before, pending)
     if ended[:1] != b"W":  # the server was killed: wait for the worker all the same
         _wait_for(worker[0])
         print(f"{name}: the command server was killed: how it ended is unknown", file=sys.stderr)
         return 1
     return _end_as(int.from_bytes(ended[1:], "little"))
+
+
+def _take_back(handles: list[int], before: dict, pending: list[int]) -> None:
+    """The command was not taken: close what the handover left, put the signals back as
+    they were and let those that came meanwhile act; this process then runs it."""
+    for handle in handles:
+        if handle >= 0:
+            os.close(handle)
+    for signum, handler in before.items():
+        _signal.signal(signum, handler)
+    for signum in pending:
+        _signal.raise_signal(signum)
 
 
 class _Interrupted(Exception):

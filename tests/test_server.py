@@ -389,3 +389,129 @@ def test_work_in_a_folder_on_the_import_path_keeps_the_same_server(
     server = server_pid(env)
     (project / "output.txt").write_text("a file the work made\n")
     assert report(tmp_path, env)["supervisor_parent"] == server
+
+
+#: A caller that hands its command over and then holds its go until told (a file appears):
+#: a caller stopped or starved between the server's answer and its go. Prints the status.
+LATE_GO = """\
+    import os, sys, time
+    from taskwatcher.cli import start
+    go_when, sys.argv = sys.argv[1], ["twrun", "--", *sys.argv[2:]]
+    folder, name = start.server_address()
+    connection = start._socket.socket(start._socket.AF_UNIX, start._socket.SOCK_STREAM)
+    connection.connect(f"/proc/self/fd/{folder}/{name}")
+    start._send_request(connection, "twrun", [0, 1, 2])
+    reply, _ = start._receive(connection, 9, with_handle=True)
+    assert reply[:1] == b"P", reply
+    print("answered", int.from_bytes(reply[1:], "little"), flush=True)
+    while not os.path.exists(go_when):
+        time.sleep(0.01)
+    try:
+        connection.sendall(b"G")
+    except BrokenPipeError:  # the server answered already, and hung up
+        pass
+    ended, _ = start._receive(connection, 5)
+    print(ended[:1].decode(), int.from_bytes(ended[1:], "little") >> 8, flush=True)
+"""
+
+
+def late_caller(tmp_path: Path, served: dict[str, str], go: Path) -> tuple[subprocess.Popen, int]:
+    """A LATE_GO caller of `sh -c 'exit 3'`, answered by a running server; its worker's pid."""
+    server_pid(served)
+    late = subprocess.Popen(
+        [PY, script(tmp_path, "late.py", LATE_GO), str(go), "sh", "-c", "exit 3"],
+        env=served, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    word, worker = late.stdout.readline().split()
+    assert word == "answered"
+    return late, int(worker)
+
+
+def test_a_caller_slow_to_say_go_holds_nobody_up_and_its_command_still_runs(
+    tmp_path: Path, served: dict[str, str]
+) -> None:
+    """Its go, however late, starts its worker; meanwhile the server serves the others."""
+    go = tmp_path / "go"
+    late, _ = late_caller(tmp_path, served, go)
+    started = time.monotonic()
+    assert run_cli("twrun", "--", "true", env=served).returncode == 0
+    assert time.monotonic() - started < 4  # the server waited for nobody's go (it gave 5 s)
+    go.touch()
+    assert late.communicate(timeout=30)[0] == "W 3\n"  # its command ran, to its end
+
+
+def test_a_worker_killed_before_its_go_is_said_to_have_run_nothing(
+    tmp_path: Path, served: dict[str, str]
+) -> None:
+    """The caller is told R (not taken), as when the server refuses: it then runs the
+    command itself, where a W would have made it report an end that never happened."""
+    go = tmp_path / "go"
+    late, worker = late_caller(tmp_path, served, go)
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{worker}").exists())  # reaped by the server
+    go.touch()
+    assert late.communicate(timeout=30)[0] == "R 0\n"
+    listing = run_cli("twctl", "history", "--json", env={**served, "TASKWATCHER_SERVER": "0"})
+    assert [row["taskname"] for row in json.loads(listing.stdout)] == ["true"]  # server_pid's
+
+
+def test_a_signal_as_the_go_is_prepared_leaves_no_signal_blocked(
+    tmp_path: Path, served: dict[str, str]
+) -> None:
+    """A signal that comes while the caller blocks signals for its go (here: at once after
+    the block) makes it run the command itself, with its signal mask as it was."""
+    server_pid(served)
+    caller = script(
+        tmp_path,
+        "caller.py",
+        """\
+        import sys, types
+        from taskwatcher.cli import start
+        real = start._signal
+
+        def block_then_interrupt(how, mask):
+            before = real.pthread_sigmask(how, mask)
+            if how == real.SIG_BLOCK and mask:
+                raise start._Interrupted  # what the handler of a signal come then raises
+            return before
+
+        start._signal = types.SimpleNamespace(**vars(real))
+        start._signal.pthread_sigmask = block_then_interrupt
+        sys.exit(start.twrun())
+        """,
+    )
+    shows_mask = "print(next(l for l in open('/proc/self/status') if l.startswith('SigBlk')))"
+    ran = subprocess.run(
+        [PY, caller, "--", PY, "-c", shows_mask],
+        env=served, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["SigBlk:", "0000000000000000"]
+
+
+def test_callers_it_must_refuse_keep_no_idle_server_up(served: dict[str, str]) -> None:
+    """A server started by a niced caller refuses the others (a worker cannot lower its
+    niceness); they run in process, and it still ends once idle."""
+    env = {**served, "TASKWATCHER_SERVER_IDLE": "1"}
+    first = subprocess.run(
+        [BIN / "twrun", "--", "true"], env=env, preexec_fn=lambda: os.nice(5), timeout=30
+    )
+    assert first.returncode == 0
+    folder = Path(env["XDG_RUNTIME_DIR"]) / "taskwatcher"
+    (socket_path,) = wait_for(lambda: list(folder.glob("*.sock")), timeout=15)
+    server = int(Path(f"{socket_path}.lock").read_text())
+    give_up = time.monotonic() + 10
+    while alive(server) and time.monotonic() < give_up:
+        assert run_cli("twrun", "--", "true", env=env).returncode == 0  # refused: in process
+        time.sleep(0.1)
+    assert not alive(server)
+
+
+def test_a_served_supervisor_goes_by_its_commands_name(served: dict[str, str]) -> None:
+    """As in process (`pgrep twrun` finds both), though its command line is the server's."""
+    server_pid(served)
+    names = [
+        run_cli("twrun", "--", "sh", "-c", "cat /proc/$PPID/comm", env=env).stdout
+        for env in (served, {**served, "TASKWATCHER_SERVER": "0"})
+    ]
+    assert names == ["twrun\n", "twrun\n"]
