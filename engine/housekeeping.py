@@ -125,7 +125,7 @@ def archive_lost(
     if stopped is not None and stopped.denied:
         denied = ", ".join(map(str, stopped.denied))
         notes.append(f"could not stop pid {denied} (permission denied)")
-    if owner is not None and (hidden := census.hidden.get(owner.uid)):
+    if owner is not None and (hidden := _may_be_its(census.hidden.get(owner.uid, []), task)):
         notes.append(
             f"could not check pid {', '.join(map(str, hidden))} (environment unreadable:"
             " a non-dumpable program; only root can tell whether it is the task's)"
@@ -141,6 +141,20 @@ def archive_lost(
         return store.archive(task.taskid, ending)
     except UnknownTask:
         return None
+
+
+#: Seconds a create time read from /proc may be early (whole-second boot time, clock ticks).
+_CREATE_TIME_SLACK = 1.0
+
+
+def _may_be_its(pids: list[int], task: Task) -> list[int]:
+    """Those of `pids` that may be the task's: started no earlier than it (init, or a
+    user's ssh-agent, running before the task began, is none of its processes)."""
+    if task.starttime is None:
+        return pids
+    started = task.starttime - _CREATE_TIME_SLACK
+    identities = (identity.identity_of(pid) for pid in pids)
+    return [each.pid for each in identities if each is not None and each.create_time >= started]
 
 
 def _lost_reason(task: Task) -> str:

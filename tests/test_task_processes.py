@@ -413,13 +413,19 @@ def test_a_process_hiding_its_environment_is_said_after_a_crash(
     nobodys: Path, request: pytest.FixtureRequest
 ) -> None:
     db = nobodys / "tasks.db"
-    marker = nobodys / "hidden"
+    earlier, marker = nobodys / "earlier", nobodys / "hidden"
+    before = subprocess.Popen([*NOBODY, "/usr/bin/python3", "-c", NON_DUMPABLE, earlier])
+    kill_at_end(request, before.pid)  # hidden too, but running before the task began
+    wait_for(earlier.exists)
+    time.sleep(1.1)  # more than a create time's slack
     task = [*NOBODY, BIN / "twrun", "--db", db, "--grace", "0.5", "--", "sh", "-c",
             f'/usr/bin/python3 -c "{NON_DUMPABLE}" {marker} & sleep 60']  # fmt: skip
     runner = subprocess.Popen(task, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(marker.exists)
     hidden = [
-        p for p in psutil.process_iter(["cmdline"]) if "prctl" in " ".join(p.info["cmdline"] or [])
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if marker.name in " ".join(p.info["cmdline"] or [])
     ]
     for process in hidden:
         kill_at_end(request, process.pid)
@@ -430,3 +436,5 @@ def test_a_process_hiding_its_environment_is_said_after_a_crash(
     assert "LOST" in updated.stdout
     (record,) = twctl_json(db, "history")
     assert "environment unreadable" in record["termerror"]
+    said = record["termerror"].split("could not check pid ")[1].split(" (")[0]
+    assert said and str(before.pid) not in said.split(", ")  # the task's are, the earlier not
