@@ -82,7 +82,11 @@ def start_up(bin_: Path, folder: Path) -> None:
     floor = stdlib_floor(bin_, env, folder)
     commands = {
         "python -c pass": [py, "-c", "pass"],
-        f"twrun's {floor.count(',') + 1} stdlib modules alone (the floor)": [py, "-c", floor],
+        f"the {floor.count(',') + 1} stdlib modules twrun holds, alone (the floor)": [
+            py,
+            "-c",
+            floor,
+        ],
         "twrun -- true": [str(bin_ / "twrun"), "--", "true"],
         "twctl list --json (100 live)": [str(bin_ / "twctl"), "list", "--json"],
         "twctl reserve": [str(bin_ / "twctl"), "reserve"],
