@@ -45,8 +45,13 @@ def flush_streams() -> None:
 # asking first (getsignal) was a call, and a Ctrl-C seen there raised KeyboardInterrupt in
 # this module. A SIGINT its starter ignored (`nohup`, a background job) is ignored again at
 # once; one that arrives between the two calls would end the command (a window of one
-# call, where before a Ctrl-C during the first call printed a traceback).
-_STARTED_WITH = _signal.signal(_signal.SIGINT, _exit_interrupted)
+# call, where before a Ctrl-C during the first call printed a traceback). signal() itself
+# runs the handlers of signals already pending before it changes one: a Ctrl-C that came
+# just before it raises KeyboardInterrupt there, and ends the command as ours would.
+try:
+    _STARTED_WITH = _signal.signal(_signal.SIGINT, _exit_interrupted)
+except KeyboardInterrupt:
+    _exit_interrupted(_signal.SIGINT, None)
 _QUIET_START = _STARTED_WITH is _signal.default_int_handler
 if not _QUIET_START:
     _signal.signal(_signal.SIGINT, _STARTED_WITH)
